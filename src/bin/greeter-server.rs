@@ -1,0 +1,127 @@
+//! `greeter-server`: parses flags, starts the logger, runs the server, and
+//! maps the outcome to an exit code. All the work is in `greeter::server`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use greeter::protocol::{Framing, SessionLimits};
+use greeter::server::{Config, Server, Stopped, Timeouts};
+use log::LevelFilter;
+
+/// A single-threaded event-loop server for the greeting protocol of the
+/// classic Python socket tutorial: "Server: Welcome!", then "Hello NAME!" for
+/// each name, until "exit".
+#[derive(Parser, Debug)]
+#[command(name = "greeter-server", version, about, long_about = None)]
+struct Args {
+    /// Address to listen on, IPv4 or IPv6 (e.g. [::1]:6000); repeat for several.
+    #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
+    listen: Vec<SocketAddr>,
+
+    /// Length of the accept queue of each listener. A short queue silently
+    /// loses clients during a burst of connects.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    backlog: u32,
+
+    /// Most clients served at once; more are told the server is busy and closed.
+    /// Default: as many as the file descriptor limit allows.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
+    /// Close a connection after this many seconds without progress (0: never).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    idle_timeout: Duration,
+
+    /// After the last reply, wait this many seconds for the client to close
+    /// before closing anyway.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    linger: Duration,
+
+    /// On SIGINT/SIGTERM, wait this many seconds for clients to take their good
+    /// bye before exiting.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    shutdown_grace: Duration,
+
+    /// Longest name in bytes (the tutorial read names with recv(1024)); longer
+    /// input gets an error line and the connection closes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+
+    /// Unsent reply bytes per connection at which the server stops reading from
+    /// it until the client has read some (backpressure).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_output: u64,
+
+    /// How a name ends: auto = at a newline, or when the client pauses after
+    /// sending (what the tutorial's client needs); line = only at a newline.
+    #[arg(long, value_enum, default_value_t = FramingArg::Auto)]
+    framing: FramingArg,
+
+    /// Log level: off, error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: LevelFilter,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FramingArg {
+    Auto,
+    Line,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds (e.g. 60 or 0.5)"))
+}
+
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(args.log_level)
+        .with_colors(std::io::stderr().is_terminal());
+    if let Err(err) = logger.init() {
+        eprintln!("greeter-server: cannot start logging: {err}");
+        return ExitCode::FAILURE;
+    }
+    let config = Config {
+        listen: args.listen,
+        backlog: args.backlog,
+        max_connections: args.max_connections.map(to_usize),
+        timeouts: Timeouts {
+            idle: Some(args.idle_timeout).filter(|idle| !idle.is_zero()),
+            linger: args.linger,
+        },
+        shutdown_grace: args.shutdown_grace,
+        limits: SessionLimits {
+            max_line: to_usize(args.max_line),
+            max_output: to_usize(args.max_output),
+            framing: match args.framing {
+                FramingArg::Auto => Framing::Auto,
+                FramingArg::Line => Framing::Line,
+            },
+        },
+    };
+    let server = match Server::bind(&config) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("greeter-server: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(Stopped::Graceful) => ExitCode::SUCCESS,
+        Ok(Stopped::Forced) => ExitCode::from(130),
+        Err(err) => {
+            eprintln!("greeter-server: the event loop failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

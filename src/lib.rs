@@ -1,0 +1,16 @@
+//! greeter: a single-threaded event-loop TCP server for the greeting protocol of
+//! a classic socket tutorial, its blocking client, and the protocol core both
+//! share.
+//!
+//! The layers, each knowing only the one below it:
+//!
+//! - [`protocol`]: the sans-IO core. Bytes in, bytes out, no sockets, no clock.
+//! - [`server`]: the reactor shell. One `mio::Poll`, a slab of connections,
+//!   deadlines; it moves bytes between sockets and the core.
+//! - [`client`]: a blocking `std::net` client driving the core's client side.
+//!
+//! `src/bin/` only parses arguments and maps errors to exit codes.
+
+pub mod client;
+pub mod protocol;
+pub mod server;

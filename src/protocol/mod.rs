@@ -1,0 +1,66 @@
+//! The greeting protocol as pure code: bytes in, bytes out, no sockets, no clock.
+//!
+//! This is the "sans-IO" core in the style of quinn-proto and rustls. The server
+//! reactor ([`crate::server`]), the blocking client ([`crate::client`]) and any
+//! load generator drive the same state machines; they only move bytes between
+//! sockets and these types. Keeping I/O out means every rule of the protocol
+//! (framing, limits, error replies, backpressure decisions) is unit-tested here
+//! without a single socket, and a reader can learn the protocol from this module
+//! alone. docs/protocol.md is the byte-level specification these types implement.
+//!
+//! The dialogue, byte for byte (from the tutorial in shared/seed):
+//!
+//! ```text
+//! server: "Server: Welcome!\n" "Server: What's your name?"      (one write)
+//! client: "Michael\n"            (or "Michael" and a pause, in auto framing)
+//! server: "Server: Hello Michael!\n" "Server: What's your name?"  (one write)
+//! client: "exit\n"
+//! server: "Server: Good bye!\n"   and the connection closes
+//! ```
+
+mod client;
+mod escape;
+mod framing;
+mod server;
+
+pub use client::{ClientError, ClientSession, NameTerminator, Turn};
+pub use escape::Escaped;
+pub use framing::Framing;
+pub use server::{CloseReason, ServerSession, SessionLimits, SessionState};
+
+/// Sent once, on accept, in the same write as the first [`PROMPT`].
+pub const WELCOME: &[u8] = b"Server: Welcome!\n";
+/// Asks for the next name. It has no newline: the tutorial's client prints
+/// whatever one `recv()` returned, so the prompt ends its output "line".
+pub const PROMPT: &[u8] = b"Server: What's your name?";
+/// A name is answered with `HELLO_PREFIX name HELLO_SUFFIX` and then the prompt.
+pub const HELLO_PREFIX: &[u8] = b"Server: Hello ";
+/// See [`HELLO_PREFIX`].
+pub const HELLO_SUFFIX: &[u8] = b"!\n";
+/// The last thing the server says on a connection that ends normally.
+pub const GOODBYE: &[u8] = b"Server: Good bye!\n";
+/// The message that ends a dialogue.
+pub const EXIT: &[u8] = b"exit";
+/// Every error reply starts with this, ends with `\n`, and is followed by a close.
+pub const ERROR_PREFIX: &[u8] = b"Server: Error: ";
+
+/// The error line sent to a client the server has no room for, before it is closed.
+pub fn busy_reply(max_connections: usize) -> Vec<u8> {
+    format!("Server: Error: too many connections (limit {max_connections}); try again later\n")
+        .into_bytes()
+}
+
+/// The error line sent to a client accepted only to be told the server has no
+/// file descriptor to spare, before it is closed.
+pub const OUT_OF_DESCRIPTORS_REPLY: &[u8] =
+    b"Server: Error: server out of file descriptors; try again later\n";
+
+/// Appends the reply to one name: greeting line and the next prompt together, so
+/// the shell can send both in one write.
+pub fn write_hello(name: &[u8], out: &mut Vec<u8>) {
+    out.reserve(HELLO_PREFIX.len() + name.len() + HELLO_SUFFIX.len() + PROMPT.len());
+    out.extend_from_slice(HELLO_PREFIX);
+    out.extend_from_slice(name);
+    out.extend_from_slice(HELLO_SUFFIX);
+    out.extend_from_slice(PROMPT);
+}

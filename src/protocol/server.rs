@@ -1,0 +1,506 @@
+//! The server side of a dialogue: one [`ServerSession`] per connection.
+//!
+//! ```text
+//!            greet()               "exit", peer closed, error, close()
+//! Greeting ----------> AwaitingName -----------------------------------> Closing
+//! ```
+//!
+//! The session owns only the bytes received but not yet answered (an unfinished
+//! line, or lines held back by backpressure). Output goes into a buffer the
+//! caller owns and drains at its own pace; the session looks at its length to
+//! apply backpressure: once the caller holds `max_output` unsent bytes, the
+//! session stops answering and tells the caller to stop reading
+//! ([`ServerSession::wants_input`]). That is what bounds a connection's memory
+//! when a client sends names but never reads the replies.
+
+use super::framing::{Framing, remainder_fits, split_line};
+use super::{ERROR_PREFIX, EXIT, Escaped, GOODBYE, PROMPT, WELCOME, write_hello};
+
+/// The limits and framing every session of a server shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Longest message in bytes, not counting `\r\n`. Longer input is answered
+    /// with an error line and the connection closes.
+    pub max_line: usize,
+    /// Unsent output, in bytes, at which the session stops answering (and the
+    /// shell stops reading) until the peer has taken some of it.
+    pub max_output: usize,
+    /// How messages are delimited.
+    pub framing: Framing,
+}
+
+impl Default for SessionLimits {
+    /// The tutorial's numbers: its server read names with `recv(1024)`.
+    fn default() -> Self {
+        SessionLimits {
+            max_line: 1024,
+            max_output: 64 * 1024,
+            framing: Framing::Auto,
+        }
+    }
+}
+
+/// Where a dialogue stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Accepted, not yet greeted.
+    Greeting,
+    /// Greeted; every message is answered.
+    AwaitingName,
+    /// The last reply is written; input is ignored. The shell flushes the
+    /// output and closes the connection gracefully.
+    Closing,
+}
+
+/// Why the shell ends a dialogue the client did not end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server is shutting down: the client is told good bye.
+    Shutdown,
+    /// Nothing arrived for this many seconds.
+    IdleTimeout { seconds: u64 },
+}
+
+/// One connection's dialogue, fed bytes by the shell.
+#[derive(Debug)]
+pub struct ServerSession {
+    state: SessionState,
+    limits: SessionLimits,
+    /// Received bytes not yet answered: an unfinished line, or whole lines held
+    /// back while the output is full. Empty (and unallocated) when idle.
+    unanswered: Vec<u8>,
+    peer_closed: bool,
+}
+
+impl ServerSession {
+    pub fn new(limits: SessionLimits) -> Self {
+        ServerSession {
+            state: SessionState::Greeting,
+            limits,
+            unanswered: Vec::new(),
+            peer_closed: false,
+        }
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// Writes the greeting and the first prompt: one buffer, so one write.
+    pub fn greet(&mut self, out: &mut Vec<u8>) {
+        if self.state == SessionState::Greeting {
+            out.extend_from_slice(WELCOME);
+            out.extend_from_slice(PROMPT);
+            self.state = SessionState::AwaitingName;
+        }
+    }
+
+    /// Whether the shell should read more from the peer: the dialogue is open,
+    /// nothing is held back, and the unsent output (`unsent` bytes) is below the
+    /// limit. When this turns false the shell stops reading, the kernel's
+    /// receive buffer fills, and TCP flow control slows the client down.
+    pub fn wants_input(&self, unsent: usize) -> bool {
+        self.state == SessionState::AwaitingName
+            && !self.peer_closed
+            && unsent < self.limits.max_output
+            && !self.has_held_back_lines()
+    }
+
+    /// Whether whole lines wait for output room; [`ServerSession::resume`]
+    /// answers them once the shell has sent some output.
+    pub fn has_held_back_lines(&self) -> bool {
+        self.unanswered.contains(&b'\n')
+    }
+
+    /// Feeds bytes read from the peer and appends the replies to `out`.
+    pub fn receive(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.greet(out);
+        if self.state != SessionState::AwaitingName {
+            return;
+        }
+        if self.unanswered.is_empty() {
+            // The common case: answer straight from the shell's read buffer
+            // and copy only what is left over.
+            let used = self.answer_lines(input, out);
+            if self.state == SessionState::AwaitingName {
+                self.unanswered.extend_from_slice(&input[used..]);
+            }
+        } else {
+            self.unanswered.extend_from_slice(input);
+            self.answer_held_back(out);
+        }
+    }
+
+    /// The read would block: the peer has paused. In auto framing an
+    /// unterminated remainder is now a whole message.
+    pub fn peer_paused(&mut self, out: &mut Vec<u8>) {
+        if self.limits.framing == Framing::Auto && self.can_take_remainder(out) {
+            let remainder = std::mem::take(&mut self.unanswered);
+            self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
+        }
+    }
+
+    /// The peer has closed its side: it will send nothing more. What it sent is
+    /// still answered (an unterminated last line included), then good bye.
+    pub fn peer_closed(&mut self, out: &mut Vec<u8>) {
+        self.peer_closed = true;
+        self.finish_if_answered(out);
+    }
+
+    /// Answers lines held back by backpressure, as far as output room allows.
+    /// The shell calls this after it has written some output.
+    pub fn resume(&mut self, out: &mut Vec<u8>) {
+        if self.state == SessionState::AwaitingName && !self.unanswered.is_empty() {
+            self.answer_held_back(out);
+        }
+        self.finish_if_answered(out);
+    }
+
+    /// Ends the dialogue from the server's side, with the reply that says why.
+    pub fn close(&mut self, reason: CloseReason, out: &mut Vec<u8>) {
+        if self.state == SessionState::Closing {
+            return;
+        }
+        match reason {
+            CloseReason::Shutdown => out.extend_from_slice(GOODBYE),
+            CloseReason::IdleTimeout { seconds } => {
+                write_error(out, format_args!("idle for {seconds} s; closing"));
+            }
+        }
+        self.enter_closing();
+    }
+
+    fn answer_held_back(&mut self, out: &mut Vec<u8>) {
+        let mut held = std::mem::take(&mut self.unanswered);
+        let used = self.answer_lines(&held, out);
+        if self.state == SessionState::AwaitingName && used < held.len() {
+            held.drain(..used);
+            self.unanswered = held;
+        }
+    }
+
+    /// Answers complete lines from the front of `buf` while output room lasts;
+    /// returns the bytes used. Rejects a remainder that can no longer fit.
+    fn answer_lines(&mut self, buf: &[u8], out: &mut Vec<u8>) -> usize {
+        let mut used = 0;
+        while self.state == SessionState::AwaitingName && out.len() < self.limits.max_output {
+            let Some((line, len)) = split_line(&buf[used..]) else {
+                if !remainder_fits(&buf[used..], self.limits.max_line) {
+                    self.reject_long_line(out);
+                }
+                break;
+            };
+            used += len;
+            self.answer(line, out);
+        }
+        used
+    }
+
+    fn answer(&mut self, message: &[u8], out: &mut Vec<u8>) {
+        if message.len() > self.limits.max_line {
+            self.reject_long_line(out);
+        } else if message == EXIT {
+            log::debug!("exit received");
+            out.extend_from_slice(GOODBYE);
+            self.enter_closing();
+        } else if message.is_empty() {
+            out.extend_from_slice(PROMPT);
+        } else {
+            log::debug!("name received: \"{}\"", Escaped(message));
+            write_hello(message, out);
+        }
+    }
+
+    fn can_take_remainder(&self, out: &[u8]) -> bool {
+        self.state == SessionState::AwaitingName
+            && !self.unanswered.is_empty()
+            && out.len() < self.limits.max_output
+            && !self.has_held_back_lines()
+    }
+
+    fn finish_if_answered(&mut self, out: &mut Vec<u8>) {
+        if !self.peer_closed || self.has_held_back_lines() {
+            return;
+        }
+        if self.can_take_remainder(out) {
+            let remainder = std::mem::take(&mut self.unanswered);
+            self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
+        }
+        if self.state == SessionState::AwaitingName && self.unanswered.is_empty() {
+            out.extend_from_slice(GOODBYE);
+            self.enter_closing();
+        }
+    }
+
+    fn reject_long_line(&mut self, out: &mut Vec<u8>) {
+        let limit = self.limits.max_line;
+        write_error(out, format_args!("line too long (limit {limit} bytes)"));
+        self.enter_closing();
+    }
+
+    fn enter_closing(&mut self) {
+        self.state = SessionState::Closing;
+        self.unanswered = Vec::new();
+    }
+}
+
+fn write_error(out: &mut Vec<u8>, what: std::fmt::Arguments<'_>) {
+    out.extend_from_slice(ERROR_PREFIX);
+    out.extend_from_slice(what.to_string().as_bytes());
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::busy_reply;
+
+    const GREETING: &[u8] = b"Server: Welcome!\nServer: What's your name?";
+
+    fn limits(framing: Framing) -> SessionLimits {
+        SessionLimits {
+            framing,
+            ..SessionLimits::default()
+        }
+    }
+
+    fn greeted(limits: SessionLimits) -> ServerSession {
+        let mut session = ServerSession::new(limits);
+        let mut out = Vec::new();
+        session.greet(&mut out);
+        assert_eq!(out, GREETING);
+        session
+    }
+
+    fn feed(session: &mut ServerSession, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        session.receive(input, &mut out);
+        out
+    }
+
+    #[test]
+    fn greeting_is_welcome_and_prompt_once() {
+        let mut session = ServerSession::new(SessionLimits::default());
+        assert_eq!(session.state(), SessionState::Greeting);
+        let mut out = Vec::new();
+        session.greet(&mut out);
+        session.greet(&mut out);
+        assert_eq!(out, GREETING);
+        assert_eq!(session.state(), SessionState::AwaitingName);
+    }
+
+    #[test]
+    fn a_name_gets_hello_and_the_next_prompt() {
+        let mut session = greeted(SessionLimits::default());
+        assert_eq!(
+            feed(&mut session, b"Michael\n"),
+            b"Server: Hello Michael!\nServer: What's your name?"
+        );
+    }
+
+    #[test]
+    fn exit_says_good_bye_and_closes() {
+        let mut session = greeted(SessionLimits::default());
+        assert_eq!(feed(&mut session, b"exit\r\n"), b"Server: Good bye!\n");
+        assert_eq!(session.state(), SessionState::Closing);
+        assert_eq!(
+            feed(&mut session, b"Tracy\n"),
+            b"",
+            "input after exit is ignored"
+        );
+    }
+
+    #[test]
+    fn blank_line_gets_the_prompt_alone() {
+        let mut session = greeted(SessionLimits::default());
+        assert_eq!(feed(&mut session, b"\r\n"), PROMPT);
+    }
+
+    #[test]
+    fn names_are_echoed_as_bytes() {
+        let mut session = greeted(SessionLimits::default());
+        assert_eq!(
+            feed(&mut session, b"\xff\x01\x1b[31m\n"),
+            b"Server: Hello \xff\x01\x1b[31m!\nServer: What's your name?"
+        );
+    }
+
+    #[test]
+    fn lines_split_across_reads_are_joined() {
+        let mut session = greeted(limits(Framing::Line));
+        assert_eq!(feed(&mut session, b"Mich"), b"");
+        assert_eq!(
+            feed(&mut session, b"ael\nTra"),
+            b"Server: Hello Michael!\nServer: What's your name?"
+        );
+        assert_eq!(feed(&mut session, b"cy\r"), b"");
+        assert_eq!(
+            feed(&mut session, b"\n"),
+            b"Server: Hello Tracy!\nServer: What's your name?"
+        );
+    }
+
+    #[test]
+    fn several_lines_in_one_read_are_all_answered() {
+        let mut session = greeted(SessionLimits::default());
+        assert_eq!(
+            feed(&mut session, b"a\nb\nexit\nc\n"),
+            b"Server: Hello a!\nServer: What's your name?Server: Hello b!\nServer: What's your name?Server: Good bye!\n"
+        );
+    }
+
+    #[test]
+    fn auto_framing_ends_a_message_when_the_peer_pauses() {
+        let mut session = greeted(limits(Framing::Auto));
+        assert_eq!(feed(&mut session, b"Michael"), b"");
+        let mut out = Vec::new();
+        session.peer_paused(&mut out);
+        assert_eq!(out, b"Server: Hello Michael!\nServer: What's your name?");
+        out.clear();
+        session.receive(b"exit", &mut out);
+        session.peer_paused(&mut out);
+        assert_eq!(out, GOODBYE);
+    }
+
+    #[test]
+    fn line_framing_waits_for_the_newline_across_pauses() {
+        let mut session = greeted(limits(Framing::Line));
+        assert_eq!(feed(&mut session, b"Mich"), b"");
+        let mut out = Vec::new();
+        session.peer_paused(&mut out);
+        assert_eq!(out, b"");
+        assert_eq!(
+            feed(&mut session, b"ael\n"),
+            b"Server: Hello Michael!\nServer: What's your name?"
+        );
+    }
+
+    #[test]
+    fn a_pause_with_nothing_pending_says_nothing() {
+        let mut session = greeted(limits(Framing::Auto));
+        let mut out = Vec::new();
+        session.peer_paused(&mut out);
+        assert_eq!(out, b"");
+    }
+
+    #[test]
+    fn too_long_line_gets_an_error_and_closes_without_buffering_it() {
+        let mut session = greeted(SessionLimits {
+            max_line: 8,
+            ..SessionLimits::default()
+        });
+        assert_eq!(
+            feed(&mut session, b"12345678"),
+            b"",
+            "exactly the limit may still end"
+        );
+        assert_eq!(
+            feed(&mut session, b"9"),
+            b"Server: Error: line too long (limit 8 bytes)\n"
+        );
+        assert_eq!(session.state(), SessionState::Closing);
+        assert!(session.unanswered.is_empty());
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_answered() {
+        let mut session = greeted(SessionLimits {
+            max_line: 3,
+            ..SessionLimits::default()
+        });
+        assert_eq!(
+            feed(&mut session, b"abc\r\n"),
+            b"Server: Hello abc!\nServer: What's your name?"
+        );
+        assert_eq!(
+            feed(&mut session, b"abcd\n"),
+            b"Server: Error: line too long (limit 3 bytes)\n"
+        );
+    }
+
+    #[test]
+    fn backpressure_holds_lines_back_until_resumed() {
+        let limit = 100;
+        let mut session = greeted(SessionLimits {
+            max_output: limit,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(&b"x\n".repeat(50), &mut out);
+        assert!(
+            out.len() >= limit && out.len() < limit + 40,
+            "stops near the limit"
+        );
+        assert!(!session.wants_input(out.len()));
+        assert!(session.has_held_back_lines());
+
+        let mut answered = out.len();
+        let mut rounds = 0;
+        while session.has_held_back_lines() {
+            rounds += 1;
+            assert!(rounds < 100, "resume makes progress");
+            out.clear();
+            session.resume(&mut out);
+            answered += out.len();
+        }
+        let one_reply = b"Server: Hello x!\nServer: What's your name?".len();
+        assert_eq!(answered, 50 * one_reply, "nothing lost");
+        assert!(session.wants_input(0));
+    }
+
+    #[test]
+    fn peer_close_answers_everything_then_says_good_bye() {
+        let mut session = greeted(limits(Framing::Line));
+        let mut out = Vec::new();
+        session.receive(b"Sarah\nlast", &mut out);
+        session.peer_closed(&mut out);
+        assert_eq!(
+            out,
+            b"Server: Hello Sarah!\nServer: What's your name?Server: Hello last!\nServer: What's your name?Server: Good bye!\n"
+        );
+        assert_eq!(session.state(), SessionState::Closing);
+    }
+
+    #[test]
+    fn peer_close_waits_for_held_back_lines() {
+        let mut session = greeted(SessionLimits {
+            max_output: 10,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nb\n", &mut out);
+        session.peer_closed(&mut out);
+        assert_eq!(session.state(), SessionState::AwaitingName);
+        out.clear();
+        session.resume(&mut out);
+        assert_eq!(
+            out,
+            b"Server: Hello b!\nServer: What's your name?Server: Good bye!\n"
+        );
+        assert_eq!(session.state(), SessionState::Closing);
+    }
+
+    #[test]
+    fn server_side_closes_say_why() {
+        let mut session = greeted(SessionLimits::default());
+        let mut out = Vec::new();
+        session.close(CloseReason::Shutdown, &mut out);
+        assert_eq!(out, GOODBYE);
+        session.close(CloseReason::Shutdown, &mut out);
+        assert_eq!(out, GOODBYE, "closing twice says good bye once");
+
+        let mut session = greeted(SessionLimits::default());
+        out.clear();
+        session.close(CloseReason::IdleTimeout { seconds: 60 }, &mut out);
+        assert_eq!(out, b"Server: Error: idle for 60 s; closing\n");
+        assert_eq!(session.state(), SessionState::Closing);
+    }
+
+    #[test]
+    fn busy_reply_names_the_limit() {
+        assert_eq!(
+            busy_reply(3),
+            b"Server: Error: too many connections (limit 3); try again later\n"
+        );
+    }
+}

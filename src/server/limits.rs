@@ -1,0 +1,68 @@
+//! How many connections this process can hold.
+//!
+//! Every connection is a file descriptor, and RLIMIT_NOFILE caps them. Its soft
+//! limit is often 1024 while the hard limit is far higher; any process may
+//! raise its soft limit up to the hard one, so the server does that at start
+//! and sizes its capacity from the result instead of failing at the 1,000th
+//! client.
+
+use std::io;
+
+/// Descriptors kept out of the connection capacity: stdio, the epoll
+/// instance, listeners, the signal pipe, the spare descriptor, and headroom.
+pub const RESERVED_DESCRIPTORS: u64 = 32;
+
+/// The current (soft, hard) RLIMIT_NOFILE.
+pub fn descriptor_limits() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now
+/// in force.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let (soft, hard) = descriptor_limits()?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(hard)
+}
+
+/// The number of connections a descriptor limit leaves room for.
+pub fn connection_capacity(descriptor_limit: u64) -> usize {
+    let room = descriptor_limit.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    usize::try_from(room).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_leaves_reserved_descriptors() {
+        assert_eq!(connection_capacity(20_000), 19_968);
+        assert_eq!(connection_capacity(10), 1);
+    }
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_limit() {
+        let raised = raise_descriptor_limit().expect("setrlimit up to the hard limit is allowed");
+        let (soft, hard) = descriptor_limits().expect("getrlimit works");
+        assert_eq!((raised, soft), (hard, hard));
+    }
+}

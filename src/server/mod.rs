@@ -1,0 +1,175 @@
+//! greeter-server: the reactor shell around the protocol core.
+//!
+//! [`Server::bind`] does everything that can fail at start (raising the
+//! descriptor limit, binding every address, setting up signals) so that errors
+//! surface before the first client; [`Server::run`] then loops until a
+//! shutdown signal.
+//!
+//! - [`reactor`]: the event loop (poll, dispatch, deadlines, freeing slots);
+//! - [`connection`]: one client's socket, session and unsent output;
+//! - [`listener`]: binding with a real backlog, and accepting at EMFILE;
+//! - [`timers`]: deadlines that drive the poll timeout;
+//! - [`limits`]: RLIMIT_NOFILE and the connection capacity it allows.
+
+mod connection;
+mod limits;
+mod listener;
+mod reactor;
+mod timers;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use connection::Timeouts;
+pub use listener::ListenError;
+
+use crate::protocol::SessionLimits;
+use reactor::Reactor;
+
+/// The tutorial's address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
+
+/// Everything the server can be told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Addresses to listen on (IPv4 and IPv6); at least one.
+    pub listen: Vec<SocketAddr>,
+    /// Length of each listener's accept queue.
+    pub backlog: u32,
+    /// Most simultaneous clients; `None` sizes it from the descriptor limit.
+    pub max_connections: Option<usize>,
+    pub timeouts: Timeouts,
+    /// How long a shutdown waits for clients to take their good bye.
+    pub shutdown_grace: Duration,
+    pub limits: SessionLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("DEFAULT_LISTEN is a socket address"),
+            ],
+            backlog: 1024,
+            max_connections: None,
+            timeouts: Timeouts {
+                idle: Some(Duration::from_secs(60)),
+                linger: Duration::from_secs(5),
+            },
+            shutdown_grace: Duration::from_secs(5),
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// The settings the running reactor uses, resolved from a [`Config`].
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    max_connections: usize,
+    timeouts: Timeouts,
+    shutdown_grace: Duration,
+    limits: SessionLimits,
+}
+
+/// How the server stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// A signal, good byes sent, connections closed (or the grace ran out).
+    Graceful,
+    /// A second signal during the shutdown: exited at once.
+    Forced,
+}
+
+/// The server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Listen(ListenError),
+    /// The poller, signal handlers or spare descriptor could not be set up.
+    Setup(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Listen(err) => err.fmt(f),
+            StartError::Setup(err) => write!(f, "cannot set up the event loop: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A bound server, ready to run.
+pub struct Server {
+    reactor: Reactor,
+}
+
+impl Server {
+    /// Raises the descriptor limit, binds every address and prepares the loop.
+    pub fn bind(config: &Config) -> Result<Server, StartError> {
+        let max_connections = resolve_capacity(config.max_connections);
+        let mut sockets = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            sockets.push(listener::bind(addr, config.backlog).map_err(StartError::Listen)?);
+        }
+        let settings = Settings {
+            max_connections,
+            timeouts: config.timeouts,
+            shutdown_grace: config.shutdown_grace,
+            limits: config.limits,
+        };
+        let reactor = Reactor::new(sockets, settings).map_err(StartError::Setup)?;
+        for addr in reactor.local_addrs() {
+            log::info!("listening on {addr}");
+        }
+        log::info!(
+            "capacity {max_connections} connections; framing {:?}, max line {} bytes, idle timeout {}",
+            config.limits.framing,
+            config.limits.max_line,
+            config
+                .timeouts
+                .idle
+                .map_or("off".to_string(), |idle| format!("{idle:?}"))
+        );
+        Ok(Server { reactor })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.reactor.local_addrs()
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub fn run(self) -> io::Result<Stopped> {
+        self.reactor.run()
+    }
+}
+
+/// Raises RLIMIT_NOFILE and decides how many clients to serve at once.
+fn resolve_capacity(requested: Option<usize>) -> usize {
+    let descriptors = match limits::raise_descriptor_limit() {
+        Ok(soft) => soft,
+        Err(err) => {
+            log::warn!("cannot read or raise the file descriptor limit: {err}; assuming 1024");
+            1024
+        }
+    };
+    let capacity = limits::connection_capacity(descriptors);
+    match requested {
+        None => capacity,
+        Some(wanted) => {
+            if wanted > capacity {
+                log::warn!(
+                    "--max-connections {wanted} exceeds what the file descriptor limit ({descriptors}) \
+                     allows (about {capacity}); clients beyond that are turned away when accept \
+                     fails (raise `ulimit -n` to serve them)"
+                );
+            }
+            wanted
+        }
+    }
+}

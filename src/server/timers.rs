@@ -1,0 +1,79 @@
+//! Deadlines without threads: a min-heap of (when, which connection).
+//!
+//! The poll timeout is the time to the earliest deadline, so the loop sleeps
+//! exactly until something is due. Deadlines move constantly (every message
+//! pushes a connection's idle deadline back), and re-sorting a heap on every
+//! read would be waste. Instead the heap holds at most a few entries per
+//! connection and is checked lazily: when an entry comes due, the connection is
+//! asked for its *current* deadline; if that is later, the entry is simply
+//! re-queued for then. An entry is pushed eagerly only when a deadline moves
+//! earlier than the one already queued (entering linger, for example).
+//!
+//! Each entry names its connection by slab key *and* by a connection id that is
+//! never reused. Slab keys are reused as soon as a connection is freed, so a key
+//! alone could make a dead connection's timer fire on a stranger.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+/// Names one connection for its whole life: its slab key plus a unique id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConnectionRef {
+    pub key: usize,
+    pub id: u64,
+}
+
+/// The deadlines of all connections, earliest first.
+#[derive(Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, ConnectionRef)>>,
+}
+
+impl Timers {
+    /// Queues a deadline. Duplicates and stale entries are harmless: the
+    /// owner re-checks its real deadline when an entry comes due.
+    pub fn schedule(&mut self, at: Instant, conn: ConnectionRef) {
+        self.heap.push(Reverse((at, conn)));
+    }
+
+    /// The earliest queued deadline, which bounds the next poll's sleep.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes and returns one entry due at or before `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnectionRef)> {
+        if self.next_deadline()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(entry)| entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn entries_come_due_in_deadline_order_and_not_before() {
+        let start = Instant::now();
+        let conn = |key| ConnectionRef {
+            key,
+            id: key as u64,
+        };
+        let mut timers = Timers::default();
+        timers.schedule(start + Duration::from_secs(3), conn(3));
+        timers.schedule(start + Duration::from_secs(1), conn(1));
+        timers.schedule(start + Duration::from_secs(2), conn(2));
+
+        assert_eq!(timers.next_deadline(), Some(start + Duration::from_secs(1)));
+        assert_eq!(timers.pop_due(start), None);
+        let now = start + Duration::from_secs(2);
+        assert_eq!(timers.pop_due(now).map(|(_, c)| c.key), Some(1));
+        assert_eq!(timers.pop_due(now).map(|(_, c)| c.key), Some(2));
+        assert_eq!(timers.pop_due(now), None);
+        assert_eq!(timers.next_deadline(), Some(start + Duration::from_secs(3)));
+    }
+}
