@@ -69,6 +69,9 @@ pub struct ServerSession {
     /// Received bytes not yet answered: an unfinished line, or whole lines held
     /// back while the output is full. Empty (and unallocated) when idle.
     unanswered: Vec<u8>,
+    /// The peer paused after an unterminated remainder (auto framing) while
+    /// the output was full: the remainder is a message, answered on resume.
+    pause_deferred: bool,
     peer_closed: bool,
 }
 
@@ -78,6 +81,7 @@ impl ServerSession {
             state: SessionState::Greeting,
             limits,
             unanswered: Vec::new(),
+            pause_deferred: false,
             peer_closed: false,
         }
     }
@@ -102,13 +106,20 @@ impl ServerSession {
     pub fn wants_input(&self, unsent: usize) -> bool {
         self.state == SessionState::AwaitingName
             && !self.peer_closed
+            && !self.pause_deferred
             && unsent < self.limits.max_output
             && !self.has_held_back_lines()
     }
 
-    /// Whether whole lines wait for output room; [`ServerSession::resume`]
-    /// answers them once the shell has sent some output.
-    pub fn has_held_back_lines(&self) -> bool {
+    /// Whether input already received still waits for output room (whole
+    /// lines, a remainder ended by a pause, or the peer's EOF):
+    /// [`ServerSession::resume`] answers it once the shell has sent some output.
+    pub fn has_deferred_work(&self) -> bool {
+        self.state == SessionState::AwaitingName
+            && (self.pause_deferred || self.peer_closed || self.has_held_back_lines())
+    }
+
+    fn has_held_back_lines(&self) -> bool {
         self.unanswered.contains(&b'\n')
     }
 
@@ -134,9 +145,12 @@ impl ServerSession {
     /// The read would block: the peer has paused. In auto framing an
     /// unterminated remainder is now a whole message.
     pub fn peer_paused(&mut self, out: &mut Vec<u8>) {
-        if self.limits.framing == Framing::Auto && self.can_take_remainder(out) {
-            let remainder = std::mem::take(&mut self.unanswered);
-            self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
+        if self.limits.framing == Framing::Auto
+            && self.state == SessionState::AwaitingName
+            && !self.unanswered.is_empty()
+        {
+            self.pause_deferred = true;
+            self.answer_ended_remainder(out);
         }
     }
 
@@ -150,8 +164,11 @@ impl ServerSession {
     /// Answers lines held back by backpressure, as far as output room allows.
     /// The shell calls this after it has written some output.
     pub fn resume(&mut self, out: &mut Vec<u8>) {
-        if self.state == SessionState::AwaitingName && !self.unanswered.is_empty() {
+        if self.state == SessionState::AwaitingName && self.has_held_back_lines() {
             self.answer_held_back(out);
+        }
+        if self.pause_deferred {
+            self.answer_ended_remainder(out);
         }
         self.finish_if_answered(out);
     }
@@ -211,21 +228,27 @@ impl ServerSession {
         }
     }
 
-    fn can_take_remainder(&self, out: &[u8]) -> bool {
-        self.state == SessionState::AwaitingName
-            && !self.unanswered.is_empty()
-            && out.len() < self.limits.max_output
-            && !self.has_held_back_lines()
+    /// Answers the unterminated remainder as a whole message (the peer
+    /// paused or closed after it), once there is output room for the reply.
+    fn answer_ended_remainder(&mut self, out: &mut Vec<u8>) {
+        if self.state != SessionState::AwaitingName
+            || out.len() >= self.limits.max_output
+            || self.has_held_back_lines()
+        {
+            return;
+        }
+        self.pause_deferred = false;
+        let remainder = std::mem::take(&mut self.unanswered);
+        if !remainder.is_empty() {
+            self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
+        }
     }
 
     fn finish_if_answered(&mut self, out: &mut Vec<u8>) {
         if !self.peer_closed || self.has_held_back_lines() {
             return;
         }
-        if self.can_take_remainder(out) {
-            let remainder = std::mem::take(&mut self.unanswered);
-            self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
-        }
+        self.answer_ended_remainder(out);
         if self.state == SessionState::AwaitingName && self.unanswered.is_empty() {
             out.extend_from_slice(GOODBYE);
             self.enter_closing();
@@ -432,11 +455,11 @@ mod tests {
             "stops near the limit"
         );
         assert!(!session.wants_input(out.len()));
-        assert!(session.has_held_back_lines());
+        assert!(session.has_deferred_work());
 
         let mut answered = out.len();
         let mut rounds = 0;
-        while session.has_held_back_lines() {
+        while session.has_deferred_work() {
             rounds += 1;
             assert!(rounds < 100, "resume makes progress");
             out.clear();
@@ -446,6 +469,54 @@ mod tests {
         let one_reply = b"Server: Hello x!\nServer: What's your name?".len();
         assert_eq!(answered, 50 * one_reply, "nothing lost");
         assert!(session.wants_input(0));
+    }
+
+    #[test]
+    fn a_pause_while_the_output_is_full_is_answered_on_resume() {
+        let mut session = greeted(SessionLimits {
+            max_output: 10,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nb\nTracy", &mut out);
+        session.peer_paused(&mut out);
+        assert_eq!(out, b"Server: Hello a!\nServer: What's your name?");
+        assert!(
+            !session.wants_input(0),
+            "more bytes must not join the ended message"
+        );
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            out.clear();
+            session.resume(&mut out);
+            replies.extend_from_slice(&out);
+        }
+        assert_eq!(
+            replies,
+            b"Server: Hello b!\nServer: What's your name?Server: Hello Tracy!\nServer: What's your name?"
+        );
+        assert!(!session.has_deferred_work());
+        assert!(session.wants_input(0));
+    }
+
+    #[test]
+    fn peer_close_while_the_output_is_full_still_ends_with_good_bye() {
+        let mut session = greeted(SessionLimits {
+            max_output: 10,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nlast", &mut out);
+        session.peer_closed(&mut out);
+        assert_eq!(session.state(), SessionState::AwaitingName);
+        assert!(session.has_deferred_work());
+        out.clear();
+        session.resume(&mut out);
+        assert_eq!(
+            out,
+            b"Server: Hello last!\nServer: What's your name?Server: Good bye!\n"
+        );
+        assert_eq!(session.state(), SessionState::Closing);
     }
 
     #[test]

@@ -150,7 +150,7 @@ impl Connection {
             if let Err(err) = self.flush(now, timeouts) {
                 return Next::Close(Closed::Failed(err.kind()));
             }
-            if self.session.has_held_back_lines() && !self.write_blocked {
+            if self.session.has_deferred_work() && !self.write_blocked {
                 let before = self.unsent.len();
                 self.session.resume(&mut self.unsent);
                 if self.unsent.len() != before {
