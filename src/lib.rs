@@ -8,9 +8,13 @@
 //! - [`server`]: the reactor shell. One `mio::Poll`, a slab of connections,
 //!   deadlines; it moves bytes between sockets and the core.
 //! - [`client`]: a blocking `std::net` client driving the core's client side.
+//! - [`load`]: the load generator, a reactor of simulated clients.
+//! - [`limits`]: the file descriptor limit, which caps connections on both sides.
 //!
 //! `src/bin/` only parses arguments and maps errors to exit codes.
 
 pub mod client;
+pub mod limits;
+pub mod load;
 pub mod protocol;
 pub mod server;

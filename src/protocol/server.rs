@@ -13,6 +13,8 @@
 //! ([`ServerSession::wants_input`]). That is what bounds a connection's memory
 //! when a client sends names but never reads the replies.
 
+use std::time::Duration;
+
 use super::framing::{Framing, remainder_fits, split_line};
 use super::{ERROR_PREFIX, EXIT, Escaped, GOODBYE, PROMPT, WELCOME, write_hello};
 
@@ -57,8 +59,9 @@ pub enum SessionState {
 pub enum CloseReason {
     /// The server is shutting down: the client is told good bye.
     Shutdown,
-    /// Nothing arrived for this many seconds.
-    IdleTimeout { seconds: u64 },
+    /// Nothing arrived for this long (the reply shows it in seconds, with a
+    /// fraction if it has one: `--idle-timeout 0.3` says "0.3 s", not "0 s").
+    IdleTimeout { after: Duration },
 }
 
 /// One connection's dialogue, fed bytes by the shell.
@@ -180,7 +183,8 @@ impl ServerSession {
         }
         match reason {
             CloseReason::Shutdown => out.extend_from_slice(GOODBYE),
-            CloseReason::IdleTimeout { seconds } => {
+            CloseReason::IdleTimeout { after } => {
+                let seconds = after.as_secs_f64();
                 write_error(out, format_args!("idle for {seconds} s; closing"));
             }
         }
@@ -562,8 +566,23 @@ mod tests {
 
         let mut session = greeted(SessionLimits::default());
         out.clear();
-        session.close(CloseReason::IdleTimeout { seconds: 60 }, &mut out);
+        session.close(
+            CloseReason::IdleTimeout {
+                after: Duration::from_secs(60),
+            },
+            &mut out,
+        );
         assert_eq!(out, b"Server: Error: idle for 60 s; closing\n");
+
+        let mut session = greeted(SessionLimits::default());
+        out.clear();
+        session.close(
+            CloseReason::IdleTimeout {
+                after: Duration::from_millis(300),
+            },
+            &mut out,
+        );
+        assert_eq!(out, b"Server: Error: idle for 0.3 s; closing\n");
         assert_eq!(session.state(), SessionState::Closing);
     }
 

@@ -209,9 +209,8 @@ impl Connection {
                 self.peer,
                 idle
             );
-            let seconds = idle.as_secs();
             self.session
-                .close(CloseReason::IdleTimeout { seconds }, &mut self.unsent);
+                .close(CloseReason::IdleTimeout { after: idle }, &mut self.unsent);
         }
         self.deadline = Some(now + timeouts.linger);
         self.service(read_buf, now, timeouts)

@@ -9,10 +9,8 @@
 //! - [`connection`]: one client's socket, session and unsent output;
 //! - [`listener`]: binding with a real backlog, and accepting at EMFILE;
 //! - [`timers`]: deadlines that drive the poll timeout;
-//! - [`limits`]: RLIMIT_NOFILE and the connection capacity it allows.
 
 mod connection;
-mod limits;
 mod listener;
 mod reactor;
 mod timers;
@@ -25,6 +23,7 @@ use std::time::Duration;
 pub use connection::Timeouts;
 pub use listener::ListenError;
 
+use crate::limits;
 use crate::protocol::SessionLimits;
 use reactor::Reactor;
 

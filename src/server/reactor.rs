@@ -339,6 +339,9 @@ impl Reactor {
                         self.accept_paused_until = Some(now + ACCEPT_RETRY_DELAY);
                         return;
                     }
+                    if !self.listeners[index].may_accept {
+                        return; // the backlog is empty
+                    }
                 }
                 Err(err) if is_per_client(&err) => {}
                 Err(err) => {
@@ -356,23 +359,38 @@ impl Reactor {
     /// The process is out of descriptors and a client waits in the backlog:
     /// spend the spare descriptor to accept it, tell it why it cannot be
     /// served, and take the spare back. False when that is impossible.
+    ///
+    /// accept() fails with EMFILE before it looks at the backlog, so an empty
+    /// backlog shows only here, as WouldBlock: that clears `may_accept` (else
+    /// the loop would spin until a descriptor frees up) and is no refusal, so
+    /// it neither warns nor counts (the warning comes once per burst).
     fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> bool {
-        if self.turned_away == 0 {
+        let warn = || {
             log::warn!(
                 "out of file descriptors ({err}); turning new clients away until connections close \
                  (raise `ulimit -n` or lower --max-connections)"
             );
-        }
+        };
         if !self.spare.release() {
+            if self.turned_away == 0 {
+                warn();
+            }
             return false;
         }
         let accepted = match self.listeners[index].socket.accept() {
             Ok((stream, _)) => {
+                if self.turned_away == 0 {
+                    warn();
+                }
                 self.turned_away += 1;
                 refuse(stream, Refusal::OutOfDescriptors);
                 true
             }
-            Err(err) => err.kind() == ErrorKind::WouldBlock,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                self.listeners[index].may_accept = false;
+                true
+            }
+            Err(_) => false,
         };
         self.spare.restore();
         accepted

@@ -2,9 +2,9 @@
 //!
 //! Every connection is a file descriptor, and RLIMIT_NOFILE caps them. Its soft
 //! limit is often 1024 while the hard limit is far higher; any process may
-//! raise its soft limit up to the hard one, so the server does that at start
-//! and sizes its capacity from the result instead of failing at the 1,000th
-//! client.
+//! raise its soft limit up to the hard one, so the server (and the load
+//! generator) do that at start and size their capacity from the result instead
+//! of failing at the 1,000th connection.
 
 use std::io;
 

@@ -1,0 +1,209 @@
+//! `greeter-load`: parses flags, runs a load test with `greeter::load`, prints
+//! the report, and exits non-zero when any check failed.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
+use greeter::load::{LoadConfig, Workload};
+
+/// Drives many simultaneous greeter clients against one server and reports
+/// throughput, latency percentiles and every failed check.
+///
+/// Every reply is checked byte for byte. Exit codes: 0 all checks passed;
+/// 1 some check failed (mismatch, reset, timeout, refused, early close);
+/// 2 bad arguments; 3 the run could not start or a file could not be used.
+#[derive(Parser, Debug)]
+#[command(name = "greeter-load", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Each connection exchanges names back to back (closed loop), or at a
+    /// fixed total rate with --rate (open loop).
+    Pingpong {
+        /// Total exchanges per second across all connections (open loop);
+        /// latency is measured from each exchange's intended send time.
+        #[arg(long, value_name = "PER_SECOND", value_parser = positive)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Whole dialogues over and over: connect, greeting, names, exit, close.
+    Churn {
+        /// Names sent in each dialogue before exit.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        names: u32,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Open the connections and keep them idle while one probe connection
+    /// measures latency; at the end every held connection must still answer.
+    Hold {
+        /// Exchanges per second on the probe connection.
+        #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = positive)]
+        probe_rate: f64,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Combine histograms saved with --hist-out (from several load machines)
+    /// and print their percentiles.
+    Merge {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Histogram files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Server address, host:port. Traffic goes to this address only.
+    #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
+    addr: String,
+    /// Simultaneous connections.
+    #[arg(short, long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Seconds to measure, after the warmup (default 10 unless --count is given).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    duration: Option<Duration>,
+    /// Stop after this many measured exchanges (dialogues, in churn).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Connections opened per second while building up (default: at once).
+    #[arg(long, value_name = "PER_SECOND", value_parser = positive)]
+    ramp: Option<f64>,
+    /// Seconds at the start that are not counted.
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = seconds)]
+    warmup: Duration,
+    /// Seconds to wait for a connect or a reply before counting a timeout.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
+    timeout: Duration,
+    /// Local addresses to connect from, comma-separated (e.g.
+    /// 127.0.0.2,127.0.0.3): each brings its own range of ephemeral ports.
+    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    source_addrs: Vec<IpAddr>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Save the latency histogram (HdrHistogram V2 format) for `merge`.
+    #[arg(long, value_name = "FILE")]
+    hist_out: Option<PathBuf>,
+    /// No live status line on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|value| Duration::try_from_secs_f64(value).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("`{text}` is not a positive number")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(log::LevelFilter::Warn)
+        .with_colors(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Pingpong { rate, run } => run_load(Workload::PingPong { rate }, run),
+        Command::Churn { names, run } => run_load(Workload::Churn { names }, run),
+        Command::Hold { probe_rate, run } => run_load(Workload::Hold { probe_rate }, run),
+        Command::Merge { json, files } => merge_files(&files, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("greeter-load: {message}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
+    let addr: SocketAddr = args
+        .addr
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {}: {err}", args.addr))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", args.addr))?;
+    let duration = match (args.duration, args.count) {
+        (None, None) => Some(Duration::from_secs(10)),
+        (duration, _) => duration,
+    };
+    let config = LoadConfig {
+        addr,
+        workload,
+        connections: usize::try_from(args.connections).unwrap_or(usize::MAX),
+        duration,
+        count: args.count,
+        ramp: args.ramp,
+        warmup: args.warmup,
+        timeout: args.timeout,
+        source_addrs: args.source_addrs,
+        live: !args.quiet && std::io::stderr().is_terminal(),
+    };
+    let report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
+    if let Some(path) = &args.hist_out {
+        let file =
+            File::create(path).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        save_histogram(&report.stats.latency_us, &mut BufWriter::new(file))
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn merge_files(files: &[PathBuf], json: bool) -> Result<ExitCode, String> {
+    let mut histograms = Vec::with_capacity(files.len());
+    for path in files {
+        let file =
+            File::open(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        let histogram = load_histogram(&mut BufReader::new(file))
+            .map_err(|err| format!("{} is not a saved histogram: {err}", path.display()))?;
+        histograms.push(histogram);
+    }
+    let merged = merge(&histograms);
+    if json {
+        println!(
+            "{{\"files\":{},\"latency_us\":{}}}",
+            files.len(),
+            latency_json(&merged)
+        );
+    } else {
+        println!(
+            "merged {} histograms, {} samples",
+            files.len(),
+            merged.len()
+        );
+        println!("  latency: {}", latency_line(&merged));
+    }
+    Ok(ExitCode::SUCCESS)
+}

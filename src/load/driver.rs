@@ -1,0 +1,633 @@
+//! The load generator's event loop and its simulated clients.
+//!
+//! Like the server's reactor: edge-triggered readiness, both interests
+//! registered once per socket, one shared read buffer. Each simulated client
+//! is a small state machine (connecting, awaiting the greeting, idle, awaiting
+//! a reply, awaiting good bye) around a [`ClientSession`]; the session knows
+//! the exact reply due, so checking costs one comparison per byte.
+//!
+//! Deadlines are few and coarse here, so instead of a timer per client the
+//! loop sweeps for timeouts every [`SWEEP_INTERVAL`]; only open-loop sends,
+//! which must leave on time, sit in a heap.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::report::{CpuTime, Report};
+use super::stats::{Failure, Stats};
+use super::{LoadConfig, Workload};
+use crate::limits;
+use crate::protocol::{ClientSession, NameTerminator, Turn};
+
+/// How often client timeouts are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Connects in flight at once: more would overflow the server's accept queue
+/// and turn into SYN retransmits a second later, which measures nothing.
+const MAX_CONNECTING: usize = 512;
+/// Pause before replacing a connection that failed, so a dead server is not
+/// hammered in a tight loop.
+const REOPEN_DELAY: Duration = Duration::from_millis(100);
+const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Worker,
+    /// Hold mode: the one connection that measures latency.
+    Probe,
+    /// Hold mode: open and idle until the final check.
+    Held,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    AwaitingGreeting,
+    Idle,
+    AwaitingReply,
+    AwaitingGoodbye,
+    /// Good bye received; waiting for the server's EOF.
+    AwaitingClose,
+}
+
+struct SimulatedClient {
+    id: u64,
+    stream: TcpStream,
+    session: ClientSession,
+    role: Role,
+    phase: Phase,
+    outgoing: Vec<u8>,
+    /// When the exchange in flight was sent or, open loop, was due to be sent.
+    exchange_start: Instant,
+    dialogue_start: Instant,
+    /// A connect or reply later than this is a timeout.
+    deadline: Option<Instant>,
+    /// Open loop: when this client's next exchange is due.
+    next_due: Instant,
+    names_sent: u32,
+    /// Hold mode: answered the final check.
+    checked: bool,
+}
+
+struct Driver<'a> {
+    config: &'a LoadConfig,
+    poll: Poll,
+    clients: Slab<SimulatedClient>,
+    read_buf: Box<[u8]>,
+    stats: Stats,
+    start: Instant,
+    measure_from: Instant,
+    /// Open-loop sends waiting for their time: (due, key, id).
+    scheduled: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Clients opened while building up to the target (ramped).
+    ramped: usize,
+    connecting: usize,
+    reopen_after: Option<Instant>,
+    finishing: Option<Instant>,
+    next_id: u64,
+    next_source: usize,
+    /// Hold mode: the probe connection is open.
+    probe_open: bool,
+    name: Vec<u8>,
+    peak_open: usize,
+    connections_opened: u64,
+    held_checked: u64,
+    live_completed: u64,
+}
+
+/// Runs one load test to completion and reports what it measured.
+pub fn run(config: &LoadConfig) -> io::Result<Report> {
+    let descriptors = limits::raise_descriptor_limit()?;
+    let capacity = limits::connection_capacity(descriptors);
+    let mut config = config.clone();
+    let extra = usize::from(matches!(config.workload, Workload::Hold { .. }));
+    if config.connections + extra > capacity {
+        let capped = capacity.saturating_sub(extra).max(1);
+        log::warn!(
+            "--connections {} capped to {capped} by the file descriptor limit ({descriptors}); \
+             raise `ulimit -n` for more",
+            config.connections
+        );
+        config.connections = capped;
+    }
+    let cpu_before = CpuTime::now();
+    let start = Instant::now();
+    let mut driver = Driver {
+        config: &config,
+        poll: Poll::new()?,
+        clients: Slab::with_capacity(config.connections + extra),
+        read_buf: vec![0; 64 * 1024].into_boxed_slice(),
+        stats: Stats::default(),
+        start,
+        measure_from: start + config.warmup,
+        scheduled: BinaryHeap::new(),
+        ramped: 0,
+        connecting: 0,
+        reopen_after: None,
+        finishing: None,
+        next_id: 0,
+        next_source: 0,
+        probe_open: false,
+        name: Vec::new(),
+        peak_open: 0,
+        connections_opened: 0,
+        held_checked: 0,
+        live_completed: 0,
+    };
+    let measured = driver.run_loop()?;
+    Ok(Report {
+        config: config.clone(),
+        stats: driver.stats,
+        measured,
+        peak_open: driver.peak_open,
+        connections_opened: driver.connections_opened,
+        held_checked: driver.held_checked,
+        cpu: CpuTime::now().since(&cpu_before),
+    })
+}
+
+impl Driver<'_> {
+    fn target(&self) -> usize {
+        match self.config.workload {
+            Workload::Hold { .. } => self.config.connections + 1,
+            _ => self.config.connections,
+        }
+    }
+
+    fn measure_until(&self) -> Option<Instant> {
+        self.config
+            .duration
+            .map(|duration| self.measure_from + duration)
+    }
+
+    /// Loops until the run is over; returns the length of the measured window.
+    fn run_loop(&mut self) -> io::Result<Duration> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = self.start + SWEEP_INTERVAL;
+        let mut next_live = self.start + LIVE_INTERVAL;
+        loop {
+            let now = Instant::now();
+            self.open_clients(now);
+            self.send_due(now);
+            if now >= next_sweep {
+                self.sweep_timeouts(now);
+                next_sweep = now + SWEEP_INTERVAL;
+            }
+            if now >= next_live {
+                self.print_live(now);
+                next_live += LIVE_INTERVAL;
+            }
+            if self.finishing.is_none() && self.run_is_over(now) {
+                self.finish(now);
+            }
+            if let Some(deadline) = self.finishing {
+                if self.clients.is_empty() {
+                    break;
+                }
+                if now >= deadline {
+                    self.abandon_unfinished();
+                    break;
+                }
+            }
+            let wake = [
+                Some(next_sweep),
+                Some(next_live),
+                self.scheduled.peek().map(|Reverse((due, _, _))| *due),
+                self.next_ramp_time(),
+                self.finishing,
+                self.measure_until(),
+                self.reopen_after,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = wake.map(|at| at.saturating_duration_since(now));
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                let key = event.token().0;
+                let error = event.is_error();
+                let eof_pending = event.is_read_closed() || error;
+                self.on_event(
+                    key,
+                    event.is_readable() || eof_pending,
+                    eof_pending,
+                    event.is_writable() || error,
+                    now,
+                );
+            }
+        }
+        let end = Instant::now().min(self.measure_until().unwrap_or(Instant::now()));
+        Ok(end.saturating_duration_since(self.measure_from))
+    }
+
+    fn run_is_over(&self, now: Instant) -> bool {
+        self.measure_until().is_some_and(|until| now >= until)
+            || self
+                .config
+                .count
+                .is_some_and(|count| self.stats.completed >= count)
+    }
+
+    /// Stop starting new work; every client says exit (held ones answer a
+    /// check first) and waits for good bye.
+    fn finish(&mut self, now: Instant) {
+        self.finishing = Some(now + self.config.timeout);
+        self.scheduled.clear();
+        let idle: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, client)| client.phase == Phase::Idle)
+            .map(|(key, _)| key)
+            .collect();
+        for key in idle {
+            self.next_step(key, now);
+        }
+    }
+
+    fn abandon_unfinished(&mut self) {
+        let left = self.clients.len();
+        for (_, client) in self.clients.iter() {
+            self.stats.fail(
+                Failure::Timeout,
+                format_args!(
+                    "dialogue not finished at the end of the run ({:?})",
+                    client.phase
+                ),
+            );
+        }
+        log::warn!(
+            "{left} connections had not finished their dialogue within --timeout after the run"
+        );
+        self.clients.clear();
+    }
+
+    fn next_ramp_time(&self) -> Option<Instant> {
+        let rate = self.config.ramp?;
+        if self.ramped >= self.target() || self.finishing.is_some() {
+            return None;
+        }
+        Some(self.start + Duration::from_secs_f64(self.ramped as f64 / rate))
+    }
+
+    fn open_clients(&mut self, now: Instant) {
+        if self.finishing.is_some() || self.reopen_after.is_some_and(|at| now < at) {
+            return;
+        }
+        self.reopen_after = None;
+        while self.clients.len() < self.target() && self.connecting < MAX_CONNECTING {
+            if self.ramped < self.target() && self.next_ramp_time().is_some_and(|at| at > now) {
+                return;
+            }
+            if let Err(err) = self.open_one(now) {
+                let kind = classify(&err);
+                self.stats
+                    .fail(kind, format_args!("connect to {}: {err}", self.config.addr));
+                self.reopen_after = Some(now + REOPEN_DELAY);
+                return;
+            }
+            self.ramped = (self.ramped + 1).min(self.target());
+        }
+    }
+
+    fn open_one(&mut self, now: Instant) -> io::Result<()> {
+        let addr = self.config.addr;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        if !self.config.source_addrs.is_empty() {
+            let source =
+                self.config.source_addrs[self.next_source % self.config.source_addrs.len()];
+            self.next_source += 1;
+            socket.bind(&SocketAddr::new(source, 0).into())?;
+        }
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(err) => return Err(err),
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        let role = match self.config.workload {
+            Workload::Hold { .. } if !self.probe_open => Role::Probe,
+            Workload::Hold { .. } => Role::Held,
+            _ => Role::Worker,
+        };
+        self.probe_open |= role == Role::Probe;
+        let id = self.next_id;
+        self.next_id += 1;
+        // Open loop: spread the clients' first exchanges evenly over one interval.
+        let spread = self.config.connections.max(1) as u64;
+        let next_due = now
+            + self.interval(role).map_or(Duration::ZERO, |interval| {
+                interval.mul_f64((id % spread) as f64 / spread as f64)
+            });
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(SimulatedClient {
+            id,
+            stream,
+            session: ClientSession::new(NameTerminator::Newline),
+            role,
+            phase: Phase::Connecting,
+            outgoing: Vec::new(),
+            exchange_start: now,
+            dialogue_start: now,
+            deadline: Some(now + self.config.timeout),
+            next_due,
+            names_sent: 0,
+            checked: false,
+        });
+        self.connecting += 1;
+        self.connections_opened += 1;
+        self.peak_open = self.peak_open.max(self.clients.len());
+        Ok(())
+    }
+
+    /// Open loop: the time between one client's exchanges.
+    fn interval(&self, role: Role) -> Option<Duration> {
+        let per_second = match (self.config.workload, role) {
+            (Workload::PingPong { rate: Some(rate) }, _) => {
+                rate / self.config.connections.max(1) as f64
+            }
+            (Workload::Hold { probe_rate }, Role::Probe) => probe_rate,
+            _ => return None,
+        };
+        Some(Duration::from_secs_f64(1.0 / per_second))
+    }
+
+    fn on_event(
+        &mut self,
+        key: usize,
+        readable: bool,
+        eof_pending: bool,
+        writable: bool,
+        now: Instant,
+    ) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        if client.phase == Phase::Connecting {
+            if !writable && !readable {
+                return;
+            }
+            match client.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(err)) | Err(err) => {
+                    return self.fail(key, classify(&err), format_args!("connect: {err}"));
+                }
+            }
+            match client.stream.peer_addr() {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::NotConnected => return,
+                Err(err) => return self.fail(key, classify(&err), format_args!("connect: {err}")),
+            }
+            client.phase = Phase::AwaitingGreeting;
+            self.connecting -= 1;
+        }
+        if writable {
+            if let Err(err) = self.flush(key) {
+                return self.fail(key, classify(&err), format_args!("write: {err}"));
+            }
+        }
+        if readable {
+            self.read(key, eof_pending, now);
+        }
+    }
+
+    /// Reads until the socket is drained. `eof_pending`: epoll reported the
+    /// server's FIN with this edge, so a short read does not prove the socket
+    /// drained (no new edge will announce the EOF): read on until it.
+    fn read(&mut self, key: usize, eof_pending: bool, now: Instant) {
+        loop {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            let n = match client.stream.read(&mut self.read_buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => return self.fail(key, classify(&err), format_args!("read: {err}")),
+            };
+            if n == 0 {
+                return match client.session.peer_closed() {
+                    Ok(()) => self.close(key),
+                    Err(err) => self.fail(key, Failure::ClosedEarly, err),
+                };
+            }
+            match client.session.receive(&self.read_buf[..n]) {
+                Ok(Some(turn)) => self.on_turn(key, turn, now),
+                Ok(None) => {}
+                Err(err) => return self.fail(key, Failure::Mismatch, err),
+            }
+            if n < self.read_buf.len() && !eof_pending {
+                // A short read drained the socket; the next byte raises a new edge.
+                return;
+            }
+        }
+    }
+
+    fn on_turn(&mut self, key: usize, turn: Turn, now: Instant) {
+        let in_window =
+            now >= self.measure_from && self.measure_until().is_none_or(|until| now <= until);
+        let client = &mut self.clients[key];
+        client.deadline = None;
+        match turn {
+            Turn::Greeting => client.phase = Phase::Idle,
+            Turn::Hello | Turn::Prompt => {
+                client.phase = Phase::Idle;
+                if client.role == Role::Held {
+                    client.checked = true;
+                    self.held_checked += 1;
+                } else if !matches!(self.config.workload, Workload::Churn { .. }) && in_window {
+                    self.stats.record(now - client.exchange_start);
+                }
+                self.live_completed += 1;
+            }
+            Turn::Goodbye => {
+                client.phase = Phase::AwaitingClose;
+                client.deadline = Some(now + self.config.timeout);
+                if matches!(self.config.workload, Workload::Churn { .. }) && in_window {
+                    self.stats.record(now - client.dialogue_start);
+                    self.live_completed += 1;
+                }
+                return;
+            }
+        }
+        self.next_step(key, now);
+    }
+
+    /// An idle client's next message, by workload and schedule.
+    fn next_step(&mut self, key: usize, now: Instant) {
+        let client = &mut self.clients[key];
+        if self.finishing.is_some() {
+            if client.role == Role::Held && !client.checked {
+                return self.send_name(key, now, now);
+            }
+            return self.send_exit(key, now);
+        }
+        match (self.config.workload, client.role) {
+            (Workload::Hold { .. }, Role::Held) => {}
+            (Workload::Churn { names }, _) => {
+                if client.names_sent < names {
+                    self.send_name(key, now, now);
+                } else {
+                    self.send_exit(key, now);
+                }
+            }
+            (Workload::PingPong { rate: None }, _) => self.send_name(key, now, now),
+            (_, role) => {
+                let due = client.next_due;
+                if let Some(interval) = self.interval(role) {
+                    self.clients[key].next_due = due + interval;
+                }
+                if due <= now {
+                    self.send_name(key, due, now);
+                } else {
+                    let id = self.clients[key].id;
+                    self.scheduled.push(Reverse((due, key, id)));
+                }
+            }
+        }
+    }
+
+    fn send_due(&mut self, now: Instant) {
+        while let Some(Reverse((due, key, id))) = self.scheduled.peek().copied() {
+            if due > now {
+                return;
+            }
+            self.scheduled.pop();
+            if self
+                .clients
+                .get(key)
+                .is_some_and(|client| client.id == id && client.phase == Phase::Idle)
+            {
+                self.send_name(key, due, now);
+            }
+        }
+    }
+
+    /// Sends the next name. `intended` is when it was due (open loop), which
+    /// is where its latency is measured from.
+    fn send_name(&mut self, key: usize, intended: Instant, now: Instant) {
+        let client = &mut self.clients[key];
+        self.name.clear();
+        // Different names per client and per exchange, so a reply meant for
+        // another exchange can never pass the check.
+        let _ = write!(self.name, "user{}-{}", client.id, client.names_sent);
+        client.outgoing.clear();
+        if let Err(err) = client.session.send_name(&self.name, &mut client.outgoing) {
+            return self.fail(key, Failure::Mismatch, err);
+        }
+        client.names_sent = client.names_sent.wrapping_add(1);
+        client.exchange_start = intended;
+        client.phase = Phase::AwaitingReply;
+        client.deadline = Some(now + self.config.timeout);
+        if let Err(err) = self.flush(key) {
+            self.fail(key, classify(&err), format_args!("write: {err}"));
+        }
+    }
+
+    fn send_exit(&mut self, key: usize, now: Instant) {
+        let client = &mut self.clients[key];
+        client.outgoing.clear();
+        if let Err(err) = client.session.send_exit(&mut client.outgoing) {
+            return self.fail(key, Failure::Mismatch, err);
+        }
+        client.phase = Phase::AwaitingGoodbye;
+        client.deadline = Some(now + self.config.timeout);
+        if let Err(err) = self.flush(key) {
+            self.fail(key, classify(&err), format_args!("write: {err}"));
+        }
+    }
+
+    fn flush(&mut self, key: usize) -> io::Result<()> {
+        let client = &mut self.clients[key];
+        while !client.outgoing.is_empty() {
+            match client.stream.write(&client.outgoing) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    client.outgoing.drain(..n);
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    fn sweep_timeouts(&mut self, now: Instant) {
+        let expired: Vec<(usize, Phase)> = self
+            .clients
+            .iter()
+            .filter(|(_, client)| client.deadline.is_some_and(|at| at <= now))
+            .map(|(key, client)| (key, client.phase))
+            .collect();
+        for (key, phase) in expired {
+            let timeout = self.config.timeout;
+            self.fail(
+                key,
+                Failure::Timeout,
+                format_args!("nothing within {timeout:?} ({phase:?})"),
+            );
+        }
+    }
+
+    fn fail(&mut self, key: usize, kind: Failure, detail: impl std::fmt::Display) {
+        self.stats.fail(kind, detail);
+        if self.finishing.is_none() {
+            self.reopen_after = Some(Instant::now() + REOPEN_DELAY);
+        }
+        self.close(key);
+    }
+
+    /// Frees a client's slot; outside the finish, a replacement is opened by
+    /// `open_clients`.
+    fn close(&mut self, key: usize) {
+        let client = self.clients.remove(key);
+        if client.phase == Phase::Connecting {
+            self.connecting -= 1;
+        }
+        if client.role == Role::Probe {
+            self.probe_open = false;
+        }
+    }
+
+    fn print_live(&mut self, now: Instant) {
+        if self.config.live {
+            eprintln!(
+                "greeter-load [{:>4.0?}] open {:>6}  completed/s {:>8}  errors {}",
+                now.saturating_duration_since(self.start).as_secs(),
+                self.clients.len(),
+                self.live_completed,
+                self.stats.total_failures()
+            );
+        }
+        self.live_completed = 0;
+    }
+}
+
+fn classify(err: &io::Error) -> Failure {
+    match err.kind() {
+        ErrorKind::ConnectionRefused => Failure::Refused,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Failure::Reset,
+        ErrorKind::TimedOut => Failure::Timeout,
+        _ => Failure::Io,
+    }
+}

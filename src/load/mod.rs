@@ -1,0 +1,68 @@
+//! greeter-load: many simulated clients on one mio reactor.
+//!
+//! The load generator is a reactor too, shaped like the server's: one thread,
+//! one `mio::Poll`, a slab of simulated clients, each driving the protocol
+//! core's [`ClientSession`](crate::protocol::ClientSession) from the client
+//! side, so every reply is checked byte for byte at no extra cost. One process
+//! holds as many connections as its descriptor limit allows (about 19,900 at
+//! `ulimit -n` 20000) on two cores.
+//!
+//! - [`driver`]: the event loop, the workloads and their schedules;
+//! - [`stats`]: the latency histogram, failure counts, histogram files;
+//! - [`report`]: the human and JSON reports.
+//!
+//! Open-loop latency (`pingpong --rate`) is measured from each exchange's
+//! *intended* send time, as wrk2 does: if the server stalls, the exchanges
+//! that should have been sent meanwhile are charged the stall, instead of
+//! silently not being sent (coordinated omission).
+
+mod driver;
+pub mod report;
+pub mod stats;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub use driver::run;
+pub use report::Report;
+
+/// What the simulated clients do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Workload {
+    /// Each connection sends a name, waits for the reply, and repeats. With a
+    /// rate, exchanges follow a fixed schedule of that many per second in
+    /// total instead (open loop).
+    PingPong { rate: Option<f64> },
+    /// Whole dialogues over and over: connect, greeting, `names` names, exit,
+    /// good bye, close.
+    Churn { names: u32 },
+    /// Connections open and stay idle, while one probe connection exchanges
+    /// names at `probe_rate` per second; at the end every held connection
+    /// must still answer.
+    Hold { probe_rate: f64 },
+}
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// The server; traffic goes to this address only.
+    pub addr: SocketAddr,
+    pub workload: Workload,
+    /// Simultaneous connections (held connections, in hold mode).
+    pub connections: usize,
+    /// Length of the measured window; the run ends after warmup + duration.
+    pub duration: Option<Duration>,
+    /// Stop after this many measured exchanges (dialogues, in churn).
+    pub count: Option<u64>,
+    /// Connections opened per second while building up (`None`: at once).
+    pub ramp: Option<f64>,
+    /// Time at the start whose results are not counted.
+    pub warmup: Duration,
+    /// Longest wait for a connect or a reply before it counts as a timeout.
+    pub timeout: Duration,
+    /// Local addresses to connect from, in turn (more than one source address
+    /// gives more than one ephemeral port range).
+    pub source_addrs: Vec<IpAddr>,
+    /// Print a live status line every second on stderr.
+    pub live: bool,
+}
