@@ -1,0 +1,256 @@
+//! The `greeter-server` binary from the outside: flags, start-up errors,
+//! listening addresses, the tutorial's log lines, and signals.
+
+mod common;
+mod process;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use process::run;
+
+fn server_binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+}
+
+/// A whole dialogue on one connection, ending with the server's close and
+/// then ours. Returns the client's local address.
+fn dialogue(addr: SocketAddr) -> SocketAddr {
+    let mut client = connect(addr);
+    expect_bytes(&mut client, GREETING);
+    exchange(&mut client, b"Michael\n", &hello(b"Michael"));
+    exchange(&mut client, b"exit\n", GOODBYE);
+    assert_eq!(read_to_close(&mut client), b"");
+    client.local_addr().unwrap()
+}
+
+/// Waits for a log line that ends with `text` (so "...:4000 is closed" does
+/// not match "...:40001 is closed" or "is closed (no EOF ...)").
+fn wait_for_line(server: &TestServer, text: &str) -> bool {
+    wait_until(|| server.log().lines().any(|line| line.ends_with(text)))
+}
+
+/// Every address the server logged as "listening on ADDR".
+fn listening_addrs(log: &str) -> Vec<SocketAddr> {
+    log.lines()
+        .filter_map(|line| line.split("listening on ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// An address already in use is a start-up error: non-zero exit, exactly one
+/// line on stderr that names the address and suggests a way out, and no
+/// panic or backtrace.
+#[test]
+fn address_in_use_is_one_clear_line() {
+    let occupant = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = occupant.local_addr().unwrap();
+    let mut command = server_binary();
+    command.args(["--listen", &addr.to_string()]);
+    let server = run(command, b"");
+    assert!(!server.status.success(), "{}", server.describe());
+    assert!(
+        server.code().is_some(),
+        "exited, not killed: {}",
+        server.describe()
+    );
+    let stderr = server.stderr_text();
+    assert_eq!(stderr.lines().count(), 1, "{}", server.describe());
+    let expected = format!(
+        "greeter-server: cannot listen on {addr}: address in use \
+         (is another server running? try --listen 127.0.0.1:0)"
+    );
+    assert!(stderr.starts_with(&expected), "{}", server.describe());
+    assert!(!stderr.contains("panicked"), "{}", server.describe());
+    drop(occupant);
+}
+
+/// A --listen value that is not a socket address is rejected by clap, with
+/// its usage exit code 2, before anything is bound.
+#[test]
+fn malformed_listen_address_is_exit_code_2() {
+    for bad in ["127.0.0.1", "localhost:0", "127.0.0.1:99999", "::1:0"] {
+        let mut command = server_binary();
+        command.args(["--listen", bad]);
+        let server = run(command, b"");
+        assert_eq!(
+            server.code(),
+            Some(2),
+            "--listen {bad}: {}",
+            server.describe()
+        );
+        let stderr = server.stderr_text();
+        assert!(
+            stderr.contains("invalid value") && stderr.contains("--listen"),
+            "--listen {bad}: {}",
+            server.describe()
+        );
+        assert!(!stderr.contains("panicked"), "{}", server.describe());
+    }
+}
+
+/// --help documents every flag.
+#[test]
+fn help_lists_every_flag() {
+    let mut command = server_binary();
+    command.arg("--help");
+    let help = run(command, b"");
+    assert_eq!(help.code(), Some(0), "{}", help.describe());
+    let text = help.stdout_text();
+    for flag in [
+        "--listen",
+        "--backlog",
+        "--max-connections",
+        "--idle-timeout",
+        "--linger",
+        "--shutdown-grace",
+        "--max-line",
+        "--max-output",
+        "--framing",
+        "--log-level",
+    ] {
+        assert!(
+            text.contains(flag),
+            "--help does not mention {flag}:\n{text}"
+        );
+    }
+}
+
+/// The server listens on IPv6 loopback and serves a dialogue there. Skipped
+/// (with a note) only where ::1 cannot be bound at all.
+#[test]
+fn serves_a_dialogue_over_ipv6() {
+    if let Err(err) = TcpListener::bind("[::1]:0") {
+        eprintln!("note: skipping the IPv6 test: cannot bind [::1]:0 on this machine: {err}");
+        return;
+    }
+    let server = TestServer::start(&["--listen", "[::1]:0"]);
+    assert!(server.addr.is_ipv6(), "listening on {}", server.addr);
+    assert!(server.addr.ip().is_loopback());
+    let local = dialogue(server.addr);
+    assert!(
+        wait_for_line(&server, &format!("Connection from {local} is closed")),
+        "log:\n{}",
+        server.log()
+    );
+}
+
+/// Two --listen addresses: both are bound and both serve dialogues.
+#[test]
+fn every_listen_address_serves() {
+    let server = TestServer::start(&["--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    let mut addrs = Vec::new();
+    assert!(
+        wait_until(|| {
+            addrs = listening_addrs(&server.log());
+            addrs.len() == 2
+        }),
+        "two listening addresses; log:\n{}",
+        server.log()
+    );
+    assert_ne!(addrs[0], addrs[1]);
+    for addr in addrs {
+        let local = dialogue(addr);
+        assert!(
+            wait_for_line(&server, &format!("Connection from {local} is closed")),
+            "log:\n{}",
+            server.log()
+        );
+    }
+}
+
+/// The log has the tutorial server's two lines, naming the client's actual
+/// address and port: "Accept new connection from 127.0.0.1:PORT" and, once
+/// the dialogue is over, "Connection from 127.0.0.1:PORT is closed".
+#[test]
+fn logs_the_tutorial_lines_for_each_client() {
+    let server = TestServer::start(&[]);
+    let mut client = server.connect_greeted();
+    let local = client.local_addr().unwrap();
+    let accepted = format!("Accept new connection from {local}");
+    let closed = format!("Connection from {local} is closed");
+    assert!(wait_for_line(&server, &accepted), "log:\n{}", server.log());
+    assert!(
+        !server.log().contains(&closed),
+        "closed before the dialogue ended"
+    );
+    exchange(&mut client, b"exit\n", GOODBYE);
+    assert_eq!(read_to_close(&mut client), b"");
+    drop(client);
+    assert!(wait_for_line(&server, &closed), "log:\n{}", server.log());
+}
+
+/// SIGTERM with two clients mid-dialogue: the listener closes first (new
+/// connects are refused while the server still runs), each client gets
+/// "Server: Good bye!\n" and then EOF, and once they close the server exits
+/// 0 on its own, long before its 30 s grace.
+#[test]
+fn sigterm_says_good_bye_to_every_client_and_exits_0() {
+    let mut server = TestServer::start(&["--shutdown-grace", "30", "--linger", "30"]);
+    let mut first = server.connect_greeted();
+    exchange(&mut first, b"Michael\n", &hello(b"Michael"));
+    let mut second = server.connect_greeted();
+    exchange(&mut second, b"Tracy\n", &hello(b"Tracy"));
+
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    expect_bytes(&mut first, GOODBYE);
+    expect_bytes(&mut second, GOODBYE);
+    // Both clients still hold their connections, so the server is running.
+    let refused = TcpStream::connect(server.addr);
+    assert!(
+        matches!(&refused, Err(err) if err.kind() == ErrorKind::ConnectionRefused),
+        "a connect during shutdown was not refused: {refused:?}"
+    );
+    assert!(!server.log().contains("exiting"), "log:\n{}", server.log());
+    assert_eq!(
+        read_to_close(&mut first),
+        b"",
+        "EOF right after the good bye"
+    );
+    assert_eq!(
+        read_to_close(&mut second),
+        b"",
+        "EOF right after the good bye"
+    );
+    drop(first);
+    drop(second);
+
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(signalled.elapsed() < Duration::from_secs(15));
+    let log = server.log();
+    assert!(log.contains("all connections closed"), "log:\n{log}");
+    assert!(!log.contains("still open"), "log:\n{log}");
+}
+
+/// A second SIGINT during a shutdown that is waiting for a client (which
+/// never closes; grace 30 s, linger 60 s) makes the server exit at once with
+/// code 130.
+#[test]
+fn a_second_sigint_during_shutdown_exits_at_once_with_130() {
+    let mut server = TestServer::start(&["--shutdown-grace", "30", "--linger", "60"]);
+    let mut client = server.connect_greeted();
+    server.signal(libc::SIGINT);
+    expect_bytes(&mut client, GOODBYE);
+    assert!(
+        server.wait_for_log("shutting down"),
+        "log:\n{}",
+        server.log()
+    );
+
+    let second = Instant::now();
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(130), "log:\n{}", server.log());
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "took {:?} to exit",
+        second.elapsed()
+    );
+    assert!(server.log().contains("second shutdown signal"));
+    drop(client);
+}

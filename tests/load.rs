@@ -1,0 +1,1007 @@
+//! `greeter-load` end to end, at small scale: the real binary, run with
+//! `--json` (or its human report), against the real `greeter-server` on an
+//! ephemeral loopback port, or against small fake servers in this file that
+//! misbehave on purpose (a wrong byte, a stall, a slow first reply, an early
+//! close).
+//!
+//! Every run is bounded twice: by its own `--duration` (and `--timeout`),
+//! and by [`DEADLINE`], after which the test kills it and fails. Assertions
+//! are on counts and on the exit code, never on how fast anything was; the
+//! only timing assertions are lower bounds (a run lasts at least its warmup
+//! plus duration; a reply a fake server delays on purpose is at least that
+//! late).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, hello};
+
+/// The failure kinds every JSON report lists under "errors".
+const ERROR_KINDS: [&str; 6] = [
+    "mismatch",
+    "reset",
+    "timeout",
+    "refused",
+    "closed_early",
+    "io",
+];
+
+// ---------------------------------------------------------------------------
+// Running greeter-load
+
+/// How one greeter-load run ended.
+struct Run {
+    args: Vec<String>,
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Run {
+    /// The one JSON object the run printed on stdout.
+    fn json(&self) -> Json {
+        Json::parse(&self.stdout)
+            .unwrap_or_else(|err| panic!("stdout is not one JSON object ({err}); {self}"))
+    }
+
+    fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, code, "unexpected exit code; {self}");
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "greeter-load {:?} exited {} after {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.args, self.code, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs greeter-load to completion; kills it and fails the test if it is
+/// still running after [`DEADLINE`].
+fn greeter_load(args: &[&str]) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_greeter-load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("greeter-load starts");
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait works") {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "greeter-load {args:?} still running after {DEADLINE:?}; stdout:\n{}\nstderr:\n{}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = started.elapsed();
+    let run = Run {
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        code: -1,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        elapsed,
+    };
+    match status.code() {
+        Some(code) => Run { code, ..run },
+        None => panic!("killed by a signal ({status}); {run}"),
+    }
+}
+
+/// Runs greeter-load `mode` against `addr` with `flags` (split on spaces),
+/// without the live status line.
+fn load(mode: &str, addr: &str, flags: &str) -> Run {
+    let mut args = vec![mode, "--addr", addr, "--quiet"];
+    args.extend(flags.split_whitespace());
+    greeter_load(&args)
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Asserts the report counted no failure of any kind: each known kind is
+/// listed with 0, and so is any kind this test does not know yet.
+fn assert_no_errors(report: &Json, run: &Run) {
+    for kind in ERROR_KINDS {
+        assert_eq!(report.count(&format!("errors/{kind}")), 0, "{kind}; {run}");
+    }
+    let Json::Object(kinds) = report.get("errors") else {
+        panic!("errors is not an object; {run}");
+    };
+    for (kind, _) in kinds {
+        assert_eq!(report.count(&format!("errors/{kind}")), 0, "{kind}; {run}");
+    }
+}
+
+/// A loopback port that refuses connections for as long as the returned
+/// socket lives: bound (so nothing else can take the port, not even one of
+/// greeter-load's own ephemeral ports) but not listening.
+fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .expect("local address")
+        .as_socket()
+        .expect("an inet address");
+    (socket, addr)
+}
+
+/// A file in the temp directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> TempFile {
+        let path =
+            std::env::temp_dir().join(format!("greeter-load-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fake servers
+
+/// How a fake server misbehaves (it always greets correctly first).
+#[derive(Clone, Copy, Debug)]
+enum Fake {
+    /// Answers each name with "Hallo" instead of "Hello": one wrong byte.
+    WrongHello,
+    /// Never answers anything after the greeting; holds the socket open.
+    Stall,
+    /// Answers correctly, but the first answer on each connection comes only
+    /// after this delay (a stall that ends).
+    SlowFirst(Duration),
+    /// Closes the connection on the first name, without answering it.
+    CloseOnName,
+}
+
+/// A fake server on 127.0.0.1:0: one accept thread polling a nonblocking
+/// listener, one thread per connection (at most [`FAKE_MAX_CONNECTIONS`]).
+/// Every thread ends when the server is dropped, or after [`FAKE_LIFETIME`].
+struct FakeServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Names answered, over all connections.
+    answered: Arc<AtomicU64>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+const FAKE_MAX_CONNECTIONS: usize = 64;
+const FAKE_LIFETIME: Duration = Duration::from_secs(30);
+/// How often idle fake-server threads look at the stop flag.
+const FAKE_POLL: Duration = Duration::from_millis(20);
+
+impl FakeServer {
+    fn start(kind: Fake) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("local address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let accept_thread = {
+            let stop = Arc::clone(&stop);
+            let answered = Arc::clone(&answered);
+            thread::spawn(move || {
+                let started = Instant::now();
+                let mut handlers = Vec::new();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < FAKE_LIFETIME {
+                    match listener.accept() {
+                        Ok((stream, _)) if handlers.len() < FAKE_MAX_CONNECTIONS => {
+                            let stop = Arc::clone(&stop);
+                            let answered = Arc::clone(&answered);
+                            handlers.push(thread::spawn(move || {
+                                serve_fake(stream, kind, &stop, &answered, started)
+                            }));
+                        }
+                        // Over the bound: close at once (the test then fails
+                        // on closed_early counts it did not expect).
+                        Ok((stream, _)) => drop(stream),
+                        Err(_) => thread::sleep(FAKE_POLL),
+                    }
+                }
+                stop.store(true, Ordering::SeqCst);
+                for handler in handlers {
+                    let _ = handler.join();
+                }
+            })
+        };
+        FakeServer {
+            addr,
+            stop,
+            answered,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_fake(
+    mut stream: TcpStream,
+    kind: Fake,
+    stop: &AtomicBool,
+    answered: &AtomicU64,
+    started: Instant,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(FAKE_POLL));
+    let _ = stream.set_write_timeout(Some(DEADLINE));
+    if stream.write_all(GREETING).is_err() {
+        return;
+    }
+    let mut pending = Vec::new();
+    let mut buf = [0; 1024];
+    let mut answers = 0u64;
+    while !stop.load(Ordering::SeqCst) && started.elapsed() < FAKE_LIFETIME {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => return,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        if pending.len() > 64 * 1024 {
+            return;
+        }
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let name = &line[..end];
+            let reply = match kind {
+                Fake::Stall => continue,
+                Fake::CloseOnName => return,
+                _ if name == b"exit" => {
+                    if stream.write_all(GOODBYE).is_err() {
+                        return;
+                    }
+                    let _ = stream.shutdown(Shutdown::Write);
+                    continue;
+                }
+                Fake::WrongHello => [b"Server: Hallo ", name, b"!\n", PROMPT].concat(),
+                Fake::SlowFirst(delay) => {
+                    if answers == 0 {
+                        // The stall this fake server exists to simulate.
+                        thread::sleep(delay);
+                    }
+                    hello(name)
+                }
+            };
+            if stream.write_all(&reply).is_err() {
+                return;
+            }
+            answers += 1;
+            answered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A small JSON reader, enough for greeter-load's reports
+
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// Parses `text` as exactly one JSON value (surrounding whitespace allowed).
+    fn parse(text: &str) -> Result<Json, String> {
+        let mut parser = JsonParser {
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        let value = parser.value(0)?;
+        parser.skip_whitespace();
+        if parser.at != parser.bytes.len() {
+            return Err(format!("trailing text at byte {}", parser.at));
+        }
+        Ok(value)
+    }
+
+    /// The value at a `/`-separated path of object keys ("errors/timeout";
+    /// `/` because keys such as "p99.9" contain dots).
+    fn get(&self, path: &str) -> &Json {
+        let mut value = self;
+        for key in path.split('/') {
+            let Json::Object(members) = value else {
+                panic!("{path}: {value:?} is not an object");
+            };
+            value = members
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, member)| member)
+                .unwrap_or_else(|| panic!("{path}: no key {key:?} in {value:?}"));
+        }
+        value
+    }
+
+    fn number(&self, path: &str) -> f64 {
+        match self.get(path) {
+            Json::Number(number) => *number,
+            other => panic!("{path} is {other:?}, not a number"),
+        }
+    }
+
+    /// A whole non-negative number.
+    fn count(&self, path: &str) -> u64 {
+        let number = self.number(path);
+        assert!(
+            number >= 0.0 && number.fract() == 0.0 && number < 2f64.powi(53),
+            "{path} is {number}, not a count"
+        );
+        number as u64
+    }
+
+    fn flag(&self, path: &str) -> bool {
+        match self.get(path) {
+            Json::Bool(flag) => *flag,
+            other => panic!("{path} is {other:?}, not a boolean"),
+        }
+    }
+
+    fn text(&self, path: &str) -> &str {
+        match self.get(path) {
+            Json::String(text) => text,
+            other => panic!("{path} is {other:?}, not a string"),
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl JsonParser<'_> {
+    const MAX_DEPTH: usize = 32;
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        self.skip_whitespace();
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(format!("expected {:?} at byte {}", byte as char, self.at))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > Self::MAX_DEPTH {
+            return Err("nested too deeply".to_string());
+        }
+        self.skip_whitespace();
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(Json::String),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(format!("no JSON value at byte {}", self.at)),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Json, String> {
+        self.expect(b'{')?;
+        let mut members = Vec::new();
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Ok(Json::Object(members));
+        }
+        loop {
+            self.skip_whitespace();
+            let key = self.string()?;
+            if members.iter().any(|(name, _)| *name == key) {
+                return Err(format!("duplicate key {key:?}"));
+            }
+            self.expect(b':')?;
+            members.push((key, self.value(depth + 1)?));
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(Json::Object(members));
+                }
+                _ => return Err(format!("expected , or }} at byte {}", self.at)),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Json, String> {
+        self.expect(b'[')?;
+        let mut items = Vec::new();
+        self.skip_whitespace();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Ok(Json::Array(items));
+        }
+        loop {
+            items.push(self.value(depth + 1)?);
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(Json::Array(items));
+                }
+                _ => return Err(format!("expected , or ] at byte {}", self.at)),
+            }
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let mut text = Vec::new();
+        loop {
+            let byte = self.peek().ok_or("unterminated string")?;
+            self.at += 1;
+            match byte {
+                b'"' => break,
+                b'\\' => {
+                    let escaped = self.peek().ok_or("unterminated escape")?;
+                    self.at += 1;
+                    let decoded = match escaped {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'n' => '\n',
+                        b't' => '\t',
+                        b'r' => '\r',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'u' => {
+                            let hex = self
+                                .bytes
+                                .get(self.at..self.at + 4)
+                                .and_then(|hex| std::str::from_utf8(hex).ok())
+                                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                                .ok_or("bad \\u escape")?;
+                            self.at += 4;
+                            char::from_u32(hex).unwrap_or('\u{fffd}')
+                        }
+                        _ => return Err(format!("bad escape at byte {}", self.at)),
+                    };
+                    let mut utf8 = [0; 4];
+                    text.extend_from_slice(decoded.encode_utf8(&mut utf8).as_bytes());
+                }
+                0..0x20 => return Err(format!("control byte in string at {}", self.at)),
+                _ => text.push(byte),
+            }
+        }
+        String::from_utf8(text).map_err(|err| err.to_string())
+    }
+
+    fn number(&mut self) -> Result<Json, String> {
+        let start = self.at;
+        while matches!(
+            self.peek(),
+            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        ) {
+            self.at += 1;
+        }
+        let text = std::str::from_utf8(&self.bytes[start..self.at]).map_err(|e| e.to_string())?;
+        text.parse::<f64>()
+            .map(Json::Number)
+            .map_err(|_| format!("bad number {text:?}"))
+    }
+
+    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
+        if self.bytes[self.at..].starts_with(word.as_bytes()) {
+            self.at += word.len();
+            Ok(value)
+        } else {
+            Err(format!("bad literal at byte {}", self.at))
+        }
+    }
+}
+
+#[test]
+fn the_json_reader_reads_what_it_should_and_rejects_the_rest() {
+    let value = Json::parse(r#" {"a":{"b.c":[1,-2.5e1,true,null]},"s":"x\"\n\u00e9"} "#).unwrap();
+    assert_eq!(
+        value.get("a/b.c"),
+        &Json::Array(vec![
+            Json::Number(1.0),
+            Json::Number(-25.0),
+            Json::Bool(true),
+            Json::Null
+        ])
+    );
+    assert_eq!(value.text("s"), "x\"\né");
+    for bad in [
+        "",
+        "{",
+        "{} {}",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "[1 2]",
+        "{\"a\":1,\"a\":2}",
+    ] {
+        assert!(Json::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Against the real server
+
+/// Closed loop: 20 connections exchange names back to back until 2000 have
+/// completed; every reply passed the byte-for-byte check, every exchange left
+/// a latency sample, and no connection had to be replaced.
+#[test]
+fn pingpong_closed_loop_completes_the_count_without_errors() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 20 --count 2000 --duration 15 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.text("mode"), "pingpong", "{run}");
+    assert_eq!(report.text("unit"), "exchanges", "{run}");
+    assert_eq!(report.text("addr"), addr, "{run}");
+    assert_eq!(report.count("connections"), 20, "{run}");
+    let completed = report.count("completed");
+    assert!(completed >= 2000, "{run}");
+    assert_no_errors(&report, &run);
+    assert!(report.count("latency_us/samples") > 0, "{run}");
+    assert_eq!(report.count("latency_us/samples"), completed, "{run}");
+    assert_eq!(report.count("peak_open"), 20, "{run}");
+    assert_eq!(report.count("connections_opened"), 20, "{run}");
+    assert!(report.flag("passed"), "{run}");
+}
+
+/// Open loop: --rate fixes the number of exchanges (about rate x duration,
+/// where a closed loop would do hundreds of times more), with no errors.
+#[test]
+fn pingpong_open_loop_sends_at_the_requested_rate() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 10 --rate 500 --duration 1 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.text("mode"), "pingpong-rate", "{run}");
+    let completed = report.count("completed");
+    assert!(
+        (250..=550).contains(&completed),
+        "{completed} exchanges; {run}"
+    );
+    assert_eq!(report.count("latency_us/samples"), completed, "{run}");
+    assert_no_errors(&report, &run);
+    assert_eq!(report.count("connections_opened"), 10, "{run}");
+    assert!(report.flag("passed"), "{run}");
+}
+
+/// Churn: every completed unit is a whole dialogue (greeting, 2 names, exit,
+/// good bye, the server's close) on a connection of its own.
+#[test]
+fn churn_runs_whole_dialogues_on_fresh_connections() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let run = load(
+        "churn",
+        &addr,
+        "-c 5 --count 50 --names 2 --duration 15 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.text("mode"), "churn", "{run}");
+    assert_eq!(report.text("unit"), "dialogues", "{run}");
+    let completed = report.count("completed");
+    assert!(completed >= 50, "{run}");
+    assert_eq!(report.count("latency_us/samples"), completed, "{run}");
+    assert_no_errors(&report, &run);
+    assert!(report.count("connections_opened") >= 50, "{run}");
+    assert!(report.count("connections_opened") >= completed, "{run}");
+    assert!(report.count("peak_open") <= 5, "{run}");
+    assert!(report.flag("passed"), "{run}");
+}
+
+/// Hold: 200 idle connections stay open and all answer the final check,
+/// while the one probe connection measures latency at its own rate.
+#[test]
+fn hold_keeps_every_connection_answering() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let run = load(
+        "hold",
+        &addr,
+        "-c 200 --duration 1 --probe-rate 50 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.text("mode"), "hold", "{run}");
+    assert_eq!(report.count("held_checked"), 200, "{run}");
+    assert!(report.count("latency_us/samples") > 0, "{run}");
+    // The probe is open loop at 50/s: a count, not a speed.
+    assert!(report.count("completed") <= 55, "{run}");
+    assert_eq!(report.count("peak_open"), 201, "{run}");
+    assert_eq!(report.count("connections_opened"), 201, "{run}");
+    assert_no_errors(&report, &run);
+    assert!(report.flag("passed"), "{run}");
+}
+
+/// --ramp is accepted and effective: with enough time all 50 connections
+/// open (without failures), and with too little time the ramp has opened
+/// only some of them when the run ends.
+#[test]
+fn ramp_opens_connections_gradually() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+
+    // 50 connections at 200/s: all open within ~0.25 s of the 0.6 s run.
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 50 --ramp 200 --duration 0.6 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.count("peak_open"), 50, "{run}");
+    assert_eq!(report.count("connections_opened"), 50, "{run}");
+    assert_no_errors(&report, &run);
+    assert!(report.flag("passed"), "{run}");
+
+    // 50 connections at 20/s would take 2.5 s; the run is over after 0.3 s.
+    // (Only a stall of the load generator longer than 2 s could open all.)
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 50 --ramp 20 --duration 0.3 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    let opened = report.count("connections_opened");
+    assert!((1..50).contains(&opened), "{run}");
+    assert_eq!(report.count("peak_open"), opened, "{run}");
+    assert_no_errors(&report, &run);
+}
+
+/// --warmup is accepted and effective: the measured window is --duration
+/// long and starts after the warmup, so an open-loop run counts about
+/// rate x duration exchanges, not rate x (warmup + duration).
+#[test]
+fn warmup_is_excluded_from_the_measured_window() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 2 --rate 200 --warmup 0.5 --duration 0.5 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    let measured = report.number("measured_s");
+    assert!((0.45..=0.55).contains(&measured), "{run}");
+    // Lower bound only: the run cannot end before warmup + duration.
+    assert!(run.elapsed >= Duration::from_secs(1), "{run}");
+    let completed = report.count("completed");
+    // 100 expected in the window; 200 would mean the warmup was counted.
+    assert!(
+        (50..=110).contains(&completed),
+        "{completed} exchanges; {run}"
+    );
+    assert_eq!(report.count("latency_us/samples"), completed, "{run}");
+    assert_no_errors(&report, &run);
+    assert!(report.flag("passed"), "{run}");
+}
+
+/// Histograms saved with --hist-out from two runs merge into one that holds
+/// every sample of both (and the larger maximum).
+#[test]
+fn merged_histograms_hold_every_sample_of_both_runs() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let first = TempFile::new("merge-1.hgrm");
+    let second = TempFile::new("merge-2.hgrm");
+    let mut samples = Vec::new();
+    let mut maxima = Vec::new();
+    for (file, count) in [(&first, "300"), (&second, "500")] {
+        let flags = format!("-c 3 --count {count} --duration 15 --timeout 5 --json");
+        let mut args = vec![
+            "pingpong",
+            "--addr",
+            &addr,
+            "--quiet",
+            "--hist-out",
+            file.path(),
+        ];
+        args.extend(flags.split_whitespace());
+        let run = greeter_load(&args);
+        run.assert_code(0);
+        let report = run.json();
+        assert!(report.count("latency_us/samples") > 0, "{run}");
+        samples.push(report.count("latency_us/samples"));
+        maxima.push(report.count("latency_us/max"));
+    }
+    let run = greeter_load(&["merge", first.path(), second.path(), "--json"]);
+    run.assert_code(0);
+    let merged = run.json();
+    assert_eq!(merged.count("files"), 2, "{run}");
+    assert_eq!(
+        merged.count("latency_us/samples"),
+        samples.iter().sum::<u64>(),
+        "{run}"
+    );
+    assert_eq!(
+        merged.count("latency_us/max"),
+        maxima.iter().copied().max().unwrap(),
+        "{run}"
+    );
+
+    // A file that is not a histogram, or is missing, cannot be used: exit 3.
+    let junk = TempFile::new("merge-junk.hgrm");
+    std::fs::write(&junk.0, b"not a histogram").unwrap();
+    let run = greeter_load(&["merge", first.path(), junk.path()]);
+    run.assert_code(3);
+    assert!(run.stderr.contains("not a saved histogram"), "{run}");
+    let missing = TempFile::new("merge-missing.hgrm");
+    let run = greeter_load(&["merge", missing.path()]);
+    run.assert_code(3);
+}
+
+// ---------------------------------------------------------------------------
+// Against servers that misbehave
+
+/// One wrong byte in a reply ("Hallo" for "Hello") is caught: exit 1, counted
+/// as a mismatch, and the human report quotes the first offending reply
+/// next to the one the protocol requires.
+#[test]
+fn a_wrong_reply_is_a_mismatch_and_fails_the_run() {
+    let fake = FakeServer::start(Fake::WrongHello);
+    let addr = fake.addr();
+    let run = load("pingpong", &addr, "-c 2 --duration 0.5 --timeout 2 --json");
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count("errors/mismatch") > 0, "{run}");
+    assert_eq!(report.count("completed"), 0, "{run}");
+    assert!(!report.flag("passed"), "{run}");
+
+    let run = load("pingpong", &addr, "-c 2 --duration 0.5 --timeout 2");
+    run.assert_code(1);
+    let line = run
+        .stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("mismatch"))
+        .unwrap_or_else(|| panic!("no mismatch line; {run}"));
+    // The reply as received, then the one required, for the same name.
+    let got = r#"first: unexpected reply: got "Server: Hallo "#;
+    let name = line
+        .split_once(got)
+        .and_then(|(_, rest)| rest.split_once(r#"!\n", expected "#))
+        .map(|(name, _)| name)
+        .unwrap_or_else(|| panic!("no offending reply quoted: {line}"));
+    assert!(name.starts_with("user"), "{line}");
+    let expected = format!(r#"expected "Server: Hello {name}!\nServer: What's your name?""#);
+    assert!(line.ends_with(&expected), "{line}");
+}
+
+/// A server that greets and then never answers: the exchanges in flight are
+/// counted as timeouts once --timeout passes, nothing counts as completed,
+/// and the run still ends (bounded by --duration and --timeout) with exit 1;
+/// the human report names the first timeout.
+#[test]
+fn a_stalled_server_is_reported_as_timeouts() {
+    let fake = FakeServer::start(Fake::Stall);
+    let addr = fake.addr();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 2 --duration 0.5 --timeout 0.3 --json",
+    );
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count("errors/timeout") > 0, "{run}");
+    assert_eq!(report.count("completed"), 0, "{run}");
+    assert_eq!(report.count("latency_us/samples"), 0, "{run}");
+    assert!(!report.flag("passed"), "{run}");
+
+    // The first timeout is --timeout firing on a reply, during the run, not
+    // just the leftovers abandoned at its end.
+    let run = load("pingpong", &addr, "-c 2 --duration 0.5 --timeout 0.3");
+    run.assert_code(1);
+    let line = run
+        .stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("timeout"))
+        .unwrap_or_else(|| panic!("no timeout line; {run}"));
+    assert!(
+        line.contains("first: nothing within 300ms (AwaitingReply)"),
+        "{line}"
+    );
+}
+
+/// Open loop against a server that never answers: the exchanges sent are not
+/// silently dropped but counted as timeouts, and the run fails.
+#[test]
+fn a_stalled_server_in_open_loop_is_reported_as_timeouts() {
+    let fake = FakeServer::start(Fake::Stall);
+    let addr = fake.addr();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 2 --rate 100 --duration 0.5 --timeout 0.3 --json",
+    );
+    run.assert_code(1);
+    let report = run.json();
+    assert_eq!(report.text("mode"), "pingpong-rate", "{run}");
+    assert!(report.count("errors/timeout") >= 2, "{run}");
+    assert_eq!(report.count("completed"), 0, "{run}");
+    assert!(!report.flag("passed"), "{run}");
+}
+
+/// Open loop, a stall that ends: each connection's first reply comes 400 ms
+/// late. The exchanges that were due during the stall are charged the time
+/// they waited to be sent (latency from the intended send time), so far more
+/// than one sample in ten is >= 100 ms; measured from the actual send, only
+/// the first exchange per connection would be slow.
+#[test]
+fn open_loop_latency_includes_the_time_a_stall_delayed_sending() {
+    let stall = Duration::from_millis(400);
+    let fake = FakeServer::start(Fake::SlowFirst(stall));
+    let addr = fake.addr();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 2 --rate 100 --duration 1 --timeout 3 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_no_errors(&report, &run);
+    let completed = report.count("completed");
+    assert!(
+        (50..=110).contains(&completed),
+        "{completed} exchanges; {run}"
+    );
+    // Lower bounds, certain from the fake server's deliberate delay.
+    assert!(report.count("latency_us/max") >= 400_000, "{run}");
+    assert!(report.count("latency_us/p90") >= 100_000, "{run}");
+    assert!(fake.answered.load(Ordering::SeqCst) >= completed, "{run}");
+}
+
+/// A server that closes the connection instead of answering: closed_early.
+#[test]
+fn a_server_closing_mid_dialogue_is_closed_early() {
+    let fake = FakeServer::start(Fake::CloseOnName);
+    let addr = fake.addr();
+    let run = load("pingpong", &addr, "-c 2 --duration 0.5 --timeout 2 --json");
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count("errors/closed_early") > 0, "{run}");
+    assert_eq!(report.count("completed"), 0, "{run}");
+    assert!(!report.flag("passed"), "{run}");
+}
+
+/// Nothing listening: every connect is refused and counted, the run ends at
+/// --duration (retries are paced, not a busy loop), and it fails.
+#[test]
+fn nothing_listening_is_refused() {
+    let (_reserved, addr) = refusing_port();
+    let addr = addr.to_string();
+    let run = load("pingpong", &addr, "-c 5 --duration 0.5 --timeout 2 --json");
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count("errors/refused") > 0, "{run}");
+    assert_eq!(report.count("completed"), 0, "{run}");
+    assert!(report.count("peak_open") <= 5, "{run}");
+    // Failed connects are retried at a paced rate (about 5 per 100 ms here),
+    // not in a busy loop, which would make hundreds of thousands.
+    assert!(report.count("errors/refused") <= 1000, "{run}");
+    assert!(!report.flag("passed"), "{run}");
+}
+
+/// Malformed command lines are usage errors: exit 2 and nothing on stdout.
+/// Each also points at a refusing port with a short duration, so that if one
+/// were wrongly accepted the run would still end quickly, with exit 1.
+#[test]
+fn malformed_flags_exit_2() {
+    let (_reserved, addr) = refusing_port();
+    let addr = addr.to_string();
+    let bounded = ["--addr", addr.as_str(), "--duration", "0.2", "--quiet"];
+    let cases: [&[&str]; 10] = [
+        &["pingpong", "--bogus"],
+        &["pingpong", "-c", "0"],
+        &["pingpong", "-c", "many"],
+        &["pingpong", "--rate", "0"],
+        &["pingpong", "--rate", "-5"],
+        &["pingpong", "--timeout", "soon"],
+        &["churn", "--names", "-1"],
+        &["hold", "--probe-rate", "inf"],
+        &["pingpong", "--source-addrs", "not-an-ip"],
+        &["explode"],
+    ];
+    for case in cases {
+        let args: Vec<&str> = case.iter().chain(bounded.iter()).copied().collect();
+        let run = greeter_load(&args);
+        run.assert_code(2);
+        assert!(run.stdout.is_empty(), "{run}");
+        assert!(!run.stderr.is_empty(), "{run}");
+    }
+    for args in [&[][..], &["merge"][..], &["merge", "--json"][..]] {
+        let run = greeter_load(args);
+        run.assert_code(2);
+    }
+}

@@ -1,0 +1,266 @@
+//! Compatibility with the Python socket tutorial (shared/seed/tcp-tutorial.md):
+//! its client against greeter-server, greeter-client against its server, and
+//! greeter-client against greeter-server in both name framings.
+//!
+//! The Python peers in tests/peers/ are written for this project and behave
+//! like the tutorial's programs (bare names, one recv(1024) per message, two
+//! send() calls per server reply), without the tutorial's sleeps. They need
+//! `python3`; CI installs it.
+
+mod common;
+mod process;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use process::{Finished, TRANSCRIPT, client_command, run};
+
+/// The interpreter for the peers in tests/peers/.
+const PYTHON: &str = "python3";
+
+fn peer_script(name: &str) -> String {
+    format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python(script: &str) -> Command {
+    let mut command = Command::new(PYTHON);
+    command.arg("-u").arg(peer_script(script));
+    command
+}
+
+/// Fails with a clear message, rather than an obscure spawn error, when
+/// python3 is missing.
+fn require_python() {
+    let found = Command::new(PYTHON)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "`{PYTHON}` is required: these tests run the tutorial's Python client and server \
+         from tests/peers/ (install python3; CI does)"
+    );
+}
+
+/// The lines a program printed, without the blank lines Python's print()
+/// leaves at the end (the goodbye already ends in a newline).
+fn printed_lines(output: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = output.split('\n').collect();
+    while lines.last().is_some_and(|line| line.trim().is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// The tutorial-like Python server (tests/peers/tutorial_server.py), killed
+/// when dropped.
+struct PythonServer {
+    child: Child,
+    port: u16,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl PythonServer {
+    /// Starts it for `connections` connections and waits for its port.
+    fn start(connections: usize) -> PythonServer {
+        require_python();
+        let mut child = python("tutorial_server.py")
+            .arg(connections.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {PYTHON}: {err}"));
+        let pipe = child.stdout.take().expect("stdout is piped");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stdout);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = PythonServer {
+            child,
+            port: 0,
+            stdout,
+        };
+        let mut port = None;
+        wait_until(|| {
+            port = server.lines().first().and_then(|line| line.parse().ok());
+            port.is_some() || server.child.try_wait().ok().flatten().is_some()
+        });
+        server.port = port.unwrap_or_else(|| {
+            panic!(
+                "the Python server never printed its port; stdout: {:?}",
+                server.lines()
+            )
+        });
+        server
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Each recv() result, in order, as the server logged it ("recv PEER HEX").
+    fn received(&self) -> Vec<Vec<u8>> {
+        self.lines()
+            .iter()
+            .filter_map(|line| line.strip_prefix("recv "))
+            .map(|rest| {
+                let hex = rest.split_whitespace().nth(1).unwrap_or("");
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex from the peer"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) for the server to exit after its connections.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait works") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the Python server did not exit; stdout: {:?}",
+                self.lines()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_client(args: &[&str]) -> Finished {
+    let mut command = client_command();
+    command.args(args);
+    run(command, b"")
+}
+
+/// The tutorial's own client, unchanged in behaviour (bare names, one
+/// recv(1024) per reply, no sleeps), gets exactly the tutorial's transcript
+/// from greeter-server: each reply is one write, and auto framing ends each
+/// bare name at the client's pause. The server logs the tutorial's lines.
+#[test]
+fn tutorial_client_gets_the_tutorial_transcript_from_greeter_server() {
+    require_python();
+    let server = TestServer::start(&[]);
+    let mut command = python("tutorial_client.py");
+    command
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string());
+    let client = run(command, b"");
+    assert!(client.status.success(), "{}", client.describe());
+    let stdout = client.stdout_text();
+    assert_eq!(
+        printed_lines(&stdout),
+        printed_lines(TRANSCRIPT),
+        "{}",
+        client.describe()
+    );
+    // The client closed right after the good bye, so the server logs a plain
+    // close for the same peer it accepted (not a linger timeout).
+    let peer = server
+        .wait_for_log_value("Accept new connection from ")
+        .expect("the accept is logged");
+    let closed = format!("Connection from {peer} is closed");
+    assert!(
+        wait_until(|| server.log().lines().any(|line| line.ends_with(&closed))),
+        "log:\n{}",
+        server.log()
+    );
+}
+
+/// greeter-client --no-newline speaks the tutorial's wire format: against a
+/// server that takes each recv() as one name and replies in two send() calls,
+/// it completes the dialogue, and the server saw exactly the four messages,
+/// each in its own recv(), with no terminator.
+#[test]
+fn greeter_client_without_newline_completes_the_dialogue_with_the_tutorial_server() {
+    let mut python = PythonServer::start(1);
+    let client = run_client(&[
+        "--no-newline",
+        "--addr",
+        &python.addr(),
+        "Michael",
+        "Tracy",
+        "Sarah",
+    ]);
+    assert_eq!(client.code(), Some(0), "{}", client.describe());
+    assert_eq!(client.stdout_text(), TRANSCRIPT);
+    assert_eq!(client.stderr_text(), "");
+    assert!(python.wait_exit().success(), "{:?}", python.lines());
+    assert_eq!(
+        python.received(),
+        [&b"Michael"[..], b"Tracy", b"Sarah", b"exit"],
+        "the tutorial server's recv() results; stdout: {:?}",
+        python.lines()
+    );
+}
+
+/// Without --no-newline the tutorial server takes "Michael\n" as the name and
+/// answers "Hello Michael\n!": greeter-client notices the reply is not the one
+/// the protocol requires and fails with code 6, showing what arrived, instead
+/// of printing a garbled transcript.
+#[test]
+fn greeter_client_with_newlines_reports_the_tutorial_servers_different_reply() {
+    let python = PythonServer::start(1);
+    let client = run_client(&["--addr", &python.addr(), "Michael"]);
+    assert_eq!(client.code(), Some(6), "{}", client.describe());
+    let stderr = client.stderr_text();
+    assert_eq!(stderr.lines().count(), 1, "{}", client.describe());
+    assert!(
+        stderr.starts_with("greeter-client: unexpected reply: got \"Server: Hello Michael\\n"),
+        "{}",
+        client.describe()
+    );
+    assert_eq!(
+        client.stdout_text(),
+        "Server: Welcome!\nServer: What's your name?\n"
+    );
+}
+
+/// greeter-client against greeter-server, in both ways of ending a name:
+/// newline-terminated names (with the server in auto and in line framing) and
+/// bare names (auto framing ends them at the pause). Each run exits 0 and
+/// prints exactly the tutorial's transcript.
+#[test]
+fn greeter_client_gets_the_transcript_from_greeter_server_in_every_framing() {
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&[], &[]),
+        (&["--framing", "line"], &[]),
+        (&[], &["--no-newline"]),
+    ];
+    for (server_args, client_flags) in cases {
+        let server = TestServer::start(server_args);
+        let addr = server.addr.to_string();
+        let mut args = client_flags.to_vec();
+        args.extend(["--addr", &addr, "Michael", "Tracy", "Sarah"]);
+        let client = run_client(&args);
+        let case = format!("server {server_args:?}, client {client_flags:?}");
+        assert_eq!(client.code(), Some(0), "{case}: {}", client.describe());
+        assert_eq!(client.stdout_text(), TRANSCRIPT, "{case}");
+        assert_eq!(client.stderr_text(), "", "{case}");
+    }
+}
