@@ -193,6 +193,9 @@ enum Fake {
     SlowFirst(Duration),
     /// Closes the connection on the first name, without answering it.
     CloseOnName,
+    /// The first connection accepted never answers after its greeting; every
+    /// later one answers correctly (a stall longer than --timeout).
+    StallFirstConnection,
 }
 
 /// A fake server on 127.0.0.1:0: one accept thread polling a nonblocking
@@ -231,6 +234,11 @@ impl FakeServer {
                         Ok((stream, _)) if handlers.len() < FAKE_MAX_CONNECTIONS => {
                             let stop = Arc::clone(&stop);
                             let answered = Arc::clone(&answered);
+                            let kind = match kind {
+                                Fake::StallFirstConnection if handlers.is_empty() => Fake::Stall,
+                                Fake::StallFirstConnection => Fake::SlowFirst(Duration::ZERO),
+                                other => other,
+                            };
                             handlers.push(thread::spawn(move || {
                                 serve_fake(stream, kind, &stop, &answered, started)
                             }));
@@ -308,7 +316,8 @@ fn serve_fake(
             let line: Vec<u8> = pending.drain(..=end).collect();
             let name = &line[..end];
             let reply = match kind {
-                Fake::Stall => continue,
+                // The accept thread resolves it to Stall or SlowFirst.
+                Fake::Stall | Fake::StallFirstConnection => continue,
                 Fake::CloseOnName => return,
                 _ if name == b"exit" => {
                     if stream.write_all(GOODBYE).is_err() {
@@ -940,6 +949,31 @@ fn open_loop_latency_includes_the_time_a_stall_delayed_sending() {
     assert!(report.count("latency_us/max") >= 400_000, "{run}");
     assert!(report.count("latency_us/p90") >= 100_000, "{run}");
     assert!(fake.answered.load(Ordering::SeqCst) >= completed, "{run}");
+}
+
+/// Open loop, a stall longer than --timeout: the stalled exchange is a
+/// timeout, and the connection that replaces the stalled one takes over its
+/// schedule, so the exchanges that fell due meanwhile are still sent and
+/// charged from their due times, not silently skipped: completed plus failed
+/// exchanges add up to rate x duration.
+#[test]
+fn open_loop_exchanges_due_during_a_timeout_are_still_counted() {
+    let fake = FakeServer::start(Fake::StallFirstConnection);
+    let run = load(
+        "pingpong",
+        &fake.addr(),
+        "-c 1 --rate 100 --duration 1 --timeout 0.3 --json",
+    );
+    run.assert_code(1);
+    let report = run.json();
+    let timeouts = report.count("errors/timeout");
+    let completed = report.count("completed");
+    assert_eq!(timeouts, 1, "only the stalled exchange failed; {run}");
+    assert!(
+        (90..=110).contains(&(completed + timeouts)),
+        "{completed} completed + {timeouts} timeouts, expected about 100; {run}"
+    );
+    assert!(report.count("latency_us/max") >= 300_000, "{run}");
 }
 
 /// A server that closes the connection instead of answering: closed_early.

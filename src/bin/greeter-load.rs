@@ -74,10 +74,11 @@ struct RunArgs {
     /// Simultaneous connections.
     #[arg(short, long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     connections: u64,
-    /// Seconds to measure, after the warmup (default 10 unless --count is given).
+    /// Seconds to measure, after the warmup [default: 10].
     #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     duration: Option<Duration>,
-    /// Stop after this many measured exchanges (dialogues, in churn).
+    /// Stop after this many measured exchanges (dialogues, in churn), or at
+    /// the end of --duration, whichever comes first.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// Connections opened per second while building up (default: at once).
@@ -103,6 +104,9 @@ struct RunArgs {
     #[arg(long, short)]
     quiet: bool,
 }
+
+/// How long a run measures unless told otherwise.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -146,10 +150,8 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         .map_err(|err| format!("cannot resolve {}: {err}", args.addr))?
         .next()
         .ok_or_else(|| format!("{} resolves to no address", args.addr))?;
-    let duration = match (args.duration, args.count) {
-        (None, None) => Some(Duration::from_secs(10)),
-        (duration, _) => duration,
-    };
+    // Always bounded in time: --count alone would never end against a dead server.
+    let duration = args.duration.unwrap_or(DEFAULT_DURATION);
     let config = LoadConfig {
         addr,
         workload,

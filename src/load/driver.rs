@@ -95,6 +95,9 @@ struct Driver<'a> {
     next_source: usize,
     /// Hold mode: the probe connection is open.
     probe_open: bool,
+    /// Open loop: the next due times of clients that failed, for their
+    /// replacements to take over.
+    orphaned_schedules: Vec<Instant>,
     name: Vec<u8>,
     peak_open: usize,
     connections_opened: u64,
@@ -135,6 +138,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         next_id: 0,
         next_source: 0,
         probe_open: false,
+        orphaned_schedules: Vec::new(),
         name: Vec::new(),
         peak_open: 0,
         connections_opened: 0,
@@ -161,10 +165,8 @@ impl Driver<'_> {
         }
     }
 
-    fn measure_until(&self) -> Option<Instant> {
-        self.config
-            .duration
-            .map(|duration| self.measure_from + duration)
+    fn measure_until(&self) -> Instant {
+        self.measure_from + self.config.duration
     }
 
     /// Loops until the run is over; returns the length of the measured window.
@@ -202,7 +204,7 @@ impl Driver<'_> {
                 self.scheduled.peek().map(|Reverse((due, _, _))| *due),
                 self.next_ramp_time(),
                 self.finishing,
-                self.measure_until(),
+                Some(self.measure_until()),
                 self.reopen_after,
             ]
             .into_iter()
@@ -228,12 +230,12 @@ impl Driver<'_> {
                 );
             }
         }
-        let end = Instant::now().min(self.measure_until().unwrap_or(Instant::now()));
+        let end = Instant::now().min(self.measure_until());
         Ok(end.saturating_duration_since(self.measure_from))
     }
 
     fn run_is_over(&self, now: Instant) -> bool {
-        self.measure_until().is_some_and(|until| now >= until)
+        now >= self.measure_until()
             || self
                 .config
                 .count
@@ -328,10 +330,18 @@ impl Driver<'_> {
         self.next_id += 1;
         // Open loop: spread the clients' first exchanges evenly over one interval.
         let spread = self.config.connections.max(1) as u64;
-        let next_due = now
-            + self.interval(role).map_or(Duration::ZERO, |interval| {
+        // A replacement for a failed client takes over its schedule, so the
+        // exchanges that fell due while it was stalled are still sent, late,
+        // and charged from when they were due.
+        let inherited = match role {
+            Role::Worker => self.orphaned_schedules.pop(),
+            _ => None,
+        };
+        let next_due = inherited.unwrap_or_else(|| {
+            now + self.interval(role).map_or(Duration::ZERO, |interval| {
                 interval.mul_f64((id % spread) as f64 / spread as f64)
-            });
+            })
+        });
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         self.poll.registry().register(
@@ -443,8 +453,7 @@ impl Driver<'_> {
     }
 
     fn on_turn(&mut self, key: usize, turn: Turn, now: Instant) {
-        let in_window =
-            now >= self.measure_from && self.measure_until().is_none_or(|until| now <= until);
+        let in_window = now >= self.measure_from && now <= self.measure_until();
         let client = &mut self.clients[key];
         client.deadline = None;
         match turn {
@@ -591,6 +600,20 @@ impl Driver<'_> {
 
     fn fail(&mut self, key: usize, kind: Failure, detail: impl std::fmt::Display) {
         self.stats.fail(kind, detail);
+        let client = &self.clients[key];
+        if let (Role::Worker, Some(interval)) = (client.role, self.interval(client.role)) {
+            // The exchange in flight counts as this failure; the schedule
+            // goes on from the next one (already taken from `next_due` if
+            // the client sat idle waiting for it).
+            let next = match client.phase {
+                Phase::Idle => Some(client.next_due - interval),
+                Phase::Connecting | Phase::AwaitingGreeting | Phase::AwaitingReply => {
+                    Some(client.next_due)
+                }
+                Phase::AwaitingGoodbye | Phase::AwaitingClose => None,
+            };
+            self.orphaned_schedules.extend(next);
+        }
         if self.finishing.is_none() {
             self.reopen_after = Some(Instant::now() + REOPEN_DELAY);
         }

@@ -50,9 +50,10 @@ pub struct LoadConfig {
     pub workload: Workload,
     /// Simultaneous connections (held connections, in hold mode).
     pub connections: usize,
-    /// Length of the measured window; the run ends after warmup + duration.
-    pub duration: Option<Duration>,
-    /// Stop after this many measured exchanges (dialogues, in churn).
+    /// Length of the measured window; the run ends after warmup + duration
+    /// at the latest.
+    pub duration: Duration,
+    /// Stop sooner, after this many measured exchanges (dialogues, in churn).
     pub count: Option<u64>,
     /// Connections opened per second while building up (`None`: at once).
     pub ramp: Option<f64>,

@@ -98,12 +98,16 @@ impl Report {
         let config = &self.config;
         let _ = writeln!(
             out,
-            "greeter-load {} against {}: {} connections, measured {:.2} s (warmup {:?} excluded)",
+            "greeter-load {} against {}: {} connections, measured {:.2} s{}",
             self.mode(),
             config.addr,
             config.connections,
             self.measured.as_secs_f64(),
-            config.warmup
+            if config.warmup.is_zero() {
+                String::new()
+            } else {
+                format!(" after a {:.1} s warmup", config.warmup.as_secs_f64())
+            }
         );
         let _ = writeln!(
             out,
