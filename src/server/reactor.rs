@@ -56,6 +56,17 @@ const ACCEPTS_PER_TURN: usize = 256;
 /// would only repeat.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
+/// What spending the spare descriptor achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TurnAway {
+    /// A waiting client was told the server is out of descriptors.
+    Refused,
+    /// The backlog is empty.
+    NobodyWaiting,
+    /// No spare descriptor, or accept failed anyway: retry on a timer.
+    Impossible,
+}
+
 struct Listener {
     socket: TcpListener,
     addr: SocketAddr,
@@ -335,12 +346,16 @@ impl Reactor {
                     return;
                 }
                 Err(err) if is_out_of_descriptors(&err) => {
-                    if !self.turn_away_without_descriptor(index, &err) {
-                        self.accept_paused_until = Some(now + ACCEPT_RETRY_DELAY);
-                        return;
-                    }
-                    if !self.listeners[index].may_accept {
-                        return; // the backlog is empty
+                    match self.turn_away_without_descriptor(index, &err) {
+                        TurnAway::Refused => {}
+                        TurnAway::NobodyWaiting => {
+                            self.listeners[index].may_accept = false;
+                            return;
+                        }
+                        TurnAway::Impossible => {
+                            self.accept_paused_until = Some(now + ACCEPT_RETRY_DELAY);
+                            return;
+                        }
                     }
                 }
                 Err(err) if is_per_client(&err) => {}
@@ -356,44 +371,39 @@ impl Reactor {
         }
     }
 
-    /// The process is out of descriptors and a client waits in the backlog:
-    /// spend the spare descriptor to accept it, tell it why it cannot be
-    /// served, and take the spare back. False when that is impossible.
+    /// The process is out of descriptors: spend the spare descriptor to
+    /// accept the client waiting in the backlog, tell it why it cannot be
+    /// served, and take the spare back.
     ///
-    /// accept() fails with EMFILE before it looks at the backlog, so an empty
-    /// backlog shows only here, as WouldBlock: that clears `may_accept` (else
-    /// the loop would spin until a descriptor frees up) and is no refusal, so
-    /// it neither warns nor counts (the warning comes once per burst).
-    fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> bool {
-        let warn = || {
-            log::warn!(
-                "out of file descriptors ({err}); turning new clients away until connections close \
-                 (raise `ulimit -n` or lower --max-connections)"
-            );
-        };
-        if !self.spare.release() {
-            if self.turned_away == 0 {
-                warn();
-            }
-            return false;
-        }
-        let accepted = match self.listeners[index].socket.accept() {
-            Ok((stream, _)) => {
-                if self.turned_away == 0 {
-                    warn();
+    /// accept() reports EMFILE before it looks at the backlog, so "nobody is
+    /// waiting" only shows here, as WouldBlock. It must end the accept loop
+    /// (else the loop spins until a descriptor frees up), and it is no
+    /// refusal: the warning comes once per burst of real refusals.
+    fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> TurnAway {
+        let outcome = if self.spare.release() {
+            let outcome = match self.listeners[index].socket.accept() {
+                Ok((stream, _)) => {
+                    refuse(stream, Refusal::OutOfDescriptors);
+                    TurnAway::Refused
                 }
-                self.turned_away += 1;
-                refuse(stream, Refusal::OutOfDescriptors);
-                true
-            }
-            Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                self.listeners[index].may_accept = false;
-                true
-            }
-            Err(_) => false,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => TurnAway::NobodyWaiting,
+                Err(_) => TurnAway::Impossible,
+            };
+            self.spare.restore();
+            outcome
+        } else {
+            TurnAway::Impossible
         };
-        self.spare.restore();
-        accepted
+        if outcome != TurnAway::NobodyWaiting {
+            if self.turned_away == 0 {
+                log::warn!(
+                    "out of file descriptors ({err}); turning new clients away until connections close \
+                     (raise `ulimit -n` or lower --max-connections)"
+                );
+            }
+            self.turned_away += u64::from(outcome == TurnAway::Refused);
+        }
+        outcome
     }
 
     /// Gives an accepted client a slot, or turns it away when there is none.
