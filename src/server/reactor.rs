@@ -102,6 +102,8 @@ pub struct Reactor {
     /// Clients turned away in the current burst of refusals; the first one
     /// of a burst is logged as a warning, the count when the burst ends.
     turned_away: u64,
+    /// The out-of-descriptors warning of the current burst has been logged.
+    out_of_descriptors: bool,
     next_id: u64,
     settings: Settings,
     /// Set when a shutdown signal arrives: the grace period's end.
@@ -137,6 +139,7 @@ impl Reactor {
             spare: SpareDescriptor::open()?,
             accept_paused_until: None,
             turned_away: 0,
+            out_of_descriptors: false,
             next_id: 0,
             settings,
             shutdown_deadline: None,
@@ -394,15 +397,14 @@ impl Reactor {
         } else {
             TurnAway::Impossible
         };
-        if outcome != TurnAway::NobodyWaiting {
-            if self.turned_away == 0 {
-                log::warn!(
-                    "out of file descriptors ({err}); turning new clients away until connections close \
-                     (raise `ulimit -n` or lower --max-connections)"
-                );
-            }
-            self.turned_away += u64::from(outcome == TurnAway::Refused);
+        if outcome != TurnAway::NobodyWaiting && !self.out_of_descriptors {
+            self.out_of_descriptors = true;
+            log::warn!(
+                "out of file descriptors ({err}); turning new clients away until connections close \
+                 (raise `ulimit -n` or lower --max-connections)"
+            );
         }
+        self.turned_away += u64::from(outcome == TurnAway::Refused);
         outcome
     }
 
@@ -426,6 +428,7 @@ impl Reactor {
             );
             self.turned_away = 0;
         }
+        self.out_of_descriptors = false;
         // Replies are whole messages written at once: never delay them.
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("TCP_NODELAY on {peer}: {err}");
