@@ -146,7 +146,15 @@ fn format_us(micros: u64) -> String {
     }
 }
 
-/// JSON for the latency percentiles, in microseconds.
+/// Percentiles of the full latency distribution in JSON reports, spaced
+/// evenly in "nines" so the tail can be plotted.
+const DISTRIBUTION: [f64; 20] = [
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95, 99.975, 99.99,
+    99.995, 99.9975, 99.999, 99.9995, 100.0,
+];
+
+/// JSON for the latency percentiles, in microseconds, with the distribution
+/// as `[percentile, microseconds]` pairs.
 pub fn latency_json(histogram: &Histogram<u64>) -> String {
     let mut json = String::from("{");
     for (name, quantile) in PERCENTILES {
@@ -158,10 +166,17 @@ pub fn latency_json(histogram: &Histogram<u64>) -> String {
     }
     let _ = write!(
         json,
-        "\"max\":{},\"samples\":{}}}",
+        "\"max\":{},\"samples\":{},",
         histogram.max(),
         histogram.len()
     );
+    json.push_str("\"distribution\":[");
+    for (i, percentile) in DISTRIBUTION.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let value = histogram.value_at_percentile(*percentile);
+        let _ = write!(json, "{sep}[{percentile},{value}]");
+    }
+    json.push_str("]}");
     json
 }
 

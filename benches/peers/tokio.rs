@@ -1,0 +1,78 @@
+//! Benchmark peer: what most Rust users would write instead of a hand-made
+//! reactor. A tokio current_thread runtime (one thread, like greeter-server)
+//! with one task per connection, and the same bytes on the wire as
+//! greeter-server (one write per reply, TCP_NODELAY, shutdown-and-drain after
+//! good bye).
+//!
+//! Usage: peer-tokio --listen 127.0.0.1:0   (prints "listening on ADDR")
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+fn main() {
+    let addr = std::env::args()
+        .skip_while(|arg| arg != "--listen")
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:6000".to_string());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("peer-tokio: cannot start the runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(&addr).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                eprintln!("peer-tokio: cannot listen on {addr}: {err}");
+                std::process::exit(1);
+            }
+        };
+        match listener.local_addr() {
+            Ok(local) => eprintln!("listening on {local}"),
+            Err(err) => eprintln!("peer-tokio: {err}"),
+        }
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = serve(stream).await;
+                });
+            }
+        }
+    });
+}
+
+async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (reader, mut writer) = stream.split();
+    let mut reader = BufReader::new(reader);
+    writer
+        .write_all(b"Server: Welcome!\nServer: What's your name?")
+        .await?;
+    let mut line = Vec::new();
+    let mut reply = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let name = line.strip_suffix(b"\n").unwrap_or(&line);
+        let name = name.strip_suffix(b"\r").unwrap_or(name);
+        if name == b"exit" {
+            writer.write_all(b"Server: Good bye!\n").await?;
+            writer.shutdown().await?;
+            let mut sink = [0; 1024];
+            while reader.read(&mut sink).await? > 0 {}
+            return Ok(());
+        }
+        reply.clear();
+        reply.extend_from_slice(b"Server: Hello ");
+        reply.extend_from_slice(name);
+        reply.extend_from_slice(b"!\nServer: What's your name?");
+        writer.write_all(&reply).await?;
+    }
+}
