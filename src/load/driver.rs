@@ -103,6 +103,9 @@ struct Driver<'a> {
     connections_opened: u64,
     held_checked: u64,
     live_completed: u64,
+    /// CPU time at the start and end of the measured window.
+    cpu_at_window_start: Option<CpuTime>,
+    cpu_at_window_end: Option<CpuTime>,
 }
 
 /// Runs one load test to completion and reports what it measured.
@@ -120,7 +123,6 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         );
         config.connections = capped;
     }
-    let cpu_before = CpuTime::now();
     let start = Instant::now();
     let mut driver = Driver {
         config: &config,
@@ -144,8 +146,11 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         connections_opened: 0,
         held_checked: 0,
         live_completed: 0,
+        cpu_at_window_start: None,
+        cpu_at_window_end: None,
     };
     let measured = driver.run_loop()?;
+    let cpu = driver.window_cpu();
     Ok(Report {
         config: config.clone(),
         stats: driver.stats,
@@ -153,7 +158,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         peak_open: driver.peak_open,
         connections_opened: driver.connections_opened,
         held_checked: driver.held_checked,
-        cpu: CpuTime::now().since(&cpu_before),
+        cpu,
     })
 }
 
@@ -186,7 +191,11 @@ impl Driver<'_> {
                 self.print_live(now);
                 next_live += LIVE_INTERVAL;
             }
+            if self.cpu_at_window_start.is_none() && now >= self.measure_from {
+                self.cpu_at_window_start = Some(CpuTime::now());
+            }
             if self.finishing.is_none() && self.run_is_over(now) {
+                self.cpu_at_window_end = Some(CpuTime::now());
                 self.finish(now);
             }
             if let Some(deadline) = self.finishing {
@@ -232,6 +241,15 @@ impl Driver<'_> {
         }
         let end = Instant::now().min(self.measure_until());
         Ok(end.saturating_duration_since(self.measure_from))
+    }
+
+    /// The load generator's own CPU time over the measured window, so it can
+    /// be divided by the exchanges of that window.
+    fn window_cpu(&self) -> CpuTime {
+        match (self.cpu_at_window_start, self.cpu_at_window_end) {
+            (Some(start), Some(end)) => end.since(&start),
+            _ => CpuTime::default(),
+        }
     }
 
     fn run_is_over(&self, now: Instant) -> bool {

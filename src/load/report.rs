@@ -47,7 +47,7 @@ pub struct Report {
     pub connections_opened: u64,
     /// Hold mode: held connections that answered the final check.
     pub held_checked: u64,
-    /// The load generator's own CPU time over the whole run.
+    /// The load generator's own CPU time over the measured window.
     pub cpu: CpuTime,
 }
 

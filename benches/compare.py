@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Side-by-side comparison of greeter-server with two peers, in one run.
+
+Builds greeter-server, greeter-load and the two benchmark peers
+(benches/peers/: one thread per connection with std::net, and tokio
+current_thread with one task per connection), then drives each server with
+the same greeter-load workloads on loopback and prints one table, with ratios
+against greeter. All traffic goes to 127.0.0.1 only; every run is bounded by
+--duration.
+
+Measured per server:
+  - exchanges/s at 1, 100, 1,000 and 10,000 connections (closed loop);
+  - server CPU per exchange, user and system apart, from /proc/PID/stat over
+    the measured window (independent of the load generator's speed), and the
+    load generator's own CPU per exchange beside it;
+  - p99 latency at a fixed open-loop rate (coordinated omission corrected);
+  - dialogues/s in churn;
+  - server memory per idle connection: RSS growth while 10,000 are held;
+  - syscalls per exchange at 1,000 busy connections (strace -c -f; an
+    exchange is one reply write, so the count needs no clock alignment);
+  - user-space instructions per exchange (valgrind --tool=callgrind, the
+    difference between a long and a short fixed workload, so start-up and
+    shutdown cancel out).
+
+Usage: python3 benches/compare.py [--quick] [--json FILE] [--svg FILE]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+LOAD = os.path.join(RELEASE, "greeter-load")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SERVERS = {
+    "greeter": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn"],
+    "tokio": [os.path.join(RELEASE, "examples", "peer-tokio")],
+    "threaded": [os.path.join(RELEASE, "examples", "peer-threaded")],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, deadline=10.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.recv(64)
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"no server listening on port {port}")
+
+
+class Server:
+    """One server process on a fresh loopback port."""
+
+    def __init__(self, name, wrapper=()):
+        self.name = name
+        self.port = free_port()
+        command = list(wrapper) + SERVERS[name] + ["--listen", f"127.0.0.1:{self.port}"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, deadline=60.0 if wrapper else 10.0)
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def cpu(self):
+        """(user, system) CPU seconds used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def load(mode, addr, *flags):
+    """Runs greeter-load in the background; returns the process."""
+    command = [LOAD, mode, "--addr", addr, "--quiet", "--json", *map(str, flags)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def report(proc):
+    out, err = proc.communicate(timeout=600)
+    try:
+        result = json.loads(out)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"greeter-load printed no report: {err.strip()}")
+    failures = sum(result["errors"].values())
+    if failures:
+        print(f"    note: {failures} load errors: {result['errors']}", file=sys.stderr)
+    return result
+
+
+def throughput(name, connections, warmup, duration):
+    server = Server(name)
+    try:
+        proc = load("pingpong", server.addr, "-c", connections, "--warmup", warmup,
+                    "--duration", duration, "--timeout", 10)
+        time.sleep(warmup)
+        before = server.cpu()
+        result = report(proc)
+        after = server.cpu()
+    finally:
+        server.stop()
+    exchanges = max(result["completed"], 1)
+    return {
+        "per_second": result["per_second"],
+        "user_us": (after[0] - before[0]) * 1e6 / exchanges,
+        "sys_us": (after[1] - before[1]) * 1e6 / exchanges,
+        "load_us": result["cpu"]["us_per_unit"],
+        "p99_us": result["latency_us"]["p99"],
+    }
+
+
+def fixed_rate(name, rate, connections, warmup, duration):
+    server = Server(name)
+    try:
+        result = report(load("pingpong", server.addr, "-c", connections, "--rate", rate,
+                             "--warmup", warmup, "--duration", duration))
+    finally:
+        server.stop()
+    return result["latency_us"]
+
+
+def churn(name, connections, warmup, duration):
+    server = Server(name)
+    try:
+        result = report(load("churn", server.addr, "-c", connections, "--warmup", warmup,
+                             "--duration", duration))
+    finally:
+        server.stop()
+    return result["per_second"]
+
+
+def idle_memory(name, connections, warmup, duration):
+    server = Server(name)
+    try:
+        before = server.rss_kib()
+        proc = load("hold", server.addr, "-c", connections, "--warmup", warmup,
+                    "--duration", duration, "--probe-rate", 100,
+                    "--source-addrs", "127.0.0.2,127.0.0.3,127.0.0.4")
+        time.sleep(warmup + duration / 2)
+        during = server.rss_kib()
+        result = report(proc)
+    finally:
+        server.stop()
+    return {
+        "bytes_per_connection": (during - before) * 1024 / connections,
+        "held_checked": result["held_checked"],
+        "probe_p99_us": result["latency_us"]["p99"],
+    }
+
+
+def syscalls(name, connections, warmup, duration):
+    if not shutil.which("strace"):
+        return None
+    server = Server(name)
+    out = tempfile.NamedTemporaryFile(suffix=".strace", delete=False).name
+    try:
+        proc = load("pingpong", server.addr, "-c", connections, "--warmup", warmup,
+                    "--duration", duration, "--timeout", 30)
+        time.sleep(warmup)
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out, "-p", str(server.proc.pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(duration * 0.6)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=60)
+        report(proc)
+    finally:
+        server.stop()
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls = int(parts[3])
+                counts[parts[-1]] = counts.get(parts[-1], 0) + calls
+    os.unlink(out)
+    replies = sum(counts.get(call, 0) for call in ("write", "sendto", "writev", "sendmsg"))
+    total = sum(counts.values())
+    return {"per_exchange": total / max(replies, 1), "calls": counts}
+
+
+def instructions(name, short, long):
+    """User-space instructions per exchange under callgrind."""
+    if not shutil.which("valgrind"):
+        return None
+    totals = []
+    for count in (short, long):
+        out = tempfile.NamedTemporaryFile(suffix=".callgrind", delete=False).name
+        server = Server(name, wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        try:
+            report(load("pingpong", server.addr, "-c", 10, "--count", count, "--duration", 120,
+                        "--timeout", 30))
+        finally:
+            server.stop(signal.SIGTERM if name == "greeter" else signal.SIGINT)
+        total = 0
+        with open(out) as f:
+            for line in f:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = int(line.split()[1])
+        os.unlink(out)
+        totals.append(total)
+    return (totals[1] - totals[0]) / (long - short)
+
+
+def ratio(value, reference):
+    if value is None or reference in (None, 0):
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def svg_plot(curves, path):
+    """Latency by percentile ("nines" on the x axis, log latency on y)."""
+    import math
+    width, height, left, bottom, top, right = 720, 420, 70, 50, 30, 150
+    pts = {n: [(p, v) for p, v in d if p < 100] for n, d in curves.items()}
+    xs = lambda p: math.log10(1 / (1 - p / 100))
+    max_x = max(xs(p) for d in pts.values() for p, _ in d) or 1
+    values = [v for d in pts.values() for _, v in d if v > 0]
+    lo, hi = math.log10(max(min(values), 1)), math.log10(max(values) * 1.2)
+    hi = max(hi, lo + 1)
+    X = lambda p: left + xs(p) / max_x * (width - left - right)
+    Y = lambda v: height - bottom - (math.log10(max(v, 1)) - lo) / (hi - lo) * (height - top - bottom)
+    colours = {"greeter": "#d62728", "tokio": "#1f77b4", "threaded": "#2ca02c"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>']
+    for label, p in (("0%", 0), ("90%", 90), ("99%", 99), ("99.9%", 99.9), ("99.99%", 99.99), ("99.999%", 99.999)):
+        if xs(p) <= max_x:
+            out.append(f'<line x1="{X(p):.1f}" y1="{top}" x2="{X(p):.1f}" y2="{height-bottom}" stroke="#ddd"/>'
+                       f'<text x="{X(p):.1f}" y="{height-bottom+16}" text-anchor="middle">{label}</text>')
+    decade = math.floor(lo)
+    while decade <= hi:
+        v = 10 ** decade
+        if lo <= decade <= hi:
+            label = f"{v/1000:g} ms" if v >= 1000 else f"{v:g} µs"
+            out.append(f'<line x1="{left}" y1="{Y(v):.1f}" x2="{width-right}" y2="{Y(v):.1f}" stroke="#ddd"/>'
+                       f'<text x="{left-6}" y="{Y(v)+4:.1f}" text-anchor="end">{label}</text>')
+        decade += 1
+    for i, (name, d) in enumerate(pts.items()):
+        colour = colours.get(name, "black")
+        path_d = " ".join(f"{'M' if j == 0 else 'L'}{X(p):.1f},{Y(v):.1f}" for j, (p, v) in enumerate(d))
+        out.append(f'<path d="{path_d}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{width-right+10}" y="{top+20+18*i}" fill="{colour}">{name}</text>')
+    out.append(f'<text x="{(width-right+left)/2}" y="{height-10}" text-anchor="middle">percentile</text>')
+    out.append(f'<text x="{left}" y="{top-10}">latency at a fixed rate (from intended send time)</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
+    parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--svg", help="write the latency plot to this file")
+    parser.add_argument("--rate", type=int, default=20000, help="open-loop rate for the p99 row")
+    parser.add_argument("--servers", default="greeter,tokio,threaded")
+    args = parser.parse_args()
+    warmup, duration = (0.5, 1.0) if args.quick else (1.0, 3.0)
+    names = args.servers.split(",")
+
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--examples"], cwd=ROOT, check=True)
+    results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}, "servers": {}}
+    for name in names:
+        print(f"== {name}", file=sys.stderr)
+        r = results["servers"][name] = {}
+        r["throughput"] = {}
+        for c in (1, 100, 1000, 10000):
+            print(f"   pingpong -c {c}", file=sys.stderr)
+            r["throughput"][c] = throughput(name, c, warmup if c < 10000 else warmup + 1.5, duration)
+        print(f"   pingpong --rate {args.rate}", file=sys.stderr)
+        r["fixed_rate"] = fixed_rate(name, args.rate, 100, warmup, duration + 2)
+        print("   churn", file=sys.stderr)
+        r["churn"] = churn(name, 50, warmup, duration)
+        print("   hold 10000", file=sys.stderr)
+        r["idle"] = idle_memory(name, 10000, warmup + 1.5, duration)
+        print("   strace", file=sys.stderr)
+        r["syscalls"] = syscalls(name, 1000, warmup, duration)
+        print("   callgrind", file=sys.stderr)
+        r["instructions"] = instructions(name, 2000, 12000 if args.quick else 22000)
+
+    rows = []
+    def row(label, get, digits=1):
+        values = [get(results["servers"][n]) for n in names]
+        base = values[0]
+        rows.append([label] + [fmt(v, digits) for v in values] +
+                    [ratio(base, v) for v in values[1:]])
+    for c in (1, 100, 1000, 10000):
+        row(f"exchanges/s, {c} conns", lambda r, c=c: r["throughput"][c]["per_second"], 0)
+    row("server user µs/exchange @1000", lambda r: r["throughput"][1000]["user_us"], 2)
+    row("server sys µs/exchange @1000", lambda r: r["throughput"][1000]["sys_us"], 2)
+    row("server total µs/exchange @1000",
+        lambda r: r["throughput"][1000]["user_us"] + r["throughput"][1000]["sys_us"], 2)
+    row("load gen CPU µs/exchange @1000", lambda r: r["throughput"][1000]["load_us"], 2)
+    row(f"p99 µs at {args.rate}/s", lambda r: r["fixed_rate"]["p99"], 0)
+    row("churn dialogues/s", lambda r: r["churn"], 0)
+    row("RSS bytes per idle conn @10k", lambda r: r["idle"]["bytes_per_connection"], 0)
+    row("syscalls/exchange @1000",
+        lambda r: r["syscalls"]["per_exchange"] if r["syscalls"] else None, 2)
+    row("user instructions/exchange", lambda r: r["instructions"], 0)
+
+    header = ["metric"] + names + [f"{names[0]}/{n}" for n in names[1:]]
+    widths = [max(len(str(x[i])) for x in rows + [header]) for i in range(len(header))]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(header))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
+    results["table"] = [header] + rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.svg:
+        svg_plot({n: results["servers"][n]["fixed_rate"]["distribution"] for n in names}, args.svg)
+
+
+if __name__ == "__main__":
+    main()
