@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::report::{CpuTime, Report};
 use super::stats::{Failure, Stats};
+use super::timer::PreciseTimer;
 use super::{LoadConfig, Workload};
 use crate::limits;
 use crate::protocol::{ClientSession, NameTerminator, Turn};
@@ -36,6 +37,8 @@ const MAX_CONNECTING: usize = 512;
 /// hammered in a tight loop.
 const REOPEN_DELAY: Duration = Duration::from_millis(100);
 const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The timer's token; client tokens are slab keys, far below it.
+const TIMER_TOKEN: Token = Token(usize::MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -79,6 +82,7 @@ struct SimulatedClient {
 struct Driver<'a> {
     config: &'a LoadConfig,
     poll: Poll,
+    timer: PreciseTimer,
     clients: Slab<SimulatedClient>,
     read_buf: Box<[u8]>,
     stats: Stats,
@@ -124,9 +128,12 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         config.connections = capped;
     }
     let start = Instant::now();
+    let poll = Poll::new()?;
+    let timer = PreciseTimer::new(poll.registry(), TIMER_TOKEN)?;
     let mut driver = Driver {
         config: &config,
-        poll: Poll::new()?,
+        poll,
+        timer,
         clients: Slab::with_capacity(config.connections + extra),
         read_buf: vec![0; 64 * 1024].into_boxed_slice(),
         stats: Stats::default(),
@@ -219,14 +226,20 @@ impl Driver<'_> {
             .into_iter()
             .flatten()
             .min();
-            let timeout = wake.map(|at| at.saturating_duration_since(now));
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            if let Some(at) = wake {
+                self.timer.arm(at, now)?;
+            }
+            if let Err(err) = self.poll.poll(&mut events, None) {
                 if err.kind() != ErrorKind::Interrupted {
                     return Err(err);
                 }
             }
             let now = Instant::now();
             for event in events.iter() {
+                if event.token() == TIMER_TOKEN {
+                    self.timer.on_fired();
+                    continue;
+                }
                 let key = event.token().0;
                 let error = event.is_error();
                 let eof_pending = event.is_read_closed() || error;

@@ -9,7 +9,8 @@
 //!
 //! - [`driver`]: the event loop, the workloads and their schedules;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
-//! - [`report`]: the human and JSON reports.
+//! - [`report`]: the human and JSON reports;
+//! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond).
 //!
 //! Open-loop latency (`pingpong --rate`) is measured from each exchange's
 //! *intended* send time, as wrk2 does: if the server stalls, the exchanges
@@ -19,6 +20,7 @@
 mod driver;
 pub mod report;
 pub mod stats;
+mod timer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
