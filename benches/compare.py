@@ -69,10 +69,10 @@ def wait_listening(port, deadline=10.0):
 class Server:
     """One server process on a fresh loopback port."""
 
-    def __init__(self, name, wrapper=()):
+    def __init__(self, name, wrapper=(), extra=()):
         self.name = name
         self.port = free_port()
-        command = list(wrapper) + SERVERS[name] + ["--listen", f"127.0.0.1:{self.port}"]
+        command = list(wrapper) + SERVERS[name] + ["--listen", f"127.0.0.1:{self.port}"] + list(extra)
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.port, deadline=60.0 if wrapper else 10.0)
 
@@ -109,15 +109,20 @@ def load(mode, addr, *flags):
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def report(proc):
+ERRORS = []
+
+
+def report(proc, what):
+    """The JSON report of a finished greeter-load run; failures are noted."""
     out, err = proc.communicate(timeout=600)
     try:
         result = json.loads(out)
     except json.JSONDecodeError:
         raise RuntimeError(f"greeter-load printed no report: {err.strip()}")
-    failures = sum(result["errors"].values())
+    failures = {kind: n for kind, n in result["errors"].items() if n}
     if failures:
-        print(f"    note: {failures} load errors: {result['errors']}", file=sys.stderr)
+        ERRORS.append(f"{what}: {failures}")
+        print(f"    note: load errors in {what}: {failures}", file=sys.stderr)
     return result
 
 
@@ -128,7 +133,7 @@ def throughput(name, connections, warmup, duration):
                     "--duration", duration, "--timeout", 10)
         time.sleep(warmup)
         before = server.cpu()
-        result = report(proc)
+        result = report(proc, f"{name} pingpong -c {connections}")
         after = server.cpu()
     finally:
         server.stop()
@@ -146,7 +151,8 @@ def fixed_rate(name, rate, connections, warmup, duration):
     server = Server(name)
     try:
         result = report(load("pingpong", server.addr, "-c", connections, "--rate", rate,
-                             "--warmup", warmup, "--duration", duration))
+                             "--warmup", warmup, "--duration", duration),
+                        f"{name} pingpong --rate {rate}")
     finally:
         server.stop()
     return result["latency_us"]
@@ -156,7 +162,7 @@ def churn(name, connections, warmup, duration):
     server = Server(name)
     try:
         result = report(load("churn", server.addr, "-c", connections, "--warmup", warmup,
-                             "--duration", duration))
+                             "--duration", duration), f"{name} churn")
     finally:
         server.stop()
     return result["per_second"]
@@ -171,7 +177,7 @@ def idle_memory(name, connections, warmup, duration):
                     "--source-addrs", "127.0.0.2,127.0.0.3,127.0.0.4")
         time.sleep(warmup + duration / 2)
         during = server.rss_kib()
-        result = report(proc)
+        result = report(proc, f"{name} hold -c {connections}")
     finally:
         server.stop()
     return {
@@ -195,7 +201,7 @@ def syscalls(name, connections, warmup, duration):
         time.sleep(duration * 0.6)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
-        report(proc)
+        report(proc, f"{name} under strace")
     finally:
         server.stop()
     counts = {}
@@ -216,20 +222,28 @@ def instructions(name, short, long):
     if not shutil.which("valgrind"):
         return None
     totals = []
+    connections = 10
     for count in (short, long):
         out = tempfile.NamedTemporaryFile(suffix=".callgrind", delete=False).name
-        server = Server(name, wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        # greeter exits cleanly on SIGTERM; the peers exit by themselves once
+        # the load's connections (and the port probe's) have ended.
+        extra = [] if name == "greeter" else ["--exit-after", str(connections + 1)]
+        server = Server(name, extra=extra,
+                        wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
         try:
-            report(load("pingpong", server.addr, "-c", 10, "--count", count, "--duration", 120,
-                        "--timeout", 30))
+            report(load("pingpong", server.addr, "-c", connections, "--count", count,
+                        "--duration", 120, "--timeout", 30), f"{name} under callgrind")
         finally:
-            server.stop(signal.SIGTERM if name == "greeter" else signal.SIGINT)
+            server.stop(signal.SIGTERM)
         total = 0
         with open(out) as f:
             for line in f:
                 if line.startswith("summary:") or line.startswith("totals:"):
                     total = int(line.split()[1])
         os.unlink(out)
+        if not total:
+            print(f"    note: no callgrind totals for {name}", file=sys.stderr)
+            return None
         totals.append(total)
     return (totals[1] - totals[0]) / (long - short)
 
@@ -346,6 +360,11 @@ def main():
     for r in rows:
         print(line(r))
     results["table"] = [header] + rows
+    results["load_errors"] = ERRORS
+    if ERRORS:
+        print("\nload errors (counted, not hidden):")
+        for note in ERRORS:
+            print(f"  {note}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -3,17 +3,24 @@
 //! greeter-server (one write per reply, TCP_NODELAY, shutdown-and-drain after
 //! good bye), so the comparison measures the architecture, not the protocol.
 //!
-//! Usage: peer-threaded --listen 127.0.0.1:0   (prints "listening on ADDR")
+//! Usage: peer-threaded --listen 127.0.0.1:0 [--exit-after N]
+//! (prints "listening on ADDR"; with --exit-after, exits once N connections
+//! have ended, so tools like callgrind see a normal exit).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+static ENDED: AtomicUsize = AtomicUsize::new(0);
+
+fn flag(name: &str) -> Option<String> {
+    std::env::args().skip_while(|arg| arg != name).nth(1)
+}
+
 fn main() {
-    let addr = std::env::args()
-        .skip_while(|arg| arg != "--listen")
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:6000".to_string());
+    let addr = flag("--listen").unwrap_or_else(|| "127.0.0.1:6000".to_string());
+    let exit_after: Option<usize> = flag("--exit-after").and_then(|n| n.parse().ok());
     let listener = match TcpListener::bind(&addr) {
         Ok(listener) => listener,
         Err(err) => {
@@ -28,6 +35,10 @@ fn main() {
     for stream in listener.incoming().flatten() {
         thread::spawn(move || {
             let _ = serve(stream);
+            let ended = ENDED.fetch_add(1, Ordering::SeqCst) + 1;
+            if exit_after.is_some_and(|n| ended >= n) {
+                std::process::exit(0);
+            }
         });
     }
 }

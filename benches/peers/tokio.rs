@@ -4,16 +4,23 @@
 //! greeter-server (one write per reply, TCP_NODELAY, shutdown-and-drain after
 //! good bye).
 //!
-//! Usage: peer-tokio --listen 127.0.0.1:0   (prints "listening on ADDR")
+//! Usage: peer-tokio --listen 127.0.0.1:0 [--exit-after N]
+//! (prints "listening on ADDR"; with --exit-after, exits once N connections
+//! have ended, so tools like callgrind see a normal exit).
+
+use std::cell::Cell;
+use std::rc::Rc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+fn flag(name: &str) -> Option<String> {
+    std::env::args().skip_while(|arg| arg != name).nth(1)
+}
+
 fn main() {
-    let addr = std::env::args()
-        .skip_while(|arg| arg != "--listen")
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:6000".to_string());
+    let addr = flag("--listen").unwrap_or_else(|| "127.0.0.1:6000".to_string());
+    let exit_after: Option<usize> = flag("--exit-after").and_then(|n| n.parse().ok());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -24,7 +31,9 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(async move {
+    let local = tokio::task::LocalSet::new();
+    let ended = Rc::new(Cell::new(0usize));
+    local.block_on(&runtime, async move {
         let listener = match TcpListener::bind(&addr).await {
             Ok(listener) => listener,
             Err(err) => {
@@ -38,8 +47,13 @@ fn main() {
         }
         loop {
             if let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
+                let ended = Rc::clone(&ended);
+                tokio::task::spawn_local(async move {
                     let _ = serve(stream).await;
+                    ended.set(ended.get() + 1);
+                    if exit_after.is_some_and(|n| ended.get() >= n) {
+                        std::process::exit(0);
+                    }
                 });
             }
         }
