@@ -27,6 +27,9 @@ pub enum Failure {
     /// The server's reply differs from what the protocol requires (a busy or
     /// error line, or another protocol).
     Protocol(ClientError),
+    /// The name cannot be sent as one message (it contains a newline, or it
+    /// is empty and names are sent without a terminator).
+    InvalidName(ClientError),
     /// Any other socket error.
     Io(io::Error),
 }
@@ -39,6 +42,7 @@ impl Failure {
             Failure::Timeout { .. } => 4,
             Failure::ClosedEarly(_) => 5,
             Failure::Protocol(_) => 6,
+            Failure::InvalidName(_) => 2,
             Failure::Io(_) => 1,
         }
     }
@@ -65,7 +69,9 @@ impl fmt::Display for Failure {
                 f,
                 "no reply from the server within {waited:?} (try a longer --timeout)"
             ),
-            Failure::ClosedEarly(err) | Failure::Protocol(err) => err.fmt(f),
+            Failure::ClosedEarly(err) | Failure::Protocol(err) | Failure::InvalidName(err) => {
+                err.fmt(f)
+            }
             Failure::Io(err) => write!(f, "connection failed: {err}"),
         }
     }
@@ -134,7 +140,10 @@ impl Client {
         self.outgoing.clear();
         self.session
             .send_name(name, &mut self.outgoing)
-            .map_err(Failure::Protocol)?;
+            .map_err(|err| match err {
+                ClientError::InvalidName(_) => Failure::InvalidName(err),
+                _ => Failure::Protocol(err),
+            })?;
         self.stream
             .write_all(&self.outgoing)
             .map_err(|err| self.io_failure(err))?;

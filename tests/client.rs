@@ -219,3 +219,43 @@ fn bad_arguments_are_code_2() {
         client.describe()
     );
 }
+
+/// A name that cannot be one message is the user's mistake, not the
+/// server's: exit 2 with a one-line reason, after the greeting, and nothing
+/// is sent for it.
+#[test]
+fn a_name_that_cannot_be_sent_exits_2() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let client = run_client(&addr, &os(&["Mich\nael"]), b"");
+    let line = assert_failure(&client, 2, "invalid name");
+    assert!(line.contains("newline"), "{line}");
+    assert!(client.stdout_text().starts_with("Server: Welcome!\n"));
+
+    let client = run_client(&addr, &os(&["--no-newline"]), b"\n");
+    assert_failure(&client, 2, "invalid name");
+}
+
+/// A negative or unreadable --timeout is refused at once instead of
+/// silently meaning "wait forever".
+#[test]
+fn a_negative_timeout_is_refused() {
+    for bad in ["-1", "soon", "1e30"] {
+        let client = run_client(
+            "127.0.0.1:1",
+            &[OsString::from(format!("--timeout={bad}"))],
+            b"",
+        );
+        assert_eq!(
+            client.code(),
+            Some(2),
+            "--timeout={bad}: {}",
+            client.describe()
+        );
+        assert!(
+            client.stderr_text().contains("not a number of seconds"),
+            "{}",
+            client.describe()
+        );
+    }
+}

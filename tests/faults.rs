@@ -609,3 +609,36 @@ fn a_thousand_concurrent_dialogues_all_complete() {
     );
     assert!(!server.log().contains("WARN"), "{}", server.log());
 }
+
+/// With the idle timeout off, a client that says exit but never reads its
+/// replies cannot hold its slot forever: once the last reply has waited for
+/// the linger time, the connection is closed. (Replies here far exceed the
+/// socket buffers, so the goodbye cannot leave while the client is not
+/// reading.)
+#[test]
+fn an_unread_goodbye_is_bounded_by_linger_when_idle_is_off() {
+    let server = TestServer::start(&[
+        "--idle-timeout",
+        "0",
+        "--linger",
+        "0.3",
+        "--max-line",
+        "4096",
+        "--max-output",
+        "67108864",
+    ]);
+    let mut client = server.connect_greeted();
+    let line = [vec![b'x'; 4000], b"\n".to_vec()].concat();
+    let names = line.repeat(8000);
+    client
+        .write_all(&names)
+        .expect("the server reads every name");
+    client.write_all(b"exit\n").expect("send exit");
+    assert!(
+        server.wait_for_log("is closed (timed out)"),
+        "the stuck connection is closed after linger; log:\n{}",
+        server.log()
+    );
+    let mut other = server.connect_greeted();
+    exchange(&mut other, b"Tracy\n", &hello(b"Tracy"));
+}

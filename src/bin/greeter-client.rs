@@ -17,19 +17,21 @@ use greeter::protocol::NameTerminator;
 /// With no NAME, names are read from standard input, one per line, and exit
 /// is sent at the end of input (or when you type exit).
 ///
-/// Exit codes: 0 dialogue complete; 1 other socket error; 2 bad arguments;
-/// 3 cannot resolve or connect; 4 timed out waiting for a reply;
-/// 5 the server closed the connection early; 6 unexpected reply (e.g. busy).
+/// Exit codes: 0 dialogue complete; 1 other socket error; 2 bad arguments
+/// (or a name that cannot be sent); 3 cannot resolve or connect; 4 timed out
+/// waiting for a reply; 5 the server closed the connection early;
+/// 6 unexpected reply (e.g. busy).
 #[derive(Parser, Debug)]
-#[command(name = "greeter-client", version, about, long_about)]
+#[command(name = "greeter-client", version)]
 struct Args {
     /// Server address, host:port.
     #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
     addr: String,
 
-    /// Seconds to wait for the connection and for each reply (0: forever).
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
-    timeout: f64,
+    /// Seconds to wait for the connection and for each read or write of a
+    /// reply (0: forever).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    timeout: Duration,
 
     /// Send names without a trailing newline, as the tutorial's client does
     /// (for servers that take each recv() as one name).
@@ -39,6 +41,13 @@ struct Args {
     /// Names to send, in order.
     #[arg(value_name = "NAME")]
     names: Vec<OsString>,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|value| Duration::try_from_secs_f64(value).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))
 }
 
 fn main() -> ExitCode {
@@ -54,9 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
-    let timeout = Some(args.timeout)
-        .filter(|seconds| *seconds > 0.0)
-        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok());
+    let timeout = Some(args.timeout).filter(|timeout| !timeout.is_zero());
     let terminator = if args.no_newline {
         NameTerminator::Nothing
     } else {

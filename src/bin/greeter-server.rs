@@ -15,7 +15,7 @@ use log::LevelFilter;
 /// classic Python socket tutorial: "Server: Welcome!", then "Hello NAME!" for
 /// each name, until "exit".
 #[derive(Parser, Debug)]
-#[command(name = "greeter-server", version, about, long_about = None)]
+#[command(name = "greeter-server", version)]
 struct Args {
     /// Address to listen on, IPv4 or IPv6 (e.g. [::1]:6000); repeat for several.
     #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]

@@ -26,7 +26,8 @@ use crate::protocol::{
 
 /// Reads per connection per service call. Bounds the work one busy client
 /// gets before the reactor moves on to the others (fairness); a connection
-/// with data left is serviced again next turn.
+/// with data left is serviced again after every other connection that was
+/// ready in the same poll.
 const READS_PER_SERVICE: usize = 16;
 
 /// Output capacity kept across messages. A larger buffer, grown by a burst, is
@@ -48,8 +49,9 @@ pub struct Timeouts {
 pub enum Next {
     /// Nothing until its next event or deadline.
     Wait,
-    /// It may have more to read but used its budget: service it next turn,
-    /// without waiting for an event (none will come).
+    /// It may have more to read but used its budget: service it again once
+    /// the other ready connections have had their turn, without waiting for
+    /// an event (none will come).
     ServiceAgain,
     /// Close it and free its slot.
     Close(Closed),
@@ -159,6 +161,9 @@ impl Connection {
             }
             if self.phase == Phase::Talking && self.session.state() == SessionState::Closing {
                 if !self.unsent.is_empty() {
+                    // The last reply waits for the peer to read it. With the
+                    // idle timeout off nothing else would bound that wait.
+                    self.deadline.get_or_insert(now + timeouts.linger);
                     return Next::Wait;
                 }
                 if self.peer_eof {
@@ -297,9 +302,11 @@ impl Connection {
     }
 
     /// Our last byte is out: send FIN and wait (bounded by linger) for the
-    /// peer's. Closing now could send a reset instead, if the peer has sent
-    /// anything we have not read, and a reset makes the peer's kernel discard
-    /// our goodbye even if it already arrived.
+    /// peer's. Closing at once would send a reset instead of a FIN if the peer
+    /// has sent anything we have not read (say, a name after `exit`), and a
+    /// reset makes the peer's kernel drop whatever of our goodbye it has not
+    /// yet handed to the application; some systems drop even data already
+    /// received. Draining first means the goodbye always arrives intact.
     fn start_draining(&mut self, now: Instant, timeouts: &Timeouts) {
         self.phase = Phase::Draining;
         self.deadline = Some(now + timeouts.linger);

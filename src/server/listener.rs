@@ -11,8 +11,8 @@
 //!   the accept queue. With edge-triggered readiness no new event will come for
 //!   it, and with level-triggered readiness the loop would spin. So the server
 //!   keeps one spare descriptor: it closes the spare, accepts the client, tells
-//!   it the server is full, closes it, and reopens the spare (the libev/Redis
-//!   idiom). If even that fails, accepting pauses briefly and retries on a timer.
+//!   it the server is out of file descriptors, closes it, and reopens the spare
+//!   (the libev idiom). If even that fails, accepting pauses briefly and retries on a timer.
 
 use std::fmt;
 use std::fs::File;
