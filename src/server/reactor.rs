@@ -11,14 +11,18 @@
 //! 1. compute the poll timeout from the nearest deadline (zero if some work is
 //!    already known to be waiting);
 //! 2. `poll` (epoll_wait);
-//! 3. dispatch each event by token: a listener accepts (a bounded number per
-//!    turn, for fairness), a connection is serviced (reads until drained, within
-//!    a budget, feeding the core and writing its replies);
-//! 4. service connections that still had input when their budget ran out;
-//! 5. run due deadlines (idle timeout, linger, shutdown grace);
-//! 6. free the slab slots of connections closed during this turn, only now,
+//! 3. dispatch each event by token: a connection is serviced at once (reads
+//!    until drained, within a budget, feeding the core and writing its
+//!    replies); a listener or the signal pipe is only marked ready;
+//! 4. act on signals (the first starts a graceful shutdown);
+//! 5. accept from ready listeners, a bounded number each, for fairness;
+//! 6. service again the connections whose read budget ran out in step 3;
+//! 7. run due deadlines (idle timeout, linger);
+//! 8. free the slab slots of connections closed during this turn, only now,
 //!    so a stale event later in the same batch can never reach a new
-//!    connection that reused the slot.
+//!    connection that reused the slot;
+//! 9. while shutting down: exit once every connection is gone or the grace
+//!    period is over.
 //!
 //! Tokens: a connection's token is its slab key; listeners and the signal pipe
 //! use tokens from the top of the range, which the slab never reaches.
