@@ -71,8 +71,14 @@ impl std::fmt::Display for Run {
 /// Runs greeter-load to completion; kills it and fails the test if it is
 /// still running after [`DEADLINE`].
 fn greeter_load(args: &[&str]) -> Run {
+    greeter_load_with(Command::new(env!("CARGO_BIN_EXE_greeter-load")), args)
+}
+
+/// [`greeter_load`] with a prepared command (for example one with a lowered
+/// descriptor limit).
+fn greeter_load_with(mut command: Command, args: &[&str]) -> Run {
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greeter-load"))
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -974,6 +980,53 @@ fn open_loop_exchanges_due_during_a_timeout_are_still_counted() {
         "{completed} completed + {timeouts} timeouts, expected about 100; {run}"
     );
     assert!(report.count("latency_us/max") >= 300_000, "{run}");
+}
+
+/// When the descriptor limit cannot hold --connections, greeter-load says so
+/// and runs with as many as fit, instead of failing part way through.
+#[test]
+fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
+    use std::os::unix::process::CommandExt;
+    let server = TestServer::start(&[]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-load"));
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let addr = server.addr.to_string();
+    let run = greeter_load_with(
+        command,
+        &[
+            "pingpong",
+            "--addr",
+            &addr,
+            "--quiet",
+            "-c",
+            "1000",
+            "--duration",
+            "0.5",
+            "--json",
+        ],
+    );
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("--connections 1000 capped to 32 by the file descriptor limit (64)"),
+        "{run}"
+    );
+    let report = run.json();
+    assert_eq!(report.count("connections"), 32, "{run}");
+    assert_eq!(report.count("peak_open"), 32, "{run}");
+    assert_no_errors(&report, &run);
 }
 
 /// A server that closes the connection instead of answering: closed_early.
