@@ -36,18 +36,6 @@ fn closed_line(client: &TcpStream) -> String {
     format!("Connection from {} is closed", client.local_addr().unwrap())
 }
 
-/// The server's peak resident memory (VmHWM) in KiB: a peak, so memory that was
-/// used and freed again between two looks still counts.
-fn peak_rss_kib(server: &TestServer) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 /// Waits up to `timeout` for `stream` to become writable.
 fn wait_writable(stream: &TcpStream, timeout: Duration) -> bool {
     let mut fd = libc::pollfd {
@@ -101,7 +89,7 @@ fn overlong_line_is_refused(framing: &str) {
     let mut bystander = server.connect_greeted();
     let mut flooder = server.connect_greeted();
     let flooder_closed = closed_line(&flooder);
-    let peak_before = peak_rss_kib(&server);
+    let peak_before = server.peak_rss_kib();
 
     // Several MB without a newline, from a thread, while this one reads.
     let mut writer = flooder.try_clone().unwrap();
@@ -138,7 +126,7 @@ fn overlong_line_is_refused(framing: &str) {
         "the flooder's connection is closed; log:\n{}",
         server.log()
     );
-    let growth = peak_rss_kib(&server).saturating_sub(peak_before);
+    let growth = server.peak_rss_kib().saturating_sub(peak_before);
     assert!(
         growth < 4 * 1024,
         "peak RSS grew by {growth} KiB while {sent} bytes of one line arrived ({framing} framing)"
@@ -322,7 +310,7 @@ fn a_client_that_never_reads_is_throttled_and_loses_nothing() {
     // rightly treat as a message of its own and so change the replies.
     let server = TestServer::start(&["--max-output", "4096", "--framing", "line"]);
     let mut flooder = server.connect_greeted();
-    let peak_before = peak_rss_kib(&server);
+    let peak_before = server.peak_rss_kib();
 
     // Write names until the kernel accepts nothing more for a while: the
     // server has stopped reading and both socket buffers are full.
@@ -352,7 +340,7 @@ fn a_client_that_never_reads_is_throttled_and_loses_nothing() {
 
     // Another client is served while the flooder's replies are stuck.
     full_dialogue(&server, b"Michael");
-    let growth = peak_rss_kib(&server).saturating_sub(peak_before);
+    let growth = server.peak_rss_kib().saturating_sub(peak_before);
     let one_reply = hello(b"x");
     assert!(
         growth < 4 * 1024,

@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
 
 use common::*;
 use process::{Finished, TRANSCRIPT, client_command, run};
@@ -130,18 +129,13 @@ impl PythonServer {
 
     /// Waits (bounded) for the server to exit after its connections.
     fn wait_exit(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait works") {
-                return status;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
+        let stdout = Arc::clone(&self.stdout);
+        wait_for_exit(&mut self.child, || {
+            format!(
                 "the Python server did not exit; stdout: {:?}",
-                self.lines()
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
+                stdout.lock().unwrap()
+            )
+        })
     }
 }
 

@@ -120,18 +120,10 @@ impl TestServer {
 
     /// Waits for the server to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait works") {
-                return status;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "server did not exit; log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        let log = Arc::clone(&self.log);
+        wait_for_exit(&mut self.child, || {
+            format!("server did not exit; log:\n{}", log.lock().unwrap())
+        })
     }
 
     /// Connects a client with read and write timeouts set.
@@ -146,15 +138,16 @@ impl TestServer {
         stream
     }
 
-    /// The server's resident memory in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
+    /// The server's peak resident memory (VmHWM) in KiB: a peak, so memory
+    /// that was used and freed again between two looks still counts.
+    pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix("VmHWM:"))
             .and_then(|value| value.split_whitespace().next())
             .and_then(|kib| kib.parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+            .expect("VmHWM in /proc/PID/status")
     }
 
     /// User plus system CPU time the server has used, in clock ticks.
@@ -224,6 +217,19 @@ pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
             "waiting for the server to close: {err}; got {:?}",
             String::from_utf8_lossy(&all)
         ),
+    }
+}
+
+/// Waits for `child` to exit; fails the test with `describe()` after
+/// [`DEADLINE`].
+pub fn wait_for_exit(child: &mut Child, describe: impl Fn() -> String) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait works") {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "{}", describe());
+        thread::sleep(Duration::from_millis(5));
     }
 }
 
