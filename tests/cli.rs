@@ -68,6 +68,27 @@ fn address_in_use_is_one_clear_line() {
     drop(occupant);
 }
 
+/// An address that is not one of this machine's is a start-up error with a
+/// hint. (Binding sends no packet: 192.0.2.1 is a documentation address,
+/// never assigned here, so bind() fails at once with EADDRNOTAVAIL.)
+#[test]
+fn an_address_of_another_machine_is_one_clear_line() {
+    let mut command = server_binary();
+    command.args(["--listen", "192.0.2.1:6000"]);
+    let server = run(command, b"");
+    assert_eq!(server.code(), Some(1), "{}", server.describe());
+    let stderr = server.stderr_text();
+    assert_eq!(stderr.lines().count(), 1, "{}", server.describe());
+    assert!(
+        stderr.starts_with(
+            "greeter-server: cannot listen on 192.0.2.1:6000: address not available \
+             (it is not an address of this machine; try 127.0.0.1 or 0.0.0.0)"
+        ),
+        "{}",
+        server.describe()
+    );
+}
+
 /// A --listen value that is not a socket address is rejected by clap, with
 /// its usage exit code 2, before anything is bound.
 #[test]
