@@ -202,6 +202,9 @@ enum Fake {
     /// The first connection accepted never answers after its greeting; every
     /// later one answers correctly (a stall longer than --timeout).
     StallFirstConnection,
+    /// Answers correctly, except that no reply leaves between these two
+    /// times after the fake server started (a stall of the whole server).
+    StallBetween(Duration, Duration),
 }
 
 /// A fake server on 127.0.0.1:0: one accept thread polling a nonblocking
@@ -337,6 +340,14 @@ fn serve_fake(
                     if answers == 0 {
                         // The stall this fake server exists to simulate.
                         thread::sleep(delay);
+                    }
+                    hello(name)
+                }
+                Fake::StallBetween(from, to) => {
+                    let elapsed = started.elapsed();
+                    if elapsed >= from && elapsed < to {
+                        // The stall this fake server exists to simulate.
+                        thread::sleep(to - elapsed);
                     }
                     hello(name)
                 }
@@ -1029,6 +1040,86 @@ fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
     assert_no_errors(&report, &run);
 }
 
+/// Open loop, a stall that outlasts the window: the exchanges that fell due
+/// in the window's last stretch are still sent and charged, not cut off when
+/// the window closes. (Due 0.6-1.0 s, answered at 1.4 s: 0.4-0.8 s each.)
+#[test]
+fn a_stall_at_the_end_of_the_window_is_not_cut_off() {
+    let fake = FakeServer::start(Fake::StallBetween(
+        Duration::from_millis(600),
+        Duration::from_millis(1400),
+    ));
+    let run = load(
+        "pingpong",
+        &fake.addr(),
+        "-c 4 --rate 200 --duration 1 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_no_errors(&report, &run);
+    let completed = report.count("completed");
+    assert!(
+        (180..=210).contains(&completed),
+        "{completed} exchanges; {run}"
+    );
+    assert!(report.count("latency_us/max") >= 300_000, "{run}");
+    assert!(report.count("latency_us/p90") >= 100_000, "{run}");
+}
+
+/// Open loop, a stall during the warmup: the exchanges due in the warmup are
+/// not counted even though they complete inside the window.
+#[test]
+fn a_stall_during_the_warmup_does_not_leak_into_the_window() {
+    let fake = FakeServer::start(Fake::StallBetween(
+        Duration::from_millis(200),
+        Duration::from_millis(700),
+    ));
+    let run = load(
+        "pingpong",
+        &fake.addr(),
+        "-c 4 --rate 200 --warmup 0.7 --duration 1 --timeout 5 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    let completed = report.count("completed");
+    assert!(
+        (180..=215).contains(&completed),
+        "{completed} exchanges; {run}"
+    );
+    assert!(report.count("latency_us/p90") < 100_000, "{run}");
+}
+
+/// --count stops the count exactly: replies still in flight when it is
+/// reached are not added to it.
+#[test]
+fn count_is_exact() {
+    let server = TestServer::start(&[]);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        "-c 100 --count 500 --duration 15 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.count("completed"), 500, "{run}");
+    assert_eq!(report.count("latency_us/samples"), 500, "{run}");
+}
+
+/// A histogram file that cannot be written is an error (exit 3), after the
+/// report itself was printed.
+#[test]
+fn an_unwritable_histogram_file_is_exit_3() {
+    let server = TestServer::start(&[]);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        "-c 2 --count 10 --duration 5 --json --hist-out /dev/full",
+    );
+    run.assert_code(3);
+    assert_eq!(run.json().count("completed"), 10, "{run}");
+    assert!(run.stderr.contains("cannot write /dev/full"), "{run}");
+}
+
 /// A server that closes the connection instead of answering: closed_early.
 #[test]
 fn a_server_closing_mid_dialogue_is_closed_early() {
@@ -1068,12 +1159,14 @@ fn malformed_flags_exit_2() {
     let (_reserved, addr) = refusing_port();
     let addr = addr.to_string();
     let bounded = ["--addr", addr.as_str(), "--duration", "0.2", "--quiet"];
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 12] = [
         &["pingpong", "--bogus"],
         &["pingpong", "-c", "0"],
         &["pingpong", "-c", "many"],
         &["pingpong", "--rate", "0"],
         &["pingpong", "--rate", "-5"],
+        &["pingpong", "--rate", "1e-300"],
+        &["pingpong", "--duration", "1e19"],
         &["pingpong", "--timeout", "soon"],
         &["churn", "--names", "-1"],
         &["hold", "--probe-rate", "inf"],

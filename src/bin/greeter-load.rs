@@ -2,7 +2,7 @@
 //! the report, and exits non-zero when any check failed.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal};
+use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,16 +108,23 @@ struct RunArgs {
 /// How long a run measures unless told otherwise.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
+/// Longest time any flag may give: a year. Far beyond any load test, and
+/// far from where adding it to the clock could overflow.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .and_then(|value| Duration::try_from_secs_f64(value).ok())
-        .ok_or_else(|| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=MAX_SECONDS).contains(&value) => Ok(Duration::from_secs_f64(value)),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 0 to a year (e.g. 10 or 0.5)"
+        )),
+    }
 }
 
+/// A rate per second: positive, and at least one a year.
 fn positive(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(value) if value > 0.0 && value.is_finite() => Ok(value),
+        Ok(value) if value.is_finite() && value >= 1.0 / MAX_SECONDS => Ok(value),
         _ => Err(format!("`{text}` is not a positive number")),
     }
 }
@@ -165,16 +172,16 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         live: !args.quiet && std::io::stderr().is_terminal(),
     };
     let report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
-    if let Some(path) = &args.hist_out {
-        let file =
-            File::create(path).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-        save_histogram(&report.stats.latency_us, &mut BufWriter::new(file))
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    }
     if args.json {
         println!("{}", report.json());
     } else {
         print!("{}", report.human());
+    }
+    if let Some(path) = &args.hist_out {
+        let cannot = |err: std::io::Error| format!("cannot write {}: {err}", path.display());
+        let mut out = BufWriter::new(File::create(path).map_err(cannot)?);
+        save_histogram(&report.stats.latency_us, &mut out).map_err(cannot)?;
+        out.flush().map_err(cannot)?;
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS

@@ -37,6 +37,8 @@ const MAX_CONNECTING: usize = 512;
 /// hammered in a tight loop.
 const REOPEN_DELAY: Duration = Duration::from_millis(100);
 const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Time per loop turn spent opening connections, at most.
+const OPEN_BUDGET: Duration = Duration::from_millis(2);
 /// The timer's token; client tokens are slab keys, far below it.
 const TIMER_TOKEN: Token = Token(usize::MAX);
 
@@ -95,6 +97,9 @@ struct Driver<'a> {
     connecting: usize,
     reopen_after: Option<Instant>,
     finishing: Option<Instant>,
+    /// When the measured window closed: the end of --duration, or the moment
+    /// --count was reached.
+    window_end: Option<Instant>,
     next_id: u64,
     next_source: usize,
     /// Hold mode: the probe connection is open.
@@ -128,6 +133,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         config.connections = capped;
     }
     let start = Instant::now();
+    warn_about_port_search(&config);
     let poll = Poll::new()?;
     let timer = PreciseTimer::new(poll.registry(), TIMER_TOKEN)?;
     let mut driver = Driver {
@@ -144,6 +150,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         connecting: 0,
         reopen_after: None,
         finishing: None,
+        window_end: None,
         next_id: 0,
         next_source: 0,
         probe_open: false,
@@ -189,7 +196,7 @@ impl Driver<'_> {
         loop {
             let now = Instant::now();
             self.open_clients(now);
-            self.send_due(now);
+            self.send_due(now, now);
             if now >= next_sweep {
                 self.sweep_timeouts(now);
                 next_sweep = now + SWEEP_INTERVAL;
@@ -214,20 +221,25 @@ impl Driver<'_> {
                     break;
                 }
             }
+            // Every wake-up source here lies in the future (or is work the
+            // next turn does at once); one that stayed in the past would
+            // re-arm the timer for "now" on every turn: a busy loop.
+            let running = self.finishing.is_none();
             let wake = [
                 Some(next_sweep),
                 Some(next_live),
                 self.scheduled.peek().map(|Reverse((due, _, _))| *due),
-                self.next_ramp_time(),
+                self.next_ramp_time()
+                    .filter(|_| self.connecting < MAX_CONNECTING),
                 self.finishing,
-                Some(self.measure_until()),
-                self.reopen_after,
+                running.then(|| self.measure_until()),
+                self.reopen_after.filter(|_| running),
             ]
             .into_iter()
             .flatten()
             .min();
             if let Some(at) = wake {
-                self.timer.arm(at, now)?;
+                self.timer.arm(at, Instant::now())?;
             }
             if let Err(err) = self.poll.poll(&mut events, None) {
                 if err.kind() != ErrorKind::Interrupted {
@@ -252,7 +264,9 @@ impl Driver<'_> {
                 );
             }
         }
-        let end = Instant::now().min(self.measure_until());
+        let end = self
+            .window_end
+            .unwrap_or_else(|| Instant::now().min(self.measure_until()));
         Ok(end.saturating_duration_since(self.measure_from))
     }
 
@@ -275,8 +289,15 @@ impl Driver<'_> {
 
     /// Stop starting new work; every client says exit (held ones answer a
     /// check first) and waits for good bye.
+    ///
+    /// Open loop: exchanges that fell due inside the window are still sent
+    /// (late) and charged from their due times, so a stall at the end of the
+    /// window is not cut off; only those due after it are dropped.
     fn finish(&mut self, now: Instant) {
+        let window_end = now.min(self.measure_until());
+        self.window_end = Some(window_end);
         self.finishing = Some(now + self.config.timeout);
+        self.send_due(window_end, now);
         self.scheduled.clear();
         let idle: Vec<usize> = self
             .clients
@@ -319,7 +340,13 @@ impl Driver<'_> {
             return;
         }
         self.reopen_after = None;
-        while self.clients.len() < self.target() && self.connecting < MAX_CONNECTING {
+        // connect() can be slow (see `warn_about_port_search`): bound the
+        // time spent opening per turn so replies keep being read meanwhile.
+        let started = Instant::now();
+        while self.clients.len() < self.target()
+            && self.connecting < MAX_CONNECTING
+            && started.elapsed() < OPEN_BUDGET
+        {
             if self.ramped < self.target() && self.next_ramp_time().is_some_and(|at| at > now) {
                 return;
             }
@@ -364,9 +391,9 @@ impl Driver<'_> {
         // A replacement for a failed client takes over its schedule, so the
         // exchanges that fell due while it was stalled are still sent, late,
         // and charged from when they were due.
-        let inherited = match role {
-            Role::Worker => self.orphaned_schedules.pop(),
-            _ => None,
+        let inherited = match self.interval(role) {
+            Some(_) => self.orphaned_schedules.pop(),
+            None => None,
         };
         let next_due = inherited.unwrap_or_else(|| {
             now + self.interval(role).map_or(Duration::ZERO, |interval| {
@@ -483,8 +510,24 @@ impl Driver<'_> {
         }
     }
 
+    /// Whether an exchange (or dialogue) that started at `start` counts: it
+    /// started inside the window (open loop: was *due* inside it, however late
+    /// it was sent), and --count is not yet reached.
+    fn in_window(&self, start: Instant) -> bool {
+        start >= self.measure_from
+            && start <= self.window_end.unwrap_or_else(|| self.measure_until())
+            && self
+                .config
+                .count
+                .is_none_or(|count| self.stats.completed < count)
+    }
+
     fn on_turn(&mut self, key: usize, turn: Turn, now: Instant) {
-        let in_window = now >= self.measure_from && now <= self.measure_until();
+        let client = &self.clients[key];
+        let in_window = match turn {
+            Turn::Goodbye => self.in_window(client.dialogue_start),
+            _ => self.in_window(client.exchange_start),
+        };
         let client = &mut self.clients[key];
         client.deadline = None;
         match turn {
@@ -515,11 +558,18 @@ impl Driver<'_> {
     /// An idle client's next message, by workload and schedule.
     fn next_step(&mut self, key: usize, now: Instant) {
         let client = &mut self.clients[key];
-        if self.finishing.is_some() {
+        if let Some(window_end) = self.window_end {
             if client.role == Role::Held && !client.checked {
                 return self.send_name(key, now, now);
             }
-            return self.send_exit(key, now);
+            let (due, role) = (client.next_due, client.role);
+            match self.interval(role) {
+                Some(interval) if due <= window_end && self.in_window(due) => {
+                    self.clients[key].next_due = due + interval;
+                    return self.send_name(key, due, now);
+                }
+                _ => return self.send_exit(key, now),
+            }
         }
         match (self.config.workload, client.role) {
             (Workload::Hold { .. }, Role::Held) => {}
@@ -546,9 +596,10 @@ impl Driver<'_> {
         }
     }
 
-    fn send_due(&mut self, now: Instant) {
+    /// Sends the scheduled exchanges due at or before `until`.
+    fn send_due(&mut self, until: Instant, now: Instant) {
         while let Some(Reverse((due, key, id))) = self.scheduled.peek().copied() {
-            if due > now {
+            if due > until {
                 return;
             }
             self.scheduled.pop();
@@ -632,7 +683,7 @@ impl Driver<'_> {
     fn fail(&mut self, key: usize, kind: Failure, detail: impl std::fmt::Display) {
         self.stats.fail(kind, detail);
         let client = &self.clients[key];
-        if let (Role::Worker, Some(interval)) = (client.role, self.interval(client.role)) {
+        if let Some(interval) = self.interval(client.role) {
             // The exchange in flight counts as this failure; the schedule
             // goes on from the next one (already taken from `next_due` if
             // the client sat idle waiting for it).
@@ -646,7 +697,10 @@ impl Driver<'_> {
             self.orphaned_schedules.extend(next);
         }
         if self.finishing.is_none() {
-            self.reopen_after = Some(Instant::now() + REOPEN_DELAY);
+            // The first failure of a burst sets the pause; later ones must not
+            // push it back, or steady failures would stop all reopening.
+            self.reopen_after
+                .get_or_insert(Instant::now() + REOPEN_DELAY);
         }
         self.close(key);
     }
@@ -677,10 +731,41 @@ impl Driver<'_> {
     }
 }
 
+/// Linux picks a connecting socket's ephemeral port by searching the range
+/// for one not yet used towards the same destination, and connect() uses
+/// the even ports first. Beyond about half the range every connect() pays a
+/// long search (hundreds of microseconds here, in the kernel, on this one
+/// thread): building up slows to a crawl and the probe's latency with it.
+/// Each extra source address brings a whole range of its own.
+fn warn_about_port_search(config: &LoadConfig) {
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let ports: Vec<usize> = range
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let [low, high] = ports[..] else {
+        return;
+    };
+    let sources = config.source_addrs.len().max(1);
+    let half = high.saturating_sub(low).div_ceil(2);
+    if config.connections / sources > half {
+        log::warn!(
+            "{} connections from {sources} source address(es) use more than half the ephemeral port \
+             range ({low}-{high}); connect() slows down sharply beyond that. Spread them with \
+             --source-addrs (e.g. 127.0.0.2,127.0.0.3 for a loopback server)",
+            config.connections
+        );
+    }
+}
+
 fn classify(err: &io::Error) -> Failure {
     match err.kind() {
         ErrorKind::ConnectionRefused => Failure::Refused,
-        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => Failure::Reset,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Failure::Reset
+        }
         ErrorKind::TimedOut => Failure::Timeout,
         _ => Failure::Io,
     }
