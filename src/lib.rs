@@ -11,8 +11,10 @@
 //! - [`load`]: the load generator, a reactor of simulated clients.
 //! - [`limits`]: the file descriptor limit, which caps connections on both sides.
 //!
-//! `src/bin/` only parses arguments and maps errors to exit codes.
+//! `src/bin/` only parses arguments (with the shared parsers in [`args`]) and
+//! maps errors to exit codes.
 
+pub mod args;
 pub mod client;
 pub mod limits;
 pub mod load;

@@ -243,9 +243,16 @@ fn sigterm_says_good_bye_to_every_client_and_exits_0() {
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
     assert!(signalled.elapsed() < Duration::from_secs(15));
-    let log = server.log();
-    assert!(log.contains("all connections closed"), "log:\n{log}");
-    assert!(!log.contains("still open"), "log:\n{log}");
+    assert!(
+        server.wait_for_log("all connections closed"),
+        "log:\n{}",
+        server.log()
+    );
+    assert!(
+        !server.log().contains("still open"),
+        "log:\n{}",
+        server.log()
+    );
 }
 
 /// A second SIGINT during a shutdown that is waiting for a client (which
@@ -272,6 +279,30 @@ fn a_second_sigint_during_shutdown_exits_at_once_with_130() {
         "took {:?} to exit",
         second.elapsed()
     );
-    assert!(server.log().contains("second shutdown signal"));
+    // The log reader thread may still be catching up with the last line.
+    assert!(
+        server.wait_for_log("second shutdown signal"),
+        "log:\n{}",
+        server.log()
+    );
     drop(client);
+}
+
+/// Durations beyond reason are usage errors at start, not a panic on the
+/// first client (adding 1e19 s to the clock would overflow).
+#[test]
+fn absurd_durations_are_exit_code_2() {
+    for flag in ["--idle-timeout", "--linger", "--shutdown-grace"] {
+        let mut command = server_binary();
+        command.args(["--listen", "127.0.0.1:0", flag, "1e19"]);
+        let server = run(command, b"");
+        assert_eq!(server.code(), Some(2), "{flag}: {}", server.describe());
+        assert!(
+            server
+                .stderr_text()
+                .contains("not a number of seconds from 0 to a year"),
+            "{}",
+            server.describe()
+        );
+    }
 }

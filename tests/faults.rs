@@ -630,3 +630,72 @@ fn an_unread_goodbye_is_bounded_by_linger_when_idle_is_off() {
     let mut other = server.connect_greeted();
     exchange(&mut other, b"Tracy\n", &hello(b"Tracy"));
 }
+
+/// TCP urgent data cuts a read short at the urgent mark, with more data
+/// queued behind it. The server must still read and answer that data (here
+/// with the idle timeout off, so nothing else would ever wake it).
+#[test]
+fn data_behind_an_urgent_mark_is_answered() {
+    let server = TestServer::start(&["--idle-timeout", "0", "--framing", "line"]);
+    let mut client = server.connect_greeted();
+    let fd = client.as_raw_fd();
+    let set_cork = |on: libc::c_int| {
+        // SAFETY: setsockopt reads one c_int from `on`, alive for the call.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(result, 0, "TCP_CORK");
+    };
+    // One segment: "one\n", the urgent byte, "two\n".
+    set_cork(1);
+    client.write_all(b"one\n").unwrap();
+    // SAFETY: sends one byte from a static buffer on our own socket.
+    let sent = unsafe { libc::send(fd, b"X".as_ptr().cast(), 1, libc::MSG_OOB) };
+    assert_eq!(sent, 1, "send(MSG_OOB)");
+    client.write_all(b"two\n").unwrap();
+    set_cork(0);
+    expect_bytes(&mut client, &[hello(b"one"), hello(b"two")].concat());
+}
+
+/// A client that reads a long backlog of replies slowly but steadily is
+/// making progress, and the idle timeout must not close it. (Its small
+/// receive buffer keeps most of the backlog on the server's side.)
+#[test]
+fn a_slow_steady_reader_is_not_idle() {
+    let server = TestServer::start(&["--idle-timeout", "1", "--framing", "line"]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.connect(&server.addr.into()).expect("connect");
+    let mut client: TcpStream = socket.into();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    expect_bytes(&mut client, GREETING);
+
+    let names = 30_000;
+    client.write_all(&b"x\n".repeat(names)).unwrap();
+    let expected = hello(b"x").len() * names;
+    let mut received = Vec::with_capacity(expected);
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while received.len() < expected && started.elapsed() < DEADLINE {
+        let n = client
+            .read(&mut buf)
+            .expect("the server keeps the connection open");
+        assert!(n > 0, "closed after {} of {expected} bytes", received.len());
+        received.extend_from_slice(&buf[..n]);
+        // The slow reader this test is about: about 400 KB/s.
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(received.len(), expected, "every reply arrived");
+    assert!(
+        received
+            .chunks(hello(b"x").len())
+            .all(|reply| reply == hello(b"x")),
+        "only replies, no error line"
+    );
+}

@@ -30,7 +30,7 @@ struct Args {
 
     /// Seconds to wait for the connection and for each read or write of a
     /// reply (0: forever).
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = greeter::args::seconds)]
     timeout: Duration,
 
     /// Send names without a trailing newline, as the tutorial's client does
@@ -41,13 +41,6 @@ struct Args {
     /// Names to send, in order.
     #[arg(value_name = "NAME")]
     names: Vec<OsString>,
-}
-
-fn seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .and_then(|value| Duration::try_from_secs_f64(value).ok())
-        .ok_or_else(|| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))
 }
 
 fn main() -> ExitCode {

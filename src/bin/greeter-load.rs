@@ -32,7 +32,7 @@ enum Command {
     Pingpong {
         /// Total exchanges per second across all connections (open loop);
         /// latency is measured from each exchange's intended send time.
-        #[arg(long, value_name = "PER_SECOND", value_parser = positive)]
+        #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
         rate: Option<f64>,
         #[command(flatten)]
         run: RunArgs,
@@ -49,7 +49,7 @@ enum Command {
     /// measures latency; at the end every held connection must still answer.
     Hold {
         /// Exchanges per second on the probe connection.
-        #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = positive)]
+        #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = greeter::args::rate)]
         probe_rate: f64,
         #[command(flatten)]
         run: RunArgs,
@@ -75,20 +75,20 @@ struct RunArgs {
     #[arg(short, long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     connections: u64,
     /// Seconds to measure, after the warmup [default: 10].
-    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = greeter::args::seconds)]
     duration: Option<Duration>,
     /// Stop after this many measured exchanges (dialogues, in churn), or at
     /// the end of --duration, whichever comes first.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// Connections opened per second while building up (default: at once).
-    #[arg(long, value_name = "PER_SECOND", value_parser = positive)]
+    #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
     ramp: Option<f64>,
     /// Seconds at the start that are not counted.
-    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = greeter::args::seconds)]
     warmup: Duration,
     /// Seconds to wait for a connect or a reply before counting a timeout.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
     timeout: Duration,
     /// Local addresses to connect from, comma-separated (e.g.
     /// 127.0.0.2,127.0.0.3): each brings its own range of ephemeral ports.
@@ -107,27 +107,6 @@ struct RunArgs {
 
 /// How long a run measures unless told otherwise.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-
-/// Longest time any flag may give: a year. Far beyond any load test, and
-/// far from where adding it to the clock could overflow.
-const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
-
-fn seconds(text: &str) -> Result<Duration, String> {
-    match text.parse::<f64>() {
-        Ok(value) if (0.0..=MAX_SECONDS).contains(&value) => Ok(Duration::from_secs_f64(value)),
-        _ => Err(format!(
-            "`{text}` is not a number of seconds from 0 to a year (e.g. 10 or 0.5)"
-        )),
-    }
-}
-
-/// A rate per second: positive, and at least one a year.
-fn positive(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if value.is_finite() && value >= 1.0 / MAX_SECONDS => Ok(value),
-        _ => Err(format!("`{text}` is not a positive number")),
-    }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

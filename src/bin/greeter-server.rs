@@ -32,17 +32,17 @@ struct Args {
     max_connections: Option<u64>,
 
     /// Close a connection after this many seconds without progress (0: never).
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
     idle_timeout: Duration,
 
     /// After the last reply, wait this many seconds for the client to close
     /// before closing anyway.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
     linger: Duration,
 
     /// On SIGINT/SIGTERM, wait this many seconds for clients to take their good
     /// bye before exiting.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
     shutdown_grace: Duration,
 
     /// Longest name in bytes (the tutorial read names with recv(1024)); longer
@@ -69,13 +69,6 @@ struct Args {
 enum FramingArg {
     Auto,
     Line,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
-        .ok_or_else(|| format!("`{text}` is not a number of seconds (e.g. 60 or 0.5)"))
 }
 
 fn to_usize(value: u64) -> usize {

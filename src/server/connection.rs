@@ -92,6 +92,10 @@ pub struct Connection {
     /// The peer's EOF is pending (epoll said so), so a short read does not
     /// prove the socket drained: read until the EOF itself.
     eof_pending: bool,
+    /// TCP urgent data is pending (EPOLLPRI). A read stops short at the
+    /// urgent mark with more data queued behind it, and no new edge comes for
+    /// that data: read until WouldBlock instead of trusting a short read.
+    urgent_pending: bool,
     /// The last write hit WouldBlock; the next write waits for a writable event.
     write_blocked: bool,
     peer_eof: bool,
@@ -119,6 +123,7 @@ impl Connection {
             phase: Phase::Talking,
             may_read: false,
             eof_pending: false,
+            urgent_pending: false,
             write_blocked: false,
             peer_eof: false,
             deadline: timeouts.idle.map(|idle| now + idle),
@@ -134,9 +139,10 @@ impl Connection {
         self.deadline
     }
 
-    pub fn on_readable(&mut self, read_closed: bool) {
+    pub fn on_readable(&mut self, read_closed: bool, urgent: bool) {
         self.may_read = true;
         self.eof_pending |= read_closed;
+        self.urgent_pending |= urgent;
     }
 
     pub fn on_writable(&mut self) {
@@ -286,14 +292,16 @@ impl Connection {
                 // A short read emptied the socket's receive queue: any byte
                 // arriving later raises a new edge. So stop here instead of
                 // paying one more read() just to see WouldBlock. Not when the
-                // peer's EOF is pending: no new edge would announce it.
-                if n < read_buf.len() && !self.eof_pending {
+                // peer's EOF or urgent data is pending: no new edge would
+                // announce the EOF, or the data queued behind the urgent mark.
+                if n < read_buf.len() && !self.eof_pending && !self.urgent_pending {
                     self.may_read = false;
                     self.session.peer_paused(&mut self.unsent);
                 }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
                 self.may_read = false;
+                self.urgent_pending = false;
                 self.session.peer_paused(&mut self.unsent);
             }
             Err(err) => return Err(err),
@@ -315,11 +323,17 @@ impl Connection {
         }
     }
 
-    /// Progress was made: push the idle deadline back.
+    /// Progress was made (a byte read, or written): push the deadline back.
+    /// While the last reply is still being written, writing is the progress,
+    /// and with the idle timeout off, linger bounds each wait for it.
     fn touch(&mut self, now: Instant, timeouts: &Timeouts) {
-        if self.phase == Phase::Talking && self.session.state() != SessionState::Closing {
-            self.deadline = timeouts.idle.map(|idle| now + idle);
+        if self.phase != Phase::Talking {
+            return;
         }
+        self.deadline = match self.session.state() {
+            SessionState::Closing => Some(now + timeouts.idle.unwrap_or(timeouts.linger)),
+            _ => timeouts.idle.map(|idle| now + idle),
+        };
     }
 }
 

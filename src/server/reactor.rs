@@ -56,6 +56,15 @@ const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Accepts per listener per turn: a connect storm cannot starve the clients
 /// already connected. What is left waits in the backlog for the next turn.
 const ACCEPTS_PER_TURN: usize = 256;
+/// Timer entries of closed connections tolerated before the heap is rebuilt.
+const STALE_TIMERS_ALLOWED: usize = 1024;
+/// Unsent bytes the kernel may hold for one connection (TCP_NOTSENT_LOWAT).
+/// Beyond this the socket is not writable and the rest waits in our own
+/// bounded output buffer. Without it the kernel's send buffer grows to
+/// megabytes, and a writable edge comes only after much of that has drained:
+/// a client reading slowly but steadily would show no progress for seconds,
+/// and the idle timeout would wrongly close it.
+const KERNEL_UNSENT_LIMIT: libc::c_int = 16 * 1024;
 /// How long accepting pauses after an accept error that retrying at once
 /// would only repeat.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -211,9 +220,14 @@ impl Reactor {
         {
             return Some(Duration::ZERO);
         }
+        // While shutting down nothing is accepted, so a pending accept retry
+        // is no reason to wake (it would be a past deadline: a busy loop).
+        let accept_retry = self
+            .accept_paused_until
+            .filter(|_| self.shutdown_deadline.is_none());
         [
             self.timers.next_deadline(),
-            self.accept_paused_until,
+            accept_retry,
             self.shutdown_deadline,
         ]
         .into_iter()
@@ -223,18 +237,20 @@ impl Reactor {
     }
 
     fn on_connection_event(&mut self, key: usize, event: &Event, now: Instant) {
-        // An unknown key is normal: the connection closed earlier in this
-        // batch (its slot is only freed at the end of the turn, so it cannot
-        // have been reused yet).
+        // A connection closed earlier in this batch still has its slot
+        // (marked closed: its events are stale); slots are freed only at the
+        // end of the turn, when closing the socket also removes it from epoll,
+        // so an unknown key cannot occur: ignoring one is only defensive.
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
         if slot.closed {
             return;
         }
-        if event.is_readable() || event.is_read_closed() || event.is_error() {
+        let urgent = event.is_priority();
+        if event.is_readable() || event.is_read_closed() || event.is_error() || urgent {
             slot.conn
-                .on_readable(event.is_read_closed() || event.is_error());
+                .on_readable(event.is_read_closed() || event.is_error(), urgent);
         }
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             slot.conn.on_writable();
@@ -285,6 +301,14 @@ impl Reactor {
     fn free_closed(&mut self) {
         for key in self.to_free.drain(..) {
             self.slots.remove(key);
+        }
+        // Entries of closed connections stay in the timer heap until they
+        // come due (up to --idle-timeout later). Under heavy churn they would
+        // pile up, so drop them once they outnumber the live ones.
+        if self.timers.len() > 2 * self.slots.len() + STALE_TIMERS_ALLOWED {
+            let slots = &self.slots;
+            self.timers
+                .retain(|conn| slots.get(conn.key).is_some_and(|slot| slot.id == conn.id));
         }
     }
 
@@ -387,6 +411,8 @@ impl Reactor {
     /// (else the loop spins until a descriptor frees up), and it is no
     /// refusal: the warning comes once per burst of real refusals.
     fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> TurnAway {
+        // If taking the spare back failed last time, try again now.
+        self.spare.restore();
         let outcome = if self.spare.release() {
             let outcome = match self.listeners[index].socket.accept() {
                 Ok((stream, _)) => {
@@ -437,14 +463,18 @@ impl Reactor {
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("TCP_NODELAY on {peer}: {err}");
         }
+        if let Err(err) = limit_unsent_in_kernel(&stream) {
+            log::debug!("TCP_NOTSENT_LOWAT on {peer}: {err}");
+        }
         let entry = self.slots.vacant_entry();
         let key = entry.key();
-        // Both interests, once, for the connection's life: edge-triggered
+        // Every interest, once, for the connection's life: edge-triggered
         // events then cost no reregister calls when output blocks or drains.
+        // PRIORITY reports TCP urgent data, which cuts a read short.
         if let Err(err) = self.poll.registry().register(
             &mut stream,
             Token(key),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         ) {
             log::warn!("cannot watch connection from {peer}: {err}; closing it");
             return;
@@ -508,4 +538,25 @@ impl Reactor {
 
 fn listener_token(index: usize) -> Token {
     Token(LISTENER_TOKENS + index)
+}
+
+fn limit_unsent_in_kernel(stream: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = KERNEL_UNSENT_LIMIT;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `value`, which
+    // lives across the call; the descriptor is the open socket `stream`.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -42,6 +42,18 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Entries queued, stale ones included.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Keeps only the entries of connections `keep` accepts, and gives the
+    /// memory of the rest back.
+    pub fn retain(&mut self, mut keep: impl FnMut(&ConnectionRef) -> bool) {
+        self.heap.retain(|Reverse((_, conn))| keep(conn));
+        self.heap.shrink_to_fit();
+    }
+
     /// Removes and returns one entry due at or before `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnectionRef)> {
         if self.next_deadline()? > now {
@@ -75,5 +87,25 @@ mod tests {
         assert_eq!(timers.pop_due(now).map(|(_, c)| c.key), Some(2));
         assert_eq!(timers.pop_due(now), None);
         assert_eq!(timers.next_deadline(), Some(start + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn retain_drops_the_entries_of_gone_connections() {
+        let start = Instant::now();
+        let mut timers = Timers::default();
+        for key in 0..100 {
+            timers.schedule(
+                start + Duration::from_secs(key),
+                ConnectionRef {
+                    key: key as usize,
+                    id: key,
+                },
+            );
+        }
+        timers.retain(|conn| conn.id % 10 == 0);
+        assert_eq!(timers.len(), 10);
+        let far = start + Duration::from_secs(1000);
+        let due: Vec<u64> = std::iter::from_fn(|| timers.pop_due(far).map(|(_, c)| c.id)).collect();
+        assert_eq!(due, (0..100).step_by(10).collect::<Vec<u64>>());
     }
 }
