@@ -1,4 +1,6 @@
-//! Listening sockets: binding them, and accepting when descriptors run out.
+//! Listening sockets: binding them, and accepting from them, also when
+//! descriptors run out. The reactor gets accepted, configured sockets and
+//! decides only whether it has a slot for each.
 //!
 //! Two choices here matter under load:
 //!
@@ -12,18 +14,39 @@
 //!   it, and with level-triggered readiness the loop would spin. So the server
 //!   keeps one spare descriptor: it closes the spare, accepts the client, tells
 //!   it the server is out of file descriptors, closes it, and reopens the spare
-//!   (the libev idiom). If even that fails, accepting pauses briefly and retries on a timer.
+//!   (the libev idiom). If even that fails, accepting pauses briefly and
+//!   retries on a timer.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::connection::{Refusal, refuse};
+
+/// Accepts per listener per turn: a connect storm cannot starve the clients
+/// already connected. What is left waits in the backlog for the next turn.
+const ACCEPTS_PER_TURN: usize = 256;
+/// How long accepting pauses after an accept error that retrying at once
+/// would only repeat.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Unsent bytes the kernel may hold for one connection (TCP_NOTSENT_LOWAT).
+/// Beyond this the socket is not writable and the rest waits in our own
+/// bounded output buffer. Without it the kernel's send buffer grows to
+/// megabytes, and a writable edge comes only after much of that has drained:
+/// a client reading slowly but steadily would show no progress for seconds,
+/// and the idle timeout would wrongly close it.
+const KERNEL_UNSENT_LIMIT: libc::c_int = 16 * 1024;
 
 /// Binds a listening socket with the given backlog. IPv6 addresses listen on
 /// IPv6 only, so `--listen [::]:6000 --listen 0.0.0.0:6000` works as expected.
-pub fn bind(addr: SocketAddr, backlog: u32) -> Result<mio::net::TcpListener, ListenError> {
+pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ListenError> {
     let fail = |source| ListenError { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
@@ -36,7 +59,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<mio::net::TcpListener, Lis
     socket.bind(&addr.into()).map_err(fail)?;
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(fail)?;
-    Ok(mio::net::TcpListener::from_std(socket.into()))
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// A listening address could not be opened.
@@ -84,13 +107,13 @@ fn host_part(addr: SocketAddr) -> String {
 
 /// Whether an accept error means this process or the system is out of file
 /// descriptors.
-pub fn is_out_of_descriptors(err: &io::Error) -> bool {
+fn is_out_of_descriptors(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// Whether an accept error concerns only the one client being accepted (it
 /// reset or gave up while queued): skip it and accept the next.
-pub fn is_per_client(err: &io::Error) -> bool {
+fn is_per_client(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
@@ -99,26 +122,257 @@ pub fn is_per_client(err: &io::Error) -> bool {
 
 /// One descriptor held in reserve, spent to turn a client away cleanly when
 /// descriptors run out.
-pub struct SpareDescriptor {
+struct SpareDescriptor {
     spare: Option<File>,
 }
 
 impl SpareDescriptor {
-    pub fn open() -> io::Result<Self> {
+    fn open() -> io::Result<Self> {
         Ok(SpareDescriptor {
             spare: Some(File::open("/dev/null")?),
         })
     }
 
     /// Frees the spare so one accept can succeed. False if there is none.
-    pub fn release(&mut self) -> bool {
+    fn release(&mut self) -> bool {
         self.spare.take().is_some()
     }
 
     /// Takes a descriptor back into reserve, once one is free.
-    pub fn restore(&mut self) {
+    fn restore(&mut self) {
         if self.spare.is_none() {
             self.spare = File::open("/dev/null").ok();
         }
+    }
+}
+
+struct Listener {
+    socket: TcpListener,
+    addr: SocketAddr,
+    /// The backlog may hold clients: set by an event, cleared by WouldBlock.
+    may_accept: bool,
+}
+
+/// What spending the spare descriptor achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TurnAway {
+    /// A waiting client was told the server is out of descriptors.
+    Refused,
+    /// The backlog is empty.
+    NobodyWaiting,
+    /// No spare descriptor, or accept failed anyway: retry on a timer.
+    Impossible,
+}
+
+/// All listening sockets, and the state of accepting from them.
+pub struct Acceptor {
+    listeners: Vec<Listener>,
+    spare: SpareDescriptor,
+    /// Accepting is paused until then (after an accept error).
+    paused_until: Option<Instant>,
+    /// Clients turned away for want of a descriptor in the current burst.
+    turned_away: u64,
+    /// The out-of-descriptors warning of the current burst has been logged.
+    warned: bool,
+}
+
+impl Acceptor {
+    /// Registers listener `i` with token `first_token + i`.
+    pub fn new(
+        sockets: Vec<TcpListener>,
+        registry: &Registry,
+        first_token: usize,
+    ) -> io::Result<Acceptor> {
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (index, mut socket) in sockets.into_iter().enumerate() {
+            let addr = socket.local_addr()?;
+            registry.register(&mut socket, Token(first_token + index), Interest::READABLE)?;
+            listeners.push(Listener {
+                socket,
+                addr,
+                may_accept: true,
+            });
+        }
+        Ok(Acceptor {
+            listeners,
+            spare: SpareDescriptor::open()?,
+            paused_until: None,
+            turned_away: 0,
+            warned: false,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// Listener `index` reported readiness: its backlog may hold clients.
+    pub fn on_ready(&mut self, index: usize) {
+        if let Some(listener) = self.listeners.get_mut(index) {
+            listener.may_accept = true;
+        }
+    }
+
+    /// Whether accepting now would find work (so the poll must not sleep).
+    pub fn has_waiting(&self, now: Instant) -> bool {
+        self.is_accepting(now) && self.listeners.iter().any(|l| l.may_accept)
+    }
+
+    /// When a paused accept should be retried.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.paused_until.filter(|_| !self.listeners.is_empty())
+    }
+
+    /// Stops accepting for good: closing the listeners makes new connects
+    /// fail fast instead of waiting in a backlog nobody will accept from.
+    pub fn close(&mut self, registry: &Registry) {
+        for mut listener in self.listeners.drain(..) {
+            if let Err(err) = registry.deregister(&mut listener.socket) {
+                log::debug!("deregister listener {}: {err}", listener.addr);
+            }
+        }
+    }
+
+    /// Accepts from every ready listener, until its backlog is empty
+    /// (edge-triggered: no new event comes for clients already queued) or
+    /// this turn's share is used, and appends the configured sockets to
+    /// `accepted`.
+    pub fn accept_waiting(&mut self, now: Instant, accepted: &mut Vec<(TcpStream, SocketAddr)>) {
+        if !self.is_accepting(now) {
+            return;
+        }
+        self.paused_until = None;
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].may_accept {
+                self.accept_from(index, now, accepted);
+            }
+        }
+    }
+
+    fn is_accepting(&self, now: Instant) -> bool {
+        self.paused_until.is_none_or(|until| now >= until)
+    }
+
+    fn accept_from(
+        &mut self,
+        index: usize,
+        now: Instant,
+        accepted: &mut Vec<(TcpStream, SocketAddr)>,
+    ) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.listeners[index].socket.accept() {
+                Ok((stream, peer)) => {
+                    self.end_burst();
+                    configure(&stream, peer);
+                    accepted.push((stream, peer));
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                    self.listeners[index].may_accept = false;
+                    return;
+                }
+                Err(err) if is_out_of_descriptors(&err) => {
+                    match self.turn_away_without_descriptor(index, &err) {
+                        TurnAway::Refused => {}
+                        TurnAway::NobodyWaiting => {
+                            self.listeners[index].may_accept = false;
+                            return;
+                        }
+                        TurnAway::Impossible => {
+                            self.paused_until = Some(now + ACCEPT_RETRY_DELAY);
+                            return;
+                        }
+                    }
+                }
+                Err(err) if is_per_client(&err) => {}
+                Err(err) => {
+                    log::warn!(
+                        "accept on {} failed: {err}; retrying in {ACCEPT_RETRY_DELAY:?}",
+                        self.listeners[index].addr
+                    );
+                    self.paused_until = Some(now + ACCEPT_RETRY_DELAY);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The process is out of descriptors: spend the spare descriptor to
+    /// accept the client waiting in the backlog, tell it why it cannot be
+    /// served, and take the spare back.
+    ///
+    /// accept() reports EMFILE before it looks at the backlog, so "nobody is
+    /// waiting" only shows here, as WouldBlock. It must end the accept loop
+    /// (else the loop spins until a descriptor frees up), and it is no
+    /// refusal: the warning comes once per burst of real refusals.
+    fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> TurnAway {
+        // If taking the spare back failed last time, try again now.
+        self.spare.restore();
+        let outcome = if self.spare.release() {
+            let outcome = match self.listeners[index].socket.accept() {
+                Ok((stream, _)) => {
+                    refuse(stream, Refusal::OutOfDescriptors);
+                    TurnAway::Refused
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => TurnAway::NobodyWaiting,
+                Err(_) => TurnAway::Impossible,
+            };
+            self.spare.restore();
+            outcome
+        } else {
+            TurnAway::Impossible
+        };
+        if outcome != TurnAway::NobodyWaiting && !self.warned {
+            self.warned = true;
+            log::warn!(
+                "out of file descriptors ({err}); turning new clients away until connections close \
+                 (raise `ulimit -n` or lower --max-connections)"
+            );
+        }
+        self.turned_away += u64::from(outcome == TurnAway::Refused);
+        outcome
+    }
+
+    /// A client was accepted normally: a burst of refusals is over.
+    fn end_burst(&mut self) {
+        if self.turned_away > 0 {
+            log::info!(
+                "accepting again; {} clients were turned away",
+                self.turned_away
+            );
+            self.turned_away = 0;
+        }
+        self.warned = false;
+    }
+}
+
+/// Socket options every accepted connection gets. Failing to set one is
+/// not worth refusing a client over: it is logged and the client served.
+fn configure(stream: &TcpStream, peer: SocketAddr) {
+    // Replies are whole messages written at once: never delay them.
+    if let Err(err) = stream.set_nodelay(true) {
+        log::debug!("TCP_NODELAY on {peer}: {err}");
+    }
+    if let Err(err) = limit_unsent_in_kernel(stream) {
+        log::debug!("TCP_NOTSENT_LOWAT on {peer}: {err}");
+    }
+}
+
+fn limit_unsent_in_kernel(stream: &TcpStream) -> io::Result<()> {
+    let value = KERNEL_UNSENT_LIMIT;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `value`, which
+    // lives across the call; the descriptor is the open socket `stream`.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

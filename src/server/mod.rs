@@ -7,7 +7,8 @@
 //!
 //! - [`reactor`]: the event loop (poll, dispatch, deadlines, freeing slots);
 //! - [`connection`]: one client's socket, session and unsent output;
-//! - [`listener`]: binding with a real backlog, and accepting at EMFILE;
+//! - [`listener`]: binding with a real backlog, accepting (also at EMFILE),
+//!   and the socket options every connection gets;
 //! - [`timers`]: deadlines that drive the poll timeout;
 
 mod connection;

@@ -39,7 +39,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::connection::{Closed, Connection, Next, Refusal, refuse};
-use super::listener::{SpareDescriptor, is_out_of_descriptors, is_per_client};
+use super::listener::Acceptor;
 use super::timers::{ConnectionRef, Timers};
 use super::{Settings, Stopped};
 
@@ -53,39 +53,8 @@ const EVENTS_PER_POLL: usize = 1024;
 /// The one read buffer all connections share. Per-connection memory then holds
 /// only an unfinished line and unsent output, so idle clients cost little.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
-/// Accepts per listener per turn: a connect storm cannot starve the clients
-/// already connected. What is left waits in the backlog for the next turn.
-const ACCEPTS_PER_TURN: usize = 256;
 /// Timer entries of closed connections tolerated before the heap is rebuilt.
 const STALE_TIMERS_ALLOWED: usize = 1024;
-/// Unsent bytes the kernel may hold for one connection (TCP_NOTSENT_LOWAT).
-/// Beyond this the socket is not writable and the rest waits in our own
-/// bounded output buffer. Without it the kernel's send buffer grows to
-/// megabytes, and a writable edge comes only after much of that has drained:
-/// a client reading slowly but steadily would show no progress for seconds,
-/// and the idle timeout would wrongly close it.
-const KERNEL_UNSENT_LIMIT: libc::c_int = 16 * 1024;
-/// How long accepting pauses after an accept error that retrying at once
-/// would only repeat.
-const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
-
-/// What spending the spare descriptor achieved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TurnAway {
-    /// A waiting client was told the server is out of descriptors.
-    Refused,
-    /// The backlog is empty.
-    NobodyWaiting,
-    /// No spare descriptor, or accept failed anyway: retry on a timer.
-    Impossible,
-}
-
-struct Listener {
-    socket: TcpListener,
-    addr: SocketAddr,
-    /// The backlog may hold clients: set by an event, cleared by WouldBlock.
-    may_accept: bool,
-}
 
 /// A connection in its slab slot.
 struct Slot {
@@ -100,7 +69,9 @@ struct Slot {
 
 pub struct Reactor {
     poll: Poll,
-    listeners: Vec<Listener>,
+    acceptor: Acceptor,
+    /// Sockets accepted this turn, waiting to be admitted (reused buffer).
+    accepted: Vec<(TcpStream, SocketAddr)>,
     slots: Slab<Slot>,
     timers: Timers,
     read_buf: Box<[u8]>,
@@ -109,14 +80,9 @@ pub struct Reactor {
     /// Slab keys to free at the end of this turn.
     to_free: Vec<usize>,
     signals: Signals,
-    spare: SpareDescriptor,
-    /// Accepting is paused until then (after an accept error).
-    accept_paused_until: Option<Instant>,
-    /// Clients turned away in the current burst of refusals; the first one
-    /// of a burst is logged as a warning, the count when the burst ends.
+    /// Clients turned away at the connection limit in the current burst; the
+    /// first one of a burst is logged as a warning, the count when it ends.
     turned_away: u64,
-    /// The out-of-descriptors warning of the current burst has been logged.
-    out_of_descriptors: bool,
     next_id: u64,
     settings: Settings,
     /// Set when a shutdown signal arrives: the grace period's end.
@@ -126,33 +92,21 @@ pub struct Reactor {
 impl Reactor {
     pub fn new(sockets: Vec<TcpListener>, settings: Settings) -> io::Result<Reactor> {
         let poll = Poll::new()?;
-        let mut listeners = Vec::with_capacity(sockets.len());
-        for (index, mut socket) in sockets.into_iter().enumerate() {
-            let addr = socket.local_addr()?;
-            poll.registry()
-                .register(&mut socket, listener_token(index), Interest::READABLE)?;
-            listeners.push(Listener {
-                socket,
-                addr,
-                may_accept: true,
-            });
-        }
+        let acceptor = Acceptor::new(sockets, poll.registry(), LISTENER_TOKENS)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         Ok(Reactor {
             poll,
-            listeners,
+            acceptor,
+            accepted: Vec::new(),
             slots: Slab::with_capacity(settings.max_connections.min(1024)),
             timers: Timers::default(),
             read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
             service_again: Vec::new(),
             to_free: Vec::new(),
             signals,
-            spare: SpareDescriptor::open()?,
-            accept_paused_until: None,
             turned_away: 0,
-            out_of_descriptors: false,
             next_id: 0,
             settings,
             shutdown_deadline: None,
@@ -160,7 +114,7 @@ impl Reactor {
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.addr).collect()
+        self.acceptor.local_addrs()
     }
 
     /// Runs until a shutdown signal has been handled.
@@ -182,11 +136,7 @@ impl Reactor {
                     Token(key) if key < LISTENER_TOKENS => {
                         self.on_connection_event(key, event, now);
                     }
-                    Token(token) => {
-                        if let Some(listener) = self.listeners.get_mut(token - LISTENER_TOKENS) {
-                            listener.may_accept = true;
-                        }
-                    }
+                    Token(token) => self.acceptor.on_ready(token - LISTENER_TOKENS),
                 }
             }
             if signalled && self.on_signals(now) == Some(Stopped::Forced) {
@@ -215,19 +165,12 @@ impl Reactor {
     /// How long the next poll may sleep: until the nearest deadline, or not at
     /// all if work is already known to be waiting.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.service_again.is_empty()
-            || (self.accepting(now) && self.listeners.iter().any(|l| l.may_accept))
-        {
+        if !self.service_again.is_empty() || self.acceptor.has_waiting(now) {
             return Some(Duration::ZERO);
         }
-        // While shutting down nothing is accepted, so a pending accept retry
-        // is no reason to wake (it would be a past deadline: a busy loop).
-        let accept_retry = self
-            .accept_paused_until
-            .filter(|_| self.shutdown_deadline.is_none());
         [
             self.timers.next_deadline(),
-            accept_retry,
+            self.acceptor.retry_at(),
             self.shutdown_deadline,
         ]
         .into_iter()
@@ -349,96 +292,17 @@ impl Reactor {
         }
     }
 
-    fn accepting(&self, now: Instant) -> bool {
-        self.shutdown_deadline.is_none()
-            && self.accept_paused_until.is_none_or(|until| now >= until)
-    }
-
+    /// Accepts waiting clients and gives each a slot, or turns it away when
+    /// there is none.
     fn accept_waiting(&mut self, now: Instant) {
-        if !self.accepting(now) {
-            return;
+        let mut accepted = std::mem::take(&mut self.accepted);
+        self.acceptor.accept_waiting(now, &mut accepted);
+        for (stream, peer) in accepted.drain(..) {
+            self.admit(stream, peer, now);
         }
-        self.accept_paused_until = None;
-        for index in 0..self.listeners.len() {
-            if self.listeners[index].may_accept {
-                self.accept_from(index, now);
-            }
-        }
+        self.accepted = accepted;
     }
 
-    /// Accepts until the backlog is empty (edge-triggered: no new event comes
-    /// for clients already queued) or this turn's share is used.
-    fn accept_from(&mut self, index: usize, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            match self.listeners[index].socket.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
-                Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                    self.listeners[index].may_accept = false;
-                    return;
-                }
-                Err(err) if is_out_of_descriptors(&err) => {
-                    match self.turn_away_without_descriptor(index, &err) {
-                        TurnAway::Refused => {}
-                        TurnAway::NobodyWaiting => {
-                            self.listeners[index].may_accept = false;
-                            return;
-                        }
-                        TurnAway::Impossible => {
-                            self.accept_paused_until = Some(now + ACCEPT_RETRY_DELAY);
-                            return;
-                        }
-                    }
-                }
-                Err(err) if is_per_client(&err) => {}
-                Err(err) => {
-                    log::warn!(
-                        "accept on {} failed: {err}; retrying in {ACCEPT_RETRY_DELAY:?}",
-                        self.listeners[index].addr
-                    );
-                    self.accept_paused_until = Some(now + ACCEPT_RETRY_DELAY);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The process is out of descriptors: spend the spare descriptor to
-    /// accept the client waiting in the backlog, tell it why it cannot be
-    /// served, and take the spare back.
-    ///
-    /// accept() reports EMFILE before it looks at the backlog, so "nobody is
-    /// waiting" only shows here, as WouldBlock. It must end the accept loop
-    /// (else the loop spins until a descriptor frees up), and it is no
-    /// refusal: the warning comes once per burst of real refusals.
-    fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> TurnAway {
-        // If taking the spare back failed last time, try again now.
-        self.spare.restore();
-        let outcome = if self.spare.release() {
-            let outcome = match self.listeners[index].socket.accept() {
-                Ok((stream, _)) => {
-                    refuse(stream, Refusal::OutOfDescriptors);
-                    TurnAway::Refused
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => TurnAway::NobodyWaiting,
-                Err(_) => TurnAway::Impossible,
-            };
-            self.spare.restore();
-            outcome
-        } else {
-            TurnAway::Impossible
-        };
-        if outcome != TurnAway::NobodyWaiting && !self.out_of_descriptors {
-            self.out_of_descriptors = true;
-            log::warn!(
-                "out of file descriptors ({err}); turning new clients away until connections close \
-                 (raise `ulimit -n` or lower --max-connections)"
-            );
-        }
-        self.turned_away += u64::from(outcome == TurnAway::Refused);
-        outcome
-    }
-
-    /// Gives an accepted client a slot, or turns it away when there is none.
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         let limit = self.settings.max_connections;
         if self.slots.len() >= limit {
@@ -457,14 +321,6 @@ impl Reactor {
                 self.turned_away
             );
             self.turned_away = 0;
-        }
-        self.out_of_descriptors = false;
-        // Replies are whole messages written at once: never delay them.
-        if let Err(err) = stream.set_nodelay(true) {
-            log::debug!("TCP_NODELAY on {peer}: {err}");
-        }
-        if let Err(err) = limit_unsent_in_kernel(&stream) {
-            log::debug!("TCP_NOTSENT_LOWAT on {peer}: {err}");
         }
         let entry = self.slots.vacant_entry();
         let key = entry.key();
@@ -510,13 +366,7 @@ impl Reactor {
             "shutting down: no new connections, good bye to {} clients (grace {grace:?}; signal again to exit now)",
             self.slots.len()
         );
-        for mut listener in self.listeners.drain(..) {
-            // Closing the listener makes new connects fail fast instead of
-            // waiting in a backlog nobody will accept from.
-            if let Err(err) = self.poll.registry().deregister(&mut listener.socket) {
-                log::debug!("deregister listener {}: {err}", listener.addr);
-            }
-        }
+        self.acceptor.close(self.poll.registry());
         self.shutdown_deadline = Some(now + grace);
         let open: Vec<usize> = self
             .slots
@@ -533,30 +383,5 @@ impl Reactor {
             self.after_service(key, next);
         }
         None
-    }
-}
-
-fn listener_token(index: usize) -> Token {
-    Token(LISTENER_TOKENS + index)
-}
-
-fn limit_unsent_in_kernel(stream: &TcpStream) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let value = KERNEL_UNSENT_LIMIT;
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `value`, which
-    // lives across the call; the descriptor is the open socket `stream`.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
