@@ -12,6 +12,7 @@
 //! late).
 
 mod common;
+mod process;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +24,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, hello};
+use process::run;
 
 /// The failure kinds every JSON report lists under "errors".
 const ERROR_KINDS: [&str; 6] = [
@@ -1184,4 +1186,39 @@ fn malformed_flags_exit_2() {
         let run = greeter_load(args);
         run.assert_code(2);
     }
+}
+
+/// On a terminal greeter-load prints a live status line each second on
+/// stderr; with --quiet, or when stderr is not a terminal, it does not.
+/// (`script` gives the run a pseudo-terminal.)
+#[test]
+fn the_live_line_appears_only_on_a_terminal() {
+    let server = TestServer::start(&[]);
+    let load = env!("CARGO_BIN_EXE_greeter-load");
+    let command = format!("{load} pingpong --addr {} -c 2 --duration 1.3", server.addr);
+    let mut script = Command::new("script");
+    script.args(["-qec", &command, "/dev/null"]);
+    let on_terminal = run(script, b"");
+    assert_eq!(on_terminal.code(), Some(0), "{}", on_terminal.describe());
+    let shown = on_terminal.stdout_text();
+    assert!(
+        shown.contains("greeter-load [   1s] open      2  completed/s"),
+        "{}",
+        on_terminal.describe()
+    );
+
+    let mut quiet = Command::new("script");
+    quiet.args(["-qec", &format!("{command} --quiet"), "/dev/null"]);
+    let quiet = run(quiet, b"");
+    assert_eq!(quiet.code(), Some(0), "{}", quiet.describe());
+    assert!(
+        !quiet.stdout_text().contains("completed/s"),
+        "{}",
+        quiet.describe()
+    );
+
+    let addr = server.addr.to_string();
+    let piped = greeter_load(&["pingpong", "--addr", &addr, "-c", "2", "--duration", "1.3"]);
+    piped.assert_code(0);
+    assert!(!piped.stderr.contains("completed/s"), "{piped}");
 }

@@ -720,7 +720,7 @@ impl Driver<'_> {
     fn print_live(&mut self, now: Instant) {
         if self.config.live {
             eprintln!(
-                "greeter-load [{:>4.0?}] open {:>6}  completed/s {:>8}  errors {}",
+                "greeter-load [{:>4}s] open {:>6}  completed/s {:>8}  errors {}",
                 now.saturating_duration_since(self.start).as_secs(),
                 self.clients.len(),
                 self.live_completed,
