@@ -161,25 +161,23 @@ def throughput(name, connections, warmup, duration):
     }
 
 
-def fixed_rate(name, rate, connections, warmup, duration):
+def one_run(name, mode, *flags):
+    """The report of one greeter-load run against a fresh server."""
     server = Server(name)
     try:
-        result = report(load("pingpong", server.addr, "-c", connections, "--rate", rate,
-                             "--warmup", warmup, "--duration", duration),
-                        f"{name} pingpong --rate {rate}")
+        return report(load(mode, server.addr, *flags), f"{name} {mode} {' '.join(map(str, flags))}")
     finally:
         server.stop()
-    return result["latency_us"]
+
+
+def fixed_rate(name, rate, connections, warmup, duration):
+    return one_run(name, "pingpong", "-c", connections, "--rate", rate, "--warmup", warmup,
+                   "--duration", duration)["latency_us"]
 
 
 def churn(name, connections, warmup, duration):
-    server = Server(name)
-    try:
-        result = report(load("churn", server.addr, "-c", connections, "--warmup", warmup,
-                             "--duration", duration), f"{name} churn")
-    finally:
-        server.stop()
-    return result["per_second"]
+    return one_run(name, "churn", "-c", connections, "--warmup", warmup,
+                   "--duration", duration)["per_second"]
 
 
 def idle_memory(name, connections, warmup, duration):
