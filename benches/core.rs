@@ -35,8 +35,7 @@ fn server_core(c: &mut Criterion) {
     group.bench_function("one bare name and a pause (auto framing)", |b| {
         b.iter(|| {
             out.clear();
-            session.receive(black_box(b"Michael"), &mut out);
-            session.peer_paused(&mut out);
+            session.receive_paused(black_box(b"Michael"), &mut out);
             black_box(out.len())
         })
     });

@@ -145,6 +145,33 @@ impl ServerSession {
         }
     }
 
+    /// Feeds bytes after which the peer paused (the read that returned them
+    /// emptied the socket): the same as [`ServerSession::receive`] and then
+    /// [`ServerSession::peer_paused`], but a bare name that is answered at
+    /// once (the tutorial client's every message) is never copied.
+    pub fn receive_paused(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.greet(out);
+        if self.limits.framing != Framing::Auto
+            || self.state != SessionState::AwaitingName
+            || !self.unanswered.is_empty()
+        {
+            self.receive(input, out);
+            self.peer_paused(out);
+            return;
+        }
+        let used = self.answer_lines(input, out);
+        let rest = &input[used..];
+        if self.state != SessionState::AwaitingName || rest.is_empty() {
+            return;
+        }
+        if out.len() < self.limits.max_output && !rest.contains(&b'\n') {
+            self.answer(rest.strip_suffix(b"\r").unwrap_or(rest), out);
+        } else {
+            self.unanswered.extend_from_slice(rest);
+            self.pause_deferred = true;
+        }
+    }
+
     /// The read would block: the peer has paused. In auto framing an
     /// unterminated remainder is now a whole message.
     pub fn peer_paused(&mut self, out: &mut Vec<u8>) {
@@ -387,6 +414,56 @@ mod tests {
         session.receive(b"exit", &mut out);
         session.peer_paused(&mut out);
         assert_eq!(out, GOODBYE);
+    }
+
+    /// `receive_paused` is `receive` then `peer_paused`, only cheaper: the
+    /// same replies and the same state for every mix of lines, remainders,
+    /// limits and framing, also when fed after earlier input.
+    #[test]
+    fn receive_paused_is_receive_then_peer_paused() {
+        let inputs: [&[u8]; 10] = [
+            b"Michael",
+            b"Michael\r",
+            b"a\nb\nTracy",
+            b"exit",
+            b"exit\nSarah",
+            b"",
+            b"\n",
+            b"0123456789abc",
+            b"x\nx\nx\nx\nx\nlast",
+            b"\xff\x01",
+        ];
+        for framing in [Framing::Auto, Framing::Line] {
+            for (max_line, max_output) in [(1024, 64 * 1024), (8, 64 * 1024), (1024, 50)] {
+                let limits = SessionLimits {
+                    max_line,
+                    max_output,
+                    framing,
+                };
+                for first in inputs {
+                    for second in inputs {
+                        let mut cheap = greeted(limits);
+                        let mut plain = greeted(limits);
+                        let (mut cheap_out, mut plain_out) = (Vec::new(), Vec::new());
+                        cheap.receive(first, &mut cheap_out);
+                        plain.receive(first, &mut plain_out);
+                        cheap.receive_paused(second, &mut cheap_out);
+                        plain.receive(second, &mut plain_out);
+                        plain.peer_paused(&mut plain_out);
+                        for _ in 0..20 {
+                            cheap.resume(&mut cheap_out);
+                            plain.resume(&mut plain_out);
+                        }
+                        let case =
+                            format!("{framing:?} {max_line} {max_output} {first:?} {second:?}");
+                        assert_eq!(cheap_out, plain_out, "{case}");
+                        assert_eq!(cheap.state(), plain.state(), "{case}");
+                        assert_eq!(cheap.unanswered, plain.unanswered, "{case}");
+                        assert_eq!(cheap.wants_input(0), plain.wants_input(0), "{case}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

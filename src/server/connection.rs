@@ -285,18 +285,24 @@ impl Connection {
                 }
             }
             Ok(n) => {
-                if self.phase == Phase::Talking {
-                    self.session.receive(&read_buf[..n], &mut self.unsent);
-                    self.touch(now, timeouts);
-                }
                 // A short read emptied the socket's receive queue: any byte
                 // arriving later raises a new edge. So stop here instead of
-                // paying one more read() just to see WouldBlock. Not when the
-                // peer's EOF or urgent data is pending: no new edge would
-                // announce the EOF, or the data queued behind the urgent mark.
-                if n < read_buf.len() && !self.eof_pending && !self.urgent_pending {
+                // paying one more read() just to see WouldBlock, and tell the
+                // session the peer paused. Not when the peer's EOF or urgent
+                // data is pending: no new edge would announce the EOF, or the
+                // data queued behind the urgent mark.
+                let drained = n < read_buf.len() && !self.eof_pending && !self.urgent_pending;
+                if drained {
                     self.may_read = false;
-                    self.session.peer_paused(&mut self.unsent);
+                }
+                if self.phase == Phase::Talking {
+                    let input = &read_buf[..n];
+                    if drained {
+                        self.session.receive_paused(input, &mut self.unsent);
+                    } else {
+                        self.session.receive(input, &mut self.unsent);
+                    }
+                    self.touch(now, timeouts);
                 }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
