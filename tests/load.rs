@@ -207,6 +207,16 @@ enum Fake {
     /// Answers correctly, except that no reply leaves between these two
     /// times after the fake server started (a stall of the whole server).
     StallBetween(Duration, Duration),
+    /// The first `count` connections accepted are closed, one every
+    /// `every`, on a name and without an answer; later ones answer
+    /// correctly. `last_close` (microseconds since start) paces them.
+    CloseFirstEvery {
+        count: usize,
+        every: Duration,
+        last_close: &'static AtomicU64,
+    },
+    /// What `CloseFirstEvery` becomes for one of its first connections.
+    CloseWhenDue(Duration, &'static AtomicU64),
 }
 
 /// A fake server on 127.0.0.1:0: one accept thread polling a nonblocking
@@ -246,6 +256,14 @@ impl FakeServer {
                             let stop = Arc::clone(&stop);
                             let answered = Arc::clone(&answered);
                             let kind = match kind {
+                                Fake::CloseFirstEvery {
+                                    count,
+                                    every,
+                                    last_close,
+                                } if handlers.len() < count => {
+                                    Fake::CloseWhenDue(every, last_close)
+                                }
+                                Fake::CloseFirstEvery { .. } => Fake::SlowFirst(Duration::ZERO),
                                 Fake::StallFirstConnection if handlers.is_empty() => Fake::Stall,
                                 Fake::StallFirstConnection => Fake::SlowFirst(Duration::ZERO),
                                 other => other,
@@ -327,8 +345,9 @@ fn serve_fake(
             let line: Vec<u8> = pending.drain(..=end).collect();
             let name = &line[..end];
             let reply = match kind {
-                // The accept thread resolves it to Stall or SlowFirst.
-                Fake::Stall | Fake::StallFirstConnection => continue,
+                // The accept thread resolves these two to the others.
+                Fake::StallFirstConnection | Fake::CloseFirstEvery { .. } => continue,
+                Fake::Stall => continue,
                 Fake::CloseOnName => return,
                 _ if name == b"exit" => {
                     if stream.write_all(GOODBYE).is_err() {
@@ -336,6 +355,19 @@ fn serve_fake(
                     }
                     let _ = stream.shutdown(Shutdown::Write);
                     continue;
+                }
+                Fake::CloseWhenDue(every, last_close) => {
+                    let now = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let last = last_close.load(Ordering::SeqCst);
+                    let every = u64::try_from(every.as_micros()).unwrap_or(u64::MAX);
+                    if now >= last + every
+                        && last_close
+                            .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    {
+                        return;
+                    }
+                    hello(name)
                 }
                 Fake::WrongHello => [b"Server: Hallo ", name, b"!\n", PROMPT].concat(),
                 Fake::SlowFirst(delay) => {
@@ -1105,6 +1137,32 @@ fn count_is_exact() {
     let report = run.json();
     assert_eq!(report.count("completed"), 500, "{run}");
     assert_eq!(report.count("latency_us/samples"), 500, "{run}");
+}
+
+/// Failures arriving faster than the 100 ms reopen pause must not postpone
+/// reopening until they stop: here the 20 first connections fail one every
+/// 40 ms (for 800 ms, longer than the run), and their replacements, which
+/// work, are opened during the run.
+#[test]
+fn steady_failures_do_not_postpone_reopening() {
+    static LAST_CLOSE: AtomicU64 = AtomicU64::new(0);
+    let fake = FakeServer::start(Fake::CloseFirstEvery {
+        count: 20,
+        every: Duration::from_millis(40),
+        last_close: &LAST_CLOSE,
+    });
+    let run = load(
+        "pingpong",
+        &fake.addr(),
+        "-c 20 --duration 0.5 --timeout 5 --json",
+    );
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count("errors/closed_early") >= 5, "{run}");
+    assert!(
+        report.count("connections_opened") >= 25,
+        "failed connections were replaced during the run; {run}"
+    );
 }
 
 /// A histogram file that cannot be written is an error (exit 3), after the
