@@ -241,11 +241,6 @@ mod tests {
              Server: Good bye!\n"
         );
     }
-}
-
-#[cfg(test)]
-mod prompt_tests {
-    use super::{PromptStyle, print_reply};
 
     #[test]
     fn an_inline_prompt_waits_on_the_same_line() {

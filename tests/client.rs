@@ -121,11 +121,8 @@ fn exit_on_stdin_ends_the_dialogue_early() {
 /// Nothing listening: exit code 3 and one line that says "connection refused".
 #[test]
 fn connection_refused_is_code_3() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }; // dropped: the port is closed again
-    let addr = format!("127.0.0.1:{port}");
+    let (_reserved, addr) = refusing_port();
+    let addr = addr.to_string();
     let client = run_client(&addr, &os(&["Michael"]), b"");
     let line = assert_failure(&client, 3, "connection refused");
     assert!(line.contains(&addr), "{line}");
@@ -139,7 +136,7 @@ fn a_silent_server_times_out_with_code_4() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let silent = thread::spawn(move || {
-        let (mut socket, _) = listener.accept().expect("the client connects");
+        let mut socket = accept_within_deadline(&listener);
         socket.set_read_timeout(Some(DEADLINE)).unwrap();
         // Hold the connection, saying nothing, until the client gives up.
         let mut sink = Vec::new();
@@ -168,7 +165,7 @@ fn a_server_closing_after_the_greeting_is_code_5() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let rude = thread::spawn(move || {
-        let (mut socket, _) = listener.accept().expect("the client connects");
+        let mut socket = accept_within_deadline(&listener);
         socket.set_read_timeout(Some(DEADLINE)).unwrap();
         socket.write_all(GREETING).unwrap();
         // FIN now, then read whatever the client sends until it closes: the

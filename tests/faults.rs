@@ -257,8 +257,10 @@ fn a_half_closed_client_gets_its_replies_then_good_bye() {
 /// open, and is closed the same way once it falls silent.
 #[test]
 fn an_idle_client_is_closed_and_a_talking_one_is_not() {
-    const IDLE_LINE: &[u8] = b"Server: Error: idle for 0.3 s; closing\n";
-    let server = TestServer::start(&["--idle-timeout", "0.3"]);
+    // 1.5 s: long enough that a loaded machine never stalls the talker that
+    // long between two exchanges; the fractional format is shown too.
+    const IDLE_LINE: &[u8] = b"Server: Error: idle for 1.5 s; closing\n";
+    let server = TestServer::start(&["--idle-timeout", "1.5"]);
     // Taken before any client connects: the server times a connection from
     // the start of the loop turn that accepted it, which may be the turn that
     // accepted the talker (it is idle before that).
@@ -285,7 +287,7 @@ fn an_idle_client_is_closed_and_a_talking_one_is_not() {
         String::from_utf8_lossy(IDLE_LINE)
     );
     assert!(
-        waited >= Duration::from_millis(300),
+        waited >= Duration::from_millis(1500),
         "closed after {waited:?}, before the idle timeout"
     );
 
@@ -677,7 +679,10 @@ fn a_slow_steady_reader_is_not_idle() {
     expect_bytes(&mut client, GREETING);
 
     let names = 30_000;
-    client.write_all(&b"x\n".repeat(names)).unwrap();
+    // Written from another thread, so this one reads at once even if the
+    // socket buffers cannot take all the names before replies are read.
+    let mut writer = client.try_clone().unwrap();
+    let sender = thread::spawn(move || writer.write_all(&b"x\n".repeat(names)));
     let expected = hello(b"x").len() * names;
     let mut received = Vec::with_capacity(expected);
     let mut buf = [0u8; 4096];
@@ -692,6 +697,7 @@ fn a_slow_steady_reader_is_not_idle() {
         thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(received.len(), expected, "every reply arrived");
+    sender.join().unwrap().expect("every name was sent");
     assert!(
         received
             .chunks(hello(b"x").len())

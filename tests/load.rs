@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, hello};
+use common::{DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, hello, refusing_port};
 use process::run;
 
 /// The failure kinds every JSON report lists under "errors".
@@ -146,22 +146,6 @@ fn assert_no_errors(report: &Json, run: &Run) {
     for (kind, _) in kinds {
         assert_eq!(report.count(&format!("errors/{kind}")), 0, "{kind}; {run}");
     }
-}
-
-/// A loopback port that refuses connections for as long as the returned
-/// socket lives: bound (so nothing else can take the port, not even one of
-/// greeter-load's own ephemeral ports) but not listening.
-fn refusing_port() -> (socket2::Socket, SocketAddr) {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
-    let addr = socket
-        .local_addr()
-        .expect("local address")
-        .as_socket()
-        .expect("an inet address");
-    (socket, addr)
 }
 
 /// A file in the temp directory, removed when dropped.
@@ -776,7 +760,7 @@ fn ramp_opens_connections_gradually() {
     let run = load(
         "pingpong",
         &addr,
-        "-c 50 --ramp 200 --duration 0.6 --timeout 5 --json",
+        "-c 50 --ramp 200 --duration 2 --timeout 5 --json",
     );
     run.assert_code(0);
     let report = run.json();
@@ -941,7 +925,7 @@ fn a_stalled_server_is_reported_as_timeouts() {
 
     // The first timeout is --timeout firing on a reply, during the run, not
     // just the leftovers abandoned at its end.
-    let run = load("pingpong", &addr, "-c 2 --duration 0.5 --timeout 0.3");
+    let run = load("pingpong", &addr, "-c 2 --duration 1 --timeout 0.3");
     run.assert_code(1);
     let line = run
         .stdout
@@ -1021,7 +1005,9 @@ fn open_loop_exchanges_due_during_a_timeout_are_still_counted() {
     let completed = report.count("completed");
     assert_eq!(timeouts, 1, "only the stalled exchange failed; {run}");
     assert!(
-        (90..=110).contains(&(completed + timeouts)),
+        // About 100; without the schedule's hand-over about 60. The
+        // margin below covers a slow start on a loaded machine.
+        (75..=110).contains(&(completed + timeouts)),
         "{completed} completed + {timeouts} timeouts, expected about 100; {run}"
     );
     assert!(report.count("latency_us/max") >= 300_000, "{run}");
@@ -1079,21 +1065,23 @@ fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
 /// the window closes. (Due 0.6-1.0 s, answered at 1.4 s: 0.4-0.8 s each.)
 #[test]
 fn a_stall_at_the_end_of_the_window_is_not_cut_off() {
+    // The window is 0.3-1.3 s after the start; the stall 0.9-1.7 s.
     let fake = FakeServer::start(Fake::StallBetween(
-        Duration::from_millis(600),
-        Duration::from_millis(1400),
+        Duration::from_millis(900),
+        Duration::from_millis(1700),
     ));
     let run = load(
         "pingpong",
         &fake.addr(),
-        "-c 4 --rate 200 --duration 1 --timeout 5 --json",
+        "-c 4 --rate 200 --warmup 0.3 --duration 1 --timeout 5 --json",
     );
     run.assert_code(0);
     let report = run.json();
     assert_no_errors(&report, &run);
     let completed = report.count("completed");
     assert!(
-        (180..=210).contains(&completed),
+        // About 200; cut off at the window's end it would be about 120.
+        (160..=210).contains(&completed),
         "{completed} exchanges; {run}"
     );
     assert!(report.count("latency_us/max") >= 300_000, "{run}");
@@ -1120,7 +1108,8 @@ fn a_stall_during_the_warmup_does_not_leak_into_the_window() {
         (180..=215).contains(&completed),
         "{completed} exchanges; {run}"
     );
-    assert!(report.count("latency_us/p90") < 100_000, "{run}");
+    // Warmup exchanges waited up to the 500 ms stall; none of that shows.
+    assert!(report.count("latency_us/max") < 300_000, "{run}");
 }
 
 /// --count stops the count exactly: replies still in flight when it is
@@ -1140,27 +1129,28 @@ fn count_is_exact() {
 }
 
 /// Failures arriving faster than the 100 ms reopen pause must not postpone
-/// reopening until they stop: here the 20 first connections fail one every
-/// 40 ms (for 800 ms, longer than the run), and their replacements, which
-/// work, are opened during the run.
+/// reopening until they stop: here the 40 first connections fail one every
+/// 25 ms (for 1 s, longer than the run), and their replacements, which
+/// work, are opened during the run (with the pause pushed back by every
+/// failure, none would be).
 #[test]
 fn steady_failures_do_not_postpone_reopening() {
     static LAST_CLOSE: AtomicU64 = AtomicU64::new(0);
     let fake = FakeServer::start(Fake::CloseFirstEvery {
-        count: 20,
-        every: Duration::from_millis(40),
+        count: 40,
+        every: Duration::from_millis(25),
         last_close: &LAST_CLOSE,
     });
     let run = load(
         "pingpong",
         &fake.addr(),
-        "-c 20 --duration 0.5 --timeout 5 --json",
+        "-c 40 --duration 0.7 --timeout 5 --json",
     );
     run.assert_code(1);
     let report = run.json();
     assert!(report.count("errors/closed_early") >= 5, "{run}");
     assert!(
-        report.count("connections_opened") >= 25,
+        report.count("connections_opened") >= 50,
         "failed connections were replaced during the run; {run}"
     );
 }
@@ -1260,7 +1250,8 @@ fn the_live_line_appears_only_on_a_terminal() {
     assert_eq!(on_terminal.code(), Some(0), "{}", on_terminal.describe());
     let shown = on_terminal.stdout_text();
     assert!(
-        shown.contains("greeter-load [   1s] open      2  completed/s"),
+        // Which second the first line is labelled with depends on the load.
+        shown.contains("s] open      2  completed/s"),
         "{}",
         on_terminal.describe()
     );

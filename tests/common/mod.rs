@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -47,11 +47,15 @@ impl TestServer {
         let log = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&log);
         thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
+            // Byte lines, decoded leniently: a line that is not UTF-8 must not
+            // stop the draining (a full pipe would block the server).
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&line));
+                line.clear();
             }
         });
         let mut server = TestServer {
@@ -244,4 +248,39 @@ pub fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(5));
     }
     condition()
+}
+
+/// A loopback port that refuses connections for as long as the returned
+/// socket lives: bound (so nothing else can take the port, not even an
+/// ephemeral port of another test's client) but not listening.
+pub fn refusing_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .expect("local address")
+        .as_socket()
+        .expect("an inet address");
+    (socket, addr)
+}
+
+/// Accepts one client on `listener` within [`DEADLINE`], or fails the test
+/// (a blocking accept could hang it forever).
+pub fn accept_within_deadline(listener: &TcpListener) -> TcpStream {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let mut accepted = None;
+    assert!(
+        wait_until(|| {
+            accepted = listener.accept().ok();
+            accepted.is_some()
+        }),
+        "no client connected"
+    );
+    let (stream, _) = accepted.expect("accepted");
+    stream.set_nonblocking(false).expect("blocking stream");
+    stream
 }
