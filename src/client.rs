@@ -165,8 +165,8 @@ impl Client {
                 Err(err) => return Err(self.io_failure(err)),
             };
             if n == 0 {
-                let err = self.session.peer_closed().err();
-                return Err(Failure::ClosedEarly(err.unwrap_or(ClientError::NotReady)));
+                // A reply is awaited here, so any close is an early one.
+                return Err(Failure::ClosedEarly(self.session.closed_early()));
             }
             if let Some(turn) = self.session.receive(&buf[..n]).map_err(Failure::Protocol)? {
                 return Ok(turn);

@@ -187,10 +187,16 @@ impl ClientSession {
         if self.finished {
             return Ok(());
         }
-        Err(ClientError::ClosedEarly {
+        Err(self.closed_early())
+    }
+
+    /// The error for a close while a reply is awaited: what had arrived of
+    /// it, and what was still missing.
+    pub fn closed_early(&self) -> ClientError {
+        ClientError::ClosedEarly {
             expected: self.expected[self.matched..].to_vec(),
             received: self.expected[..self.matched].to_vec(),
-        })
+        }
     }
 
     fn mismatch(&self, input: &[u8]) -> ClientError {
