@@ -101,24 +101,30 @@ fn answer(client: &mut TcpStream) -> Answer {
 #[test]
 fn a_connect_burst_beyond_the_limit_gets_the_busy_line() {
     const DESCRIPTORS: libc::rlim_t = 256;
-    const CLIENTS: usize = 600;
+    // The whole burst must fit in the accept queue (the server's default
+    // backlog is net.core.somaxconn), or connects would wait for a server
+    // that is stopped.
+    let clients = 600.min(usize::try_from(somaxconn()).unwrap_or(usize::MAX));
     raise_own_descriptor_limit(2048);
     let server = TestServer::start_command(server_with_descriptor_limit(DESCRIPTORS, &[]));
     let capacity: usize = server
         .wait_for_log_value("capacity ")
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("the capacity is logged; log:\n{}", server.log()));
-    assert!(capacity < CLIENTS, "capacity {capacity}");
+    if clients <= capacity {
+        eprintln!("skipped: net.core.somaxconn ({clients}) is not above the capacity {capacity}");
+        return;
+    }
 
     server.signal(libc::SIGSTOP);
     assert!(
         wait_until(|| process_state(server.pid()) == Some('T')),
         "the server stops"
     );
-    let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| server.connect()).collect();
+    let mut burst: Vec<TcpStream> = (0..clients).map(|_| server.connect()).collect();
     server.signal(libc::SIGCONT);
 
-    let answers: Vec<Answer> = clients.iter_mut().map(answer).collect();
+    let answers: Vec<Answer> = burst.iter_mut().map(answer).collect();
     let count = |which: Answer| answers.iter().filter(|&a| *a == which).count();
     assert_eq!(
         (
@@ -126,8 +132,8 @@ fn a_connect_burst_beyond_the_limit_gets_the_busy_line() {
             count(Answer::Busy),
             count(Answer::OutOfDescriptors)
         ),
-        (capacity, CLIENTS - capacity, 0),
-        "(greeted, busy, out of descriptors) of {CLIENTS} clients at a limit of {capacity}; log:\n{}",
+        (capacity, clients - capacity, 0),
+        "(greeted, busy, out of descriptors) of {clients} clients at a limit of {capacity}; log:\n{}",
         server.log()
     );
     assert!(
