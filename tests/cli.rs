@@ -131,6 +131,7 @@ fn help_lists_every_flag() {
         "--listen",
         "--backlog",
         "--max-connections",
+        "--max-per-ip",
         "--idle-timeout",
         "--linger",
         "--shutdown-grace",
@@ -311,4 +312,35 @@ fn absurd_durations_are_exit_code_2() {
             server.describe()
         );
     }
+}
+
+/// A --max-line below 4 would make `exit` impossible (it would be refused as
+/// too long), so it is a usage error that says why; 4 itself serves a whole
+/// dialogue that ends with `exit`.
+#[test]
+fn a_max_line_too_short_for_exit_is_exit_code_2() {
+    for short in ["0", "1", "3"] {
+        let mut command = server_binary();
+        command.args(["--listen", "127.0.0.1:0", "--max-line", short]);
+        let server = run(command, b"");
+        assert_eq!(
+            server.code(),
+            Some(2),
+            "--max-line {short}: {}",
+            server.describe()
+        );
+        let stderr = server.stderr_text();
+        assert!(
+            stderr.contains("--max-line") && stderr.contains("must be at least 4 bytes"),
+            "{}",
+            server.describe()
+        );
+        assert!(stderr.contains("exit"), "{}", server.describe());
+    }
+
+    let server = TestServer::start(&["--max-line", "4"]);
+    let mut client = server.connect_greeted();
+    exchange(&mut client, b"Zed\n", &hello(b"Zed"));
+    exchange(&mut client, b"exit\n", GOODBYE);
+    assert_eq!(read_to_close(&mut client), b"");
 }

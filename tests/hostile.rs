@@ -172,7 +172,7 @@ fn an_idle_connection_after_a_burst_holds_no_burst_sized_buffer() {
     let x_name = [&b"x"[..], &name[..]].concat();
     let replies = [hello(&x_name), hello(&name).repeat(59)].concat();
     let mut clients = Vec::with_capacity(CONNECTIONS);
-    let mut hold = |clients: &mut Vec<TcpStream>| {
+    let hold = |clients: &mut Vec<TcpStream>| {
         let mut client = server.connect_greeted();
         // A partial line first, so the burst joins buffered input.
         client.write_all(b"x").unwrap();

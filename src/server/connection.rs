@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
-use crate::protocol::{
-    CloseReason, OUT_OF_DESCRIPTORS_REPLY, ServerSession, SessionLimits, SessionState, busy_reply,
-};
+use crate::protocol::{CloseReason, ServerSession, SessionLimits, SessionState};
 
 /// Reads per connection per service call. Bounds the work one busy client
 /// gets before the reactor moves on to the others (fairness); a connection
@@ -435,27 +433,5 @@ impl Connection {
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
         }
-    }
-}
-
-/// Why a client is turned away at the door.
-#[derive(Clone, Copy, Debug)]
-pub enum Refusal {
-    /// `--max-connections` clients are connected already.
-    Full { limit: usize },
-    /// The process has no file descriptor to spare.
-    OutOfDescriptors,
-}
-
-/// Tells a just-accepted client why it cannot be served, and closes it. The
-/// line is a few dozen bytes into an empty socket buffer, so one non-blocking
-/// write delivers it; if it does not, the client still sees the close.
-pub fn refuse(mut stream: TcpStream, why: Refusal) {
-    let reply = match why {
-        Refusal::Full { limit } => busy_reply(limit),
-        Refusal::OutOfDescriptors => OUT_OF_DESCRIPTORS_REPLY.to_vec(),
-    };
-    if let Err(err) = stream.write(&reply) {
-        log::debug!("busy reply not delivered: {err}");
     }
 }
