@@ -22,6 +22,16 @@ pub fn hello(name: &[u8]) -> Vec<u8> {
     [b"Server: Hello ", name, b"!\n", PROMPT].concat()
 }
 
+/// Reports that a test cannot run on this machine, and why, where the test
+/// run's output shows it: straight to the process's stderr, which libtest
+/// does not capture (it captures only `print!` and `eprint!`), so the notice
+/// appears in a plain `cargo test` even though the test then passes.
+pub fn report_skip(test: &str, why: &str) {
+    let notice = format!("\nSKIPPED {test}: {why}\n");
+    // Best effort: if stderr itself is gone there is nowhere to report.
+    let _ = std::io::stderr().write_all(notice.as_bytes());
+}
+
 /// A running `greeter-server`, killed when dropped.
 pub struct TestServer {
     child: Child,
