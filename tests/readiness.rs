@@ -101,8 +101,10 @@ fn input_beyond_one_read_budget_is_read_without_a_new_event() {
     exchange(&mut client, b"exit\n", GOODBYE);
 
     // More than `budget` bytes must wait in the server's receive queue at
-    // once. A fresh socket's holds about 128 KiB, and Linux grows it as the
-    // reader shows it keeps up: so send fast traffic until it is that big.
+    // once. A fresh socket's queue holds about 128 KiB, and Linux grows it
+    // as the reader shows it keeps up. So: pause the server and send; if
+    // the queue cannot take it all, let the server drain it (fast traffic,
+    // which grows the queue) and try again.
     let input = vec![b'j'; budget + 4 * READ_BUFFER];
     let mut attempts = 0;
     loop {
