@@ -76,7 +76,10 @@ fn an_address_of_another_machine_is_one_clear_line() {
     // With ip_nonlocal_bind on, binding any address succeeds: nothing to test.
     if std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind").is_ok_and(|v| v.trim() != "0")
     {
-        eprintln!("skipped: net.ipv4.ip_nonlocal_bind is on, so the bind would succeed");
+        report_skip(
+            "an_address_of_another_machine_is_one_clear_line",
+            "net.ipv4.ip_nonlocal_bind is on, so binding 192.0.2.1 would succeed",
+        );
         return;
     }
     let mut command = server_binary();
@@ -147,12 +150,15 @@ fn help_lists_every_flag() {
     }
 }
 
-/// The server listens on IPv6 loopback and serves a dialogue there. Skipped
-/// (with a note) only where ::1 cannot be bound at all.
+/// The server listens on IPv6 loopback and serves a dialogue there. Skipped,
+/// with a notice in the test output, only where ::1 cannot be bound at all.
 #[test]
 fn serves_a_dialogue_over_ipv6() {
     if let Err(err) = TcpListener::bind("[::1]:0") {
-        eprintln!("note: skipping the IPv6 test: cannot bind [::1]:0 on this machine: {err}");
+        report_skip(
+            "serves_a_dialogue_over_ipv6",
+            &format!("cannot bind [::1]:0 on this machine: {err}"),
+        );
         return;
     }
     let server = TestServer::start(&["--listen", "[::1]:0"]);

@@ -4,8 +4,12 @@
 //! - a newline-terminated name that arrives in pieces is one name;
 //! - a message that never ends is closed after `--message-timeout`;
 //! - buffers are given back when a connection goes idle, and all buffers
-//!   together stay within `--max-buffered`;
-//! - a client that reads slowly but steadily is not taken for an idle one.
+//!   together stay within `--max-buffered`.
+//!
+//! (That a client reading slowly but steadily is not taken for an idle one is
+//! tested on a `Connection` over a real socket pair, in
+//! `src/server/connection.rs`: whether the client's kernel reveals a read in
+//! time depends on its buffers, so an end-to-end run cannot fail reliably.)
 
 mod common;
 
@@ -14,7 +18,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{GOODBYE, TestServer, connect, exchange, expect_bytes, hello, read_to_close};
+use common::{GOODBYE, TestServer, exchange, expect_bytes, hello, read_to_close};
 
 /// A client's own pause between two pieces of one message. It is the
 /// stimulus under test, not a wait for the server.
@@ -232,34 +236,4 @@ fn over_the_buffer_budget_the_largest_holders_are_closed_and_others_served() {
         closed >= HOARDERS / 2,
         "only {closed} of {HOARDERS} hoarders closed to stay within 1 MB"
     );
-}
-
-#[test]
-fn a_slow_steady_reader_gets_every_reply_without_an_idle_error() {
-    const NAMES: usize = 8000;
-    let server = TestServer::start(&["--idle-timeout", "3"]);
-    let mut client = connect(server.addr);
-    client.write_all(&b"n\n".repeat(NAMES)).unwrap();
-    let expected = [common::GREETING, &hello(b"n").repeat(NAMES)].concat();
-    let mut got = Vec::with_capacity(expected.len());
-    let mut buf = [0; 4096];
-    // About 40 KB/s: the client's kernel reopens its receive window (64 KiB
-    // on loopback) about every 1.6 s, well within each idle timeout, yet the
-    // server's own writes show no progress for longer than that.
-    while got.len() < expected.len() {
-        let n = client.read(&mut buf).expect("reading replies");
-        assert!(
-            n > 0,
-            "closed after {} of {} bytes",
-            got.len(),
-            expected.len()
-        );
-        got.extend_from_slice(&buf[..n]);
-        pause(100);
-    }
-    assert_eq!(
-        String::from_utf8_lossy(&got[got.len() - 200..]),
-        String::from_utf8_lossy(&expected[expected.len() - 200..])
-    );
-    assert!(got == expected, "the replies differ");
 }

@@ -435,3 +435,95 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        idle: Some(Duration::from_secs(3)),
+        linger: Duration::from_secs(5),
+        message: None,
+        quiet: Duration::from_millis(50),
+    };
+
+    /// A connection whose client has sent thousands of names and read no
+    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
+    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let mut client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (server, peer) = listener.accept().expect("accept");
+        server.set_nonblocking(true).unwrap();
+        let mut conn = Connection::new(
+            TcpStream::from_std(server),
+            peer,
+            SessionLimits::default(),
+            now,
+        );
+        // Names without end, as fast as the server takes them, until its
+        // replies back up.
+        client.set_nonblocking(true).unwrap();
+        let names = b"n\n".repeat(32 * 1024);
+        let mut read_buf = vec![0; 64 * 1024];
+        for _ in 0..10_000 {
+            match client.write(&names) {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => panic!("sending names: {err}"),
+            }
+            conn.on_readable(false, false);
+            conn.service(&mut read_buf, now);
+            if conn.write_blocked && !conn.unsent.is_empty() {
+                client.set_nonblocking(false).unwrap();
+                return (conn, client, read_buf);
+            }
+            std::thread::yield_now();
+        }
+        panic!("the kernel's buffers never filled");
+    }
+
+    #[test]
+    fn a_client_reading_without_a_write_to_show_it_is_not_idle() {
+        let start = Instant::now();
+        let (mut conn, mut client, mut read_buf) = backed_up(start);
+        let acked_before = bytes_acked(&conn.stream).unwrap();
+        // The client reads until its kernel has acknowledged more of ours:
+        // a read the server's writes cannot show (it writes nothing now).
+        let mut chunk = [0; 4096];
+        for _ in 0..10_000 {
+            if bytes_acked(&conn.stream).unwrap() > acked_before {
+                break;
+            }
+            client.read_exact(&mut chunk).unwrap();
+        }
+        assert!(bytes_acked(&conn.stream).unwrap() > acked_before);
+        let idle_over = start + Duration::from_secs(4);
+        assert_eq!(
+            conn.on_deadline(&mut read_buf, idle_over, &TIMEOUTS),
+            Next::Wait
+        );
+        assert_eq!(conn.session.state(), SessionState::AwaitingName);
+        assert_eq!(
+            conn.deadline(&TIMEOUTS),
+            Some(idle_over + Duration::from_secs(3)),
+            "the client's reading is progress"
+        );
+    }
+
+    #[test]
+    fn a_client_that_stopped_reading_is_idle() {
+        let start = Instant::now();
+        let (mut conn, _client, mut read_buf) = backed_up(start);
+        let idle_over = start + Duration::from_secs(4);
+        assert_eq!(
+            conn.on_deadline(&mut read_buf, idle_over, &TIMEOUTS),
+            Next::Wait
+        );
+        assert_eq!(conn.session.state(), SessionState::Closing);
+        assert!(
+            conn.unsent
+                .ends_with(b"Server: Error: idle for 3 s; closing\n")
+        );
+    }
+}
