@@ -169,7 +169,7 @@ fn wait_until_read_by_server(client: &TcpStream) {
 
 #[test]
 fn an_idle_connection_after_a_burst_holds_no_burst_sized_buffer() {
-    const CONNECTIONS: usize = 200;
+    const CONNECTIONS: usize = 100;
     let server = TestServer::start(&["--framing", "line"]);
     let name = [b'n'; 1000];
     let burst: Vec<u8> = [&name[..], b"\n"].concat().repeat(60);
