@@ -85,10 +85,11 @@ pub enum Closed {
 enum Phase {
     /// Reading messages and writing replies.
     Talking,
-    /// Our last byte is sent and our side is shut (FIN sent) since `since`;
-    /// reading and discarding until the peer's EOF, so closing cannot trigger
-    /// a reset that would destroy the goodbye still in flight.
-    Draining { since: Instant },
+    /// Our last byte is sent and our side is shut (FIN sent); reading and
+    /// discarding until the peer's EOF, so closing cannot trigger a reset
+    /// that would destroy the goodbye still in flight. `last_progress` is
+    /// when draining began: nothing read now counts as progress.
+    Draining,
 }
 
 /// Which of a connection's clocks runs out first. Every deadline of a
@@ -129,10 +130,9 @@ pub struct Connection {
     /// The last write hit WouldBlock; the next write waits for a writable event.
     write_blocked: bool,
     peer_eof: bool,
-    /// The last byte read or written: what the idle timeout measures from.
+    /// The last byte read or written: what the idle timeout and the quiet
+    /// time measure from.
     last_progress: Instant,
-    /// The last byte read: what the quiet time measures from.
-    last_input: Instant,
     /// When the message the session is waiting for began.
     message_started: Option<Instant>,
     /// When the session's last reply was queued.
@@ -162,7 +162,6 @@ impl Connection {
             write_blocked: false,
             peer_eof: false,
             last_progress: now,
-            last_input: now,
             message_started: None,
             closing_since: None,
             bytes_written: 0,
@@ -187,8 +186,8 @@ impl Connection {
 
     /// The earliest of the clocks that apply in the connection's state.
     fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Due)> {
-        if let Phase::Draining { since } = self.phase {
-            return Some((since + timeouts.linger, Due::Linger));
+        if self.phase == Phase::Draining {
+            return Some((self.last_progress + timeouts.linger, Due::Linger));
         }
         if self.session.state() == SessionState::Closing {
             if self.unsent.is_empty() {
@@ -212,7 +211,7 @@ impl Connection {
         // Only a drained socket shows a pause: with bytes unread, the client
         // may have sent the rest of its name already.
         let quiet = (self.session.awaits_pause() && !self.may_read)
-            .then(|| (self.last_input + timeouts.quiet, Due::Quiet));
+            .then(|| (self.last_progress + timeouts.quiet, Due::Quiet));
         [idle, message, quiet].into_iter().flatten().min()
     }
 
@@ -268,7 +267,7 @@ impl Connection {
             }
             let wants_input = match self.phase {
                 Phase::Talking => self.session.wants_input(self.unsent.len()),
-                Phase::Draining { .. } => true,
+                Phase::Draining => true,
             };
             if !wants_input || !self.may_read {
                 return Next::Wait;
@@ -282,7 +281,7 @@ impl Connection {
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(err) => return Next::Close(Closed::Failed(err.kind())),
             }
-            if matches!(self.phase, Phase::Draining { .. }) && self.peer_eof {
+            if self.phase == Phase::Draining && self.peer_eof {
                 return Next::Close(Closed::Done);
             }
         }
@@ -410,7 +409,6 @@ impl Connection {
                 if self.phase == Phase::Talking {
                     self.session.receive(&read_buf[..n], &mut self.unsent);
                     self.last_progress = now;
-                    self.last_input = now;
                 }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
@@ -429,7 +427,8 @@ impl Connection {
     /// yet handed to the application; some systems drop even data already
     /// received. Draining first means the goodbye always arrives intact.
     fn start_draining(&mut self, now: Instant) {
-        self.phase = Phase::Draining { since: now };
+        self.phase = Phase::Draining;
+        self.last_progress = now;
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
         }
