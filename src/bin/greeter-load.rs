@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
 use greeter::load::{LoadConfig, Workload};
+use greeter::logging::{self, EXIT_FLUSH_TIME};
 
 /// Drives many simultaneous greeter clients against one server and reports
 /// throughput, latency percentiles and every failed check.
@@ -110,23 +111,28 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Warn)
-        .with_colors(std::io::stderr().is_terminal())
-        .init();
+    let log = match logging::init(log::LevelFilter::Warn) {
+        Ok(log) => log,
+        Err(err) => {
+            eprintln!("greeter-load: cannot start logging: {err}");
+            return ExitCode::from(3);
+        }
+    };
     let result = match cli.command {
         Command::Pingpong { rate, run } => run_load(Workload::PingPong { rate }, run),
         Command::Churn { names, run } => run_load(Workload::Churn { names }, run),
         Command::Hold { probe_rate, run } => run_load(Workload::Hold { probe_rate }, run),
         Command::Merge { json, files } => merge_files(&files, json),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("greeter-load: {message}");
+            log.print(&format!("greeter-load: {message}"));
             ExitCode::from(3)
         }
-    }
+    };
+    log.flush(EXIT_FLUSH_TIME);
+    code
 }
 
 fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {

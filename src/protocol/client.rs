@@ -151,6 +151,13 @@ impl ClientSession {
         if name.contains(&b'\n') {
             return Err(ClientError::InvalidName("it contains a newline"));
         }
+        // The server removes one `\r` before the end of a message (for telnet's
+        // `\r\n`), so it would answer a different name than the one sent.
+        if name.ends_with(b"\r") {
+            return Err(ClientError::InvalidName(
+                "it ends with a carriage return, which the server removes",
+            ));
+        }
         if name.is_empty() && self.terminator == NameTerminator::Nothing {
             return Err(ClientError::InvalidName(
                 "an empty name cannot be sent without a newline",
@@ -394,6 +401,34 @@ mod tests {
         ));
         assert!(out.is_empty());
         assert!(client.is_ready());
+    }
+
+    /// The server takes `Bob\r\n` (and a paused `Bob\r`) as the name `Bob`,
+    /// so the client could never check the reply to `Bob\r`: it refuses it.
+    #[test]
+    fn a_name_ending_in_a_carriage_return_is_refused() {
+        let mut server = ServerSession::new(SessionLimits::default());
+        let mut reply = Vec::new();
+        server.receive(b"Bob\r\n", &mut reply);
+        assert!(reply.ends_with(b"Server: Hello Bob!\nServer: What's your name?"));
+
+        for terminator in [NameTerminator::Newline, NameTerminator::Nothing] {
+            let mut out = Vec::new();
+            let mut client = ClientSession::new(terminator);
+            client
+                .receive(b"Server: Welcome!\nServer: What's your name?")
+                .unwrap();
+            for name in [&b"Bob\r"[..], b"exit\r", b"\r"] {
+                assert_eq!(
+                    client.send_name(name, &mut out),
+                    Err(ClientError::InvalidName(
+                        "it ends with a carriage return, which the server removes"
+                    ))
+                );
+            }
+            assert!(out.is_empty());
+            client.send_name(b"a\rb", &mut out).unwrap();
+        }
     }
 
     /// Both cores together, with no sockets: the whole tutorial dialogue.
