@@ -158,15 +158,31 @@ fn feed(
     finished: &mut bool,
     piece: &[u8],
 ) -> bool {
+    let last_reply = client.last_reply().to_vec();
     let verdict = client.receive(piece);
     let fits = awaited
         .as_ref()
         .is_some_and(|a| a.reply[a.arrived..].starts_with(piece));
     if !fits {
-        assert!(
-            matches!(verdict, Err(ClientError::UnexpectedReply { .. })),
-            "{piece:?} is not what the protocol says next, yet the client returned {verdict:?}"
-        );
+        // The whole rest of the reply and more, or anything once no reply
+        // is awaited: the extra bytes are named, after the reply they follow.
+        let overrun = match awaited.as_ref() {
+            Some(a) => piece
+                .strip_prefix(&a.reply[a.arrived..])
+                .map(|extra| (a.reply.clone(), extra.to_vec())),
+            None => Some((last_reply, piece.to_vec())),
+        };
+        match overrun {
+            Some((reply, extra)) => assert_eq!(
+                verdict,
+                Err(ClientError::TrailingBytes { reply, extra }),
+                "a whole reply and more"
+            ),
+            None => assert!(
+                matches!(verdict, Err(ClientError::UnexpectedReply { .. })),
+                "{piece:?} is not what the protocol says next, yet the client returned {verdict:?}"
+            ),
+        }
         return false;
     }
     let Some(a) = awaited.as_mut() else {
