@@ -260,19 +260,27 @@ impl ServerSession {
     }
 
     /// Answers complete lines from the front of `buf` while output room lasts;
-    /// returns the bytes used. Rejects a remainder that can no longer fit.
+    /// returns the bytes used. Rejects a remainder that can no longer fit,
+    /// even when the output is full: whether it is rejected now must not
+    /// depend on how fast the peer reads.
     fn answer_lines(&mut self, buf: &[u8], out: &mut Vec<u8>) -> usize {
         let mut used = 0;
         while self.state == SessionState::AwaitingName && out.len() < self.limits.max_output {
             let Some((line, len)) = split_line(&buf[used..]) else {
-                if !remainder_fits(&buf[used..], self.limits.max_line) {
-                    self.reject_long_line(out);
-                }
                 break;
             };
             used += len;
             self.line_client = true;
             self.answer(line, out);
+        }
+        let remainder = &buf[used..];
+        // The length test first: held-back lines are scanned for a newline
+        // only when they are too long to be one message.
+        if self.state == SessionState::AwaitingName
+            && !remainder_fits(remainder, self.limits.max_line)
+            && !remainder.contains(&b'\n')
+        {
+            self.reject_long_line(out);
         }
         used
     }
@@ -580,6 +588,32 @@ mod tests {
             feed(&mut session, b"abcd\n"),
             b"Server: Error: line too long (limit 3 bytes)\n"
         );
+    }
+
+    /// A too-long remainder behind the last line a full output allowed is
+    /// rejected in the same read, as it is when the output has room: the
+    /// answer must not depend on backpressure (found by the split-invariance
+    /// property in proptests.rs). Before, it sat unanswered until the client
+    /// sent more, and the message timeout told it something else.
+    #[test]
+    fn a_too_long_remainder_is_rejected_even_when_the_output_is_full() {
+        let mut session = greeted(SessionLimits {
+            max_line: 4,
+            max_output: 1,
+            framing: Framing::Line,
+        });
+        let mut out = Vec::new();
+        session.receive(
+            b"a
+longer",
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"Server: Hello a!\nServer: What's your name?Server: Error: line too long (limit 4 bytes)\n"
+        );
+        assert_eq!(session.state(), SessionState::Closing);
+        assert!(!session.has_unfinished_message());
     }
 
     #[test]
