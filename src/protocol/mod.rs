@@ -21,6 +21,8 @@
 mod client;
 mod escape;
 mod framing;
+#[cfg(test)]
+mod proptests;
 mod server;
 
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
