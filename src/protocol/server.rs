@@ -348,7 +348,6 @@ fn write_error(out: &mut Vec<u8>, what: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::busy_reply;
 
     const GREETING: &[u8] = b"Server: Welcome!\nServer: What's your name?";
 
@@ -646,6 +645,93 @@ longer",
         assert!(session.wants_input(0));
     }
 
+    /// One hello with its prompt, for a one-byte name.
+    const ONE_REPLY: usize = b"Server: Hello a!\nServer: What's your name?".len();
+
+    #[test]
+    fn reading_stops_exactly_at_the_output_limit() {
+        let session = greeted(SessionLimits {
+            max_output: 100,
+            ..SessionLimits::default()
+        });
+        assert!(session.wants_input(99));
+        assert!(!session.wants_input(100));
+    }
+
+    #[test]
+    fn answering_stops_exactly_at_the_output_limit() {
+        let mut session = greeted(SessionLimits {
+            max_output: ONE_REPLY,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nb\n", &mut out);
+        assert_eq!(out.len(), ONE_REPLY, "the first reply fills the output");
+        assert!(session.has_deferred_work(), "the second line waits");
+        out.clear();
+        session.resume(&mut out);
+        assert_eq!(out, b"Server: Hello b!\nServer: What's your name?");
+    }
+
+    #[test]
+    fn buffered_bytes_count_the_unanswered_input() {
+        let mut session = greeted(limits(Framing::Line));
+        assert_eq!(session.buffered_bytes(), 0);
+        feed(&mut session, b"Michael");
+        assert!(session.buffered_bytes() >= b"Michael".len());
+        feed(&mut session, b"\n");
+        assert_eq!(session.buffered_bytes(), 0, "all answered, nothing kept");
+    }
+
+    #[test]
+    fn held_back_lines_once_answered_leave_no_buffer_behind() {
+        let mut session = greeted(SessionLimits {
+            max_output: 1,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nb\nc\n", &mut out);
+        assert!(session.buffered_bytes() > 0, "b and c are held back");
+        for _ in 0..2 {
+            out.clear();
+            session.resume(&mut out);
+        }
+        assert_eq!(out, b"Server: Hello c!\nServer: What's your name?");
+        assert!(!session.has_deferred_work());
+        assert_eq!(session.buffered_bytes(), 0);
+    }
+
+    /// A held-back burst whose lines are answered leaves a short remainder
+    /// in a buffer sized for the burst. It is shrunk when its spare room is
+    /// more than the remainder again plus KEEP_INPUT_CAPACITY, and kept as it
+    /// is up to that, so a steady stream of reads does not reallocate.
+    #[test]
+    fn a_held_back_buffer_is_shrunk_only_when_mostly_spare() {
+        let remainder = b"0123456789";
+        let limit = 2 * remainder.len() + KEEP_INPUT_CAPACITY;
+        for (capacity, shrunk) in [(limit, false), (limit + 1, true), (4 * limit, true)] {
+            let mut session = greeted(SessionLimits {
+                max_output: 1,
+                ..limits(Framing::Line)
+            });
+            let mut held = Vec::with_capacity(capacity);
+            held.extend_from_slice(b"a\n");
+            held.extend_from_slice(remainder);
+            assert_eq!(held.capacity(), capacity, "the test controls the capacity");
+            session.unanswered = held;
+
+            let mut out = Vec::new();
+            session.resume(&mut out);
+            assert_eq!(out, b"Server: Hello a!\nServer: What's your name?");
+            assert_eq!(session.unanswered, remainder);
+            if shrunk {
+                assert!(session.buffered_bytes() < capacity, "capacity {capacity}");
+            } else {
+                assert_eq!(session.buffered_bytes(), capacity, "kept as it was");
+            }
+        }
+    }
+
     #[test]
     fn a_pause_while_the_output_is_full_is_answered_on_resume() {
         let mut session = greeted(SessionLimits {
@@ -751,13 +837,5 @@ longer",
         );
         assert_eq!(out, b"Server: Error: idle for 0.3 s; closing\n");
         assert_eq!(session.state(), SessionState::Closing);
-    }
-
-    #[test]
-    fn busy_reply_names_the_limit() {
-        assert_eq!(
-            busy_reply(3),
-            b"Server: Error: too many connections (limit 3); try again later\n"
-        );
     }
 }
