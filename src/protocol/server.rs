@@ -213,7 +213,9 @@ impl ServerSession {
     /// Answers lines held back by backpressure, as far as output room allows.
     /// The shell calls this after it has written some output.
     pub fn resume(&mut self, out: &mut Vec<u8>) {
-        if self.state == SessionState::AwaitingName && self.has_held_back_lines() {
+        // Held-back lines exist only while awaiting names: greeting comes
+        // before the first read, and closing drops all unanswered input.
+        if self.has_held_back_lines() {
             self.answer_held_back(out);
         }
         if self.pause_deferred {
