@@ -27,6 +27,7 @@ use super::{
 
 /// Cases per property: enough to hit the corners (long lines, `\r` at a cut,
 /// output limits smaller than one reply) while `cargo test` stays fast.
+/// `PROPTEST_CASES` overrides it for a longer search (docs/testing.md).
 const CASES: u32 = 96;
 
 /// Shell rounds (writes and resumes) after which a test calls it a livelock.
@@ -35,7 +36,12 @@ const CASES: u32 = 96;
 const MAX_ROUNDS: usize = 100_000;
 
 fn config() -> ProptestConfig {
-    ProptestConfig::with_cases(CASES)
+    // The default configuration is read from the PROPTEST_* variables.
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = CASES;
+    }
+    config
 }
 
 /// The greeting the session writes first.
