@@ -203,6 +203,13 @@ impl ServerSession {
         self.unanswered.capacity()
     }
 
+    /// Bytes received and not yet answered, for the memory properties in
+    /// proptests.rs (buffered_bytes is their capacity).
+    #[cfg(test)]
+    pub(super) fn unanswered_len(&self) -> usize {
+        self.unanswered.len()
+    }
+
     /// The peer has closed its side: it will send nothing more. What it sent is
     /// still answered (an unterminated last line included), then good bye.
     pub fn peer_closed(&mut self, out: &mut Vec<u8>) {
