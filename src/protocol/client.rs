@@ -384,6 +384,36 @@ mod tests {
         assert_eq!(client.peer_closed(), Ok(()));
     }
 
+    /// A close before any byte of the awaited reply says so, rather than
+    /// quoting an empty "after" part.
+    #[test]
+    fn closing_before_any_reply_byte_says_what_was_expected() {
+        let client = ClientSession::new(NameTerminator::Newline);
+        assert_eq!(
+            client.peer_closed().unwrap_err().to_string(),
+            "the server closed the connection while \
+             \"Server: Welcome!\\nServer: What's your name?\" was expected"
+        );
+    }
+
+    #[test]
+    fn the_dialogue_is_finished_only_by_good_bye() {
+        let mut out = Vec::new();
+        let mut client = ClientSession::new(NameTerminator::Newline);
+        assert!(!client.is_finished(), "nothing has arrived yet");
+        client
+            .receive(b"Server: Welcome!\nServer: What's your name?")
+            .unwrap();
+        assert!(!client.is_finished(), "greeted");
+        client.send_exit(&mut out).unwrap();
+        assert_eq!(out, b"exit\n");
+        client.receive(b"Server: Good").unwrap();
+        assert!(!client.is_finished(), "good bye only in part");
+        assert_eq!(client.receive(b" bye!\n"), Ok(Some(Turn::Goodbye)));
+        assert!(client.is_finished());
+        assert!(!client.is_ready(), "nothing may be sent after good bye");
+    }
+
     #[test]
     fn names_that_cannot_be_one_message_are_refused() {
         let mut out = Vec::new();
