@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
-use greeter::load::{LoadConfig, Workload};
+use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload};
 
 /// Drives many simultaneous greeter clients against one server and reports
 /// throughput, latency percentiles and every failed check.
@@ -103,6 +103,76 @@ struct RunArgs {
     /// No live status line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// A fault storm: a share of the connections misbehave, each kind checking
+/// that the server answers it as documented (pingpong and churn only).
+#[derive(Args, Debug)]
+struct FaultArgs {
+    /// Misbehaving clients, as shares of --connections, e.g.
+    /// reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%.
+    /// Each kind named gets at least one connection.
+    #[arg(long, value_name = "KIND=PERCENT%,...", value_parser = FaultMix::parse)]
+    faults: Option<FaultMix>,
+    /// The server's --idle-timeout, which stall clients expect in its answer.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
+    idle_timeout: Duration,
+    /// The server's --message-timeout, which slowloris clients expect in its
+    /// answer.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
+    message_timeout: Duration,
+    /// The server's --max-line, which oversize and garbage clients use.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+}
+
+impl FaultArgs {
+    /// The mix and the server's settings, or why they cannot work.
+    fn resolve(
+        &self,
+        workload: Workload,
+        connections: u64,
+    ) -> Result<(FaultMix, ServerSettings), String> {
+        let mix = self.faults.clone().unwrap_or_default();
+        let settings = ServerSettings {
+            idle_timeout: self.idle_timeout,
+            message_timeout: self.message_timeout,
+            max_line: usize::try_from(self.max_line).unwrap_or(usize::MAX),
+        };
+        if mix.is_empty() {
+            return Ok((mix, settings));
+        }
+        if let Workload::Hold { .. } = workload {
+            return Err("--faults works with pingpong and churn, not hold".to_string());
+        }
+        if mix.share(FaultKind::Stall) > 0.0 && settings.idle_timeout.is_zero() {
+            return Err(
+                "stall clients wait for the server's idle timeout: give the server's \
+                 --idle-timeout (it must not be 0)"
+                    .to_string(),
+            );
+        }
+        if mix.share(FaultKind::Slowloris) > 0.0 && settings.message_timeout.is_zero() {
+            return Err(
+                "slowloris clients wait for the server's message timeout: give the \
+                 server's --message-timeout (it must not be 0)"
+                    .to_string(),
+            );
+        }
+        let slots: usize = mix
+            .slots(usize::try_from(connections).unwrap_or(usize::MAX))
+            .iter()
+            .sum();
+        if slots as u64 > connections {
+            return Err(format!(
+                "--faults needs {slots} connections (each kind given a share gets at least one); \
+                 raise --connections above {connections}"
+            ));
+        }
+        Ok((mix, settings))
+    }
 }
 
 /// How long a run measures unless told otherwise.
@@ -130,6 +200,12 @@ fn main() -> ExitCode {
 }
 
 fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
+    let (faults, server) = match args.faults.resolve(workload, args.connections) {
+        Ok(resolved) => resolved,
+        Err(message) => Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
+    };
     let addr: SocketAddr = args
         .addr
         .to_socket_addrs()
@@ -149,6 +225,8 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         timeout: args.timeout,
         source_addrs: args.source_addrs,
         live: !args.quiet && std::io::stderr().is_terminal(),
+        faults,
+        server,
     };
     let report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
     if args.json {

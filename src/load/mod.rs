@@ -8,6 +8,8 @@
 //! `ulimit -n` 20000) on two cores.
 //!
 //! - [`driver`]: the event loop, the workloads and their schedules;
+//! - [`faults`]: the misbehaving clients of a fault storm and the answers
+//!   they require;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
 //! - [`report`]: the human and JSON reports;
 //! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond).
@@ -18,6 +20,7 @@
 //! silently not being sent (coordinated omission).
 
 mod driver;
+pub mod faults;
 pub mod report;
 pub mod stats;
 mod timer;
@@ -26,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use driver::run;
+pub use faults::{FaultKind, FaultMix, ServerSettings};
 pub use report::Report;
 
 /// What the simulated clients do.
@@ -68,4 +72,8 @@ pub struct LoadConfig {
     pub source_addrs: Vec<IpAddr>,
     /// Print a live status line every second on stderr.
     pub live: bool,
+    /// The share of the connections that misbehave (empty: none).
+    pub faults: FaultMix,
+    /// The server's settings that fault clients check its answers against.
+    pub server: ServerSettings,
 }
