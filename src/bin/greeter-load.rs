@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use greeter::load::soak::soak;
 use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
-use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload};
+use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload, server_watch};
 
 /// Drives many simultaneous greeter clients against one server and reports
 /// throughput, latency percentiles and every failed check.
@@ -51,6 +52,20 @@ enum Command {
         /// Exchanges per second on the probe connection.
         #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = greeter::args::rate)]
         probe_rate: f64,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Pingpong, churn and a fault storm together, for 10 minutes unless
+    /// --duration says otherwise; with --server-pid, the server's
+    /// descriptors and memory must then be back where they started.
+    Soak {
+        /// Total pingpong exchanges per second (open loop); closed loop
+        /// without it.
+        #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
+        rate: Option<f64>,
+        /// Churn connections (pingpong gets --connections).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        churn_connections: u64,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -103,6 +118,11 @@ struct RunArgs {
     /// No live status line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The server's process id: its descriptors and resident memory are read
+    /// from /proc before and after the run, and must come back (see
+    /// docs/reliability.md).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -167,8 +187,8 @@ impl FaultArgs {
             .sum();
         if slots as u64 > connections {
             return Err(format!(
-                "--faults needs {slots} connections (each kind given a share gets at least one); \
-                 raise --connections above {connections}"
+                "--faults needs {slots} connections (each kind given a share gets at least one), \
+                 more than the {connections} this workload has"
             ));
         }
         Ok((mix, settings))
@@ -177,6 +197,11 @@ impl FaultArgs {
 
 /// How long a run measures unless told otherwise.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// How long a soak runs unless told otherwise.
+const DEFAULT_SOAK_DURATION: Duration = Duration::from_secs(600);
+/// The fault storm of a soak unless --faults says otherwise.
+const DEFAULT_SOAK_FAULTS: &str =
+    "reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -188,6 +213,11 @@ fn main() -> ExitCode {
         Command::Pingpong { rate, run } => run_load(Workload::PingPong { rate }, run),
         Command::Churn { names, run } => run_load(Workload::Churn { names }, run),
         Command::Hold { probe_rate, run } => run_load(Workload::Hold { probe_rate }, run),
+        Command::Soak {
+            rate,
+            churn_connections,
+            run,
+        } => run_soak(rate, churn_connections, run),
         Command::Merge { json, files } => merge_files(&files, json),
     };
     match result {
@@ -199,7 +229,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
+/// The run's configuration from its flags; a usage error exits with 2.
+fn load_config(
+    workload: Workload,
+    args: &RunArgs,
+    default_duration: Duration,
+) -> Result<LoadConfig, String> {
     let (faults, server) = match args.faults.resolve(workload, args.connections) {
         Ok(resolved) => resolved,
         Err(message) => Cli::command()
@@ -212,23 +247,42 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         .map_err(|err| format!("cannot resolve {}: {err}", args.addr))?
         .next()
         .ok_or_else(|| format!("{} resolves to no address", args.addr))?;
-    // Always bounded in time: --count alone would never end against a dead server.
-    let duration = args.duration.unwrap_or(DEFAULT_DURATION);
-    let config = LoadConfig {
+    Ok(LoadConfig {
         addr,
         workload,
         connections: usize::try_from(args.connections).unwrap_or(usize::MAX),
-        duration,
+        // Always bounded in time: --count alone would never end against a dead server.
+        duration: args.duration.unwrap_or(default_duration),
         count: args.count,
         ramp: args.ramp,
         warmup: args.warmup,
         timeout: args.timeout,
-        source_addrs: args.source_addrs,
+        source_addrs: args.source_addrs.clone(),
         live: !args.quiet && std::io::stderr().is_terminal(),
         faults,
         server,
-    };
-    let report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
+    })
+}
+
+/// How long to wait after a run for the server to close every socket: it
+/// closes each once it has read the client's close.
+fn settle_time(config: &LoadConfig) -> Duration {
+    config.timeout + Duration::from_secs(1)
+}
+
+fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
+    let config = load_config(workload, &args, DEFAULT_DURATION)?;
+    let before = args
+        .server_pid
+        .map(server_watch::sample)
+        .transpose()
+        .map_err(|err| err.to_string())?;
+    let mut report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
+    if let (Some(pid), Some(before)) = (args.server_pid, before) {
+        let check = server_watch::settle(pid, before, report.peak_open, settle_time(&config))
+            .map_err(|err| err.to_string())?;
+        report.server = Some(check);
+    }
     if args.json {
         println!("{}", report.json());
     } else {
@@ -240,11 +294,49 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         save_histogram(&report.stats.latency_us, &mut out).map_err(cannot)?;
         out.flush().map_err(cannot)?;
     }
-    Ok(if report.passed() {
+    Ok(exit_code(report.passed()))
+}
+
+fn exit_code(passed: bool) -> ExitCode {
+    if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+/// The soak: pingpong on --connections and churn on --churn-connections at
+/// once, each with the fault storm.
+fn run_soak(
+    rate: Option<f64>,
+    churn_connections: u64,
+    mut args: RunArgs,
+) -> Result<ExitCode, String> {
+    if args.hist_out.is_some() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--hist-out is for single workloads, not soak",
+            )
+            .exit();
+    }
+    if args.faults.faults.is_none() {
+        args.faults.faults =
+            Some(FaultMix::parse(DEFAULT_SOAK_FAULTS).expect("the default mix parses"));
+    }
+    let pingpong = load_config(Workload::PingPong { rate }, &args, DEFAULT_SOAK_DURATION)?;
+    args.connections = churn_connections;
+    let mut churn = load_config(Workload::Churn { names: 1 }, &args, DEFAULT_SOAK_DURATION)?;
+    // One live line is enough: pingpong's.
+    churn.live = false;
+    let report = soak(&pingpong, &churn, args.server_pid, settle_time(&pingpong))
+        .map_err(|err| format!("cannot run: {err}"))?;
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(exit_code(report.passed()))
 }
 
 fn merge_files(files: &[PathBuf], json: bool) -> Result<ExitCode, String> {

@@ -193,6 +193,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         config: config.clone(),
         stats: driver.stats,
         faults,
+        server: None,
         measured,
         peak_open: driver.peak_open,
         connections_opened: driver.connections_opened,

@@ -580,21 +580,26 @@ impl FaultClients {
         let Some(step) = client.steps.get(client.step) else {
             return Ok(());
         };
+        let (bytes, after_send) = match &step.send {
+            // The clock runs on from the previous step, or from the start of
+            // the connect: a lower bound on when the server could start its
+            // timer, however late this loop notices the connect.
+            Send::Nothing => return Ok(()),
+            Send::Bytes(bytes) => (&bytes[..], None),
+            Send::ThenHalfClose(bytes) => (&bytes[..], Some(AfterSend::HalfClose)),
+            Send::ThenReset(bytes) => (&bytes[..], Some(AfterSend::Reset)),
+            Send::Trickle => (&[][..], None),
+        };
+        let trickle = matches!(step.send, Send::Trickle);
         client.step_start = now;
         client.deadline = now + step.not_before.unwrap_or_default() + self.timeout;
-        let (bytes, after_send) = match &step.send {
-            Send::Nothing => return Ok(()),
-            Send::Bytes(bytes) => (bytes, None),
-            Send::ThenHalfClose(bytes) => (bytes, Some(AfterSend::HalfClose)),
-            Send::ThenReset(bytes) => (bytes, Some(AfterSend::Reset)),
-            Send::Trickle => {
-                self.trickles
-                    .push(Reverse((now + interval, key, client.id)));
-                return self.trickle_byte(key);
-            }
-        };
         client.outgoing.extend_from_slice(bytes);
         client.after_send = after_send;
+        if trickle {
+            self.trickles
+                .push(Reverse((now + interval, key, client.id)));
+            return self.trickle_byte(key);
+        }
         self.flush(key)
     }
 

@@ -12,6 +12,8 @@
 //!   they require;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
 //! - [`report`]: the human and JSON reports;
+//! - [`server_watch`]: the server's descriptors and memory, before and after;
+//! - [`soak`]: pingpong, churn and faults together for a long time;
 //! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond).
 //!
 //! Open-loop latency (`pingpong --rate`) is measured from each exchange's
@@ -22,6 +24,8 @@
 mod driver;
 pub mod faults;
 pub mod report;
+pub mod server_watch;
+pub mod soak;
 pub mod stats;
 mod timer;
 

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::faults::{FaultKind, FaultTally};
+use super::server_watch::ServerCheck;
 use super::stats::{Failure, Stats, latency_json, latency_line};
 use super::{LoadConfig, Workload};
 
@@ -51,6 +52,8 @@ pub struct Report {
     pub stats: Stats,
     /// The fault clients, if the run had any.
     pub faults: Option<FaultTally>,
+    /// The server's descriptors and memory before and after (`--server-pid`).
+    pub server: Option<ServerCheck>,
     /// Length of the measured window (after warmup).
     pub measured: Duration,
     pub peak_open: usize,
@@ -69,6 +72,7 @@ impl Report {
                 .faults
                 .as_ref()
                 .is_none_or(|faults| faults.total_wrong() == 0)
+            && self.server.as_ref().is_none_or(ServerCheck::passed)
             && match self.config.workload {
                 Workload::Hold { .. } => self.held_checked == self.config.connections as u64,
                 _ => true,
@@ -172,6 +176,9 @@ impl Report {
         if let Some(faults) = &self.faults {
             fault_table(&mut out, faults);
         }
+        if let Some(server) = &self.server {
+            let _ = writeln!(out, "  {}", server.line());
+        }
         let _ = writeln!(
             out,
             "  load generator CPU: user {:.2} s, system {:.2} s ({:.1} µs per {})",
@@ -200,7 +207,7 @@ impl Report {
                 "{{\"mode\":\"{}\",\"addr\":\"{}\",\"connections\":{},\"measured_s\":{:.3},",
                 "\"unit\":\"{}\",\"completed\":{},\"per_second\":{:.1},\"latency_us\":{},",
                 "\"errors\":{},\"connections_opened\":{},\"peak_open\":{},\"held_checked\":{},",
-                "\"cpu\":{{\"user_s\":{:.3},\"system_s\":{:.3},\"us_per_unit\":{:.2}}},\"passed\":{}{}}}"
+                "\"cpu\":{{\"user_s\":{:.3},\"system_s\":{:.3},\"us_per_unit\":{:.2}}},\"passed\":{}{}{}}}"
             ),
             self.mode(),
             self.config.addr,
@@ -221,6 +228,10 @@ impl Report {
             self.faults.as_ref().map_or(String::new(), |faults| format!(
                 ",\"faults\":{}",
                 fault_json(faults)
+            )),
+            self.server.as_ref().map_or(String::new(), |server| format!(
+                ",\"server\":{}",
+                server.json()
             )),
         )
     }
