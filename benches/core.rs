@@ -35,7 +35,8 @@ fn server_core(c: &mut Criterion) {
     group.bench_function("one bare name and a pause (auto framing)", |b| {
         b.iter(|| {
             out.clear();
-            session.receive_paused(black_box(b"Michael"), &mut out);
+            session.receive(black_box(b"Michael"), &mut out);
+            session.peer_paused(&mut out);
             black_box(out.len())
         })
     });

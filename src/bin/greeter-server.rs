@@ -35,6 +35,18 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
     idle_timeout: Duration,
 
+    /// Close a connection whose message is not finished this many seconds
+    /// after its first byte (0: never): a client trickling bytes cannot hold
+    /// a slot for long.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
+    message_timeout: Duration,
+
+    /// Auto framing: how long a client that sends bare names (no newline)
+    /// must stay quiet before what it sent counts as a whole name. A client
+    /// that has ended a name with a newline is never split by a pause.
+    #[arg(long, value_name = "SECONDS", default_value = "0.05", value_parser = greeter::args::seconds)]
+    quiet_time: Duration,
+
     /// After the last reply, wait this many seconds for the client to close
     /// before closing anyway.
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
@@ -54,6 +66,11 @@ struct Args {
     /// it until the client has read some (backpressure).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_output: u64,
+
+    /// Bytes all connections together may hold in their buffers (unsent
+    /// replies, unanswered input); beyond it the largest holders are closed.
+    #[arg(long, value_name = "BYTES", default_value_t = greeter::server::DEFAULT_MAX_BUFFERED as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffered: u64,
 
     /// How a name ends: auto = at a newline, or when the client pauses after
     /// sending (what the tutorial's client needs); line = only at a newline.
@@ -91,8 +108,11 @@ fn main() -> ExitCode {
         timeouts: Timeouts {
             idle: Some(args.idle_timeout).filter(|idle| !idle.is_zero()),
             linger: args.linger,
+            message: Some(args.message_timeout).filter(|limit| !limit.is_zero()),
+            quiet: args.quiet_time,
         },
         shutdown_grace: args.shutdown_grace,
+        max_buffered: to_usize(args.max_buffered),
         limits: SessionLimits {
             max_line: to_usize(args.max_line),
             max_output: to_usize(args.max_output),

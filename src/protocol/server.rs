@@ -12,11 +12,27 @@
 //! session stops answering and tells the caller to stop reading
 //! ([`ServerSession::wants_input`]). That is what bounds a connection's memory
 //! when a client sends names but never reads the replies.
+//!
+//! The session has no clock. Two of its rules depend on time, and the shell,
+//! which owns every deadline, tells it when their time has come:
+//!
+//! - In auto framing an unterminated remainder is a whole message once the
+//!   peer has been quiet for a while ([`ServerSession::awaits_pause`] says a
+//!   remainder is waiting for that; [`ServerSession::peer_paused`] says it
+//!   happened). A peer that has ended a message with `\n` is a *line client*
+//!   from then on, and its remainders wait for their `\n` however long it
+//!   pauses, so a name that arrives in pieces is never split.
+//! - A message that has started must end in time
+//!   ([`ServerSession::has_unfinished_message`], [`CloseReason::MessageTimeout`]).
 
 use std::time::Duration;
 
 use super::framing::{Framing, remainder_fits, split_line};
 use super::{ERROR_PREFIX, EXIT, Escaped, GOODBYE, PROMPT, WELCOME, write_hello};
+
+/// Spare capacity an unanswered remainder may keep: a buffer larger than
+/// twice its contents plus this is shrunk, so memory follows what is held.
+const KEEP_INPUT_CAPACITY: usize = 256;
 
 /// The limits and framing every session of a server shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +78,9 @@ pub enum CloseReason {
     /// Nothing arrived for this long (the reply shows it in seconds, with a
     /// fraction if it has one: `--idle-timeout 0.3` says "0.3 s", not "0 s").
     IdleTimeout { after: Duration },
+    /// A message was started but not finished within this time (a client
+    /// trickling bytes to hold the connection open).
+    MessageTimeout { after: Duration },
 }
 
 /// One connection's dialogue, fed bytes by the shell.
@@ -75,6 +94,9 @@ pub struct ServerSession {
     /// The peer paused after an unterminated remainder (auto framing) while
     /// the output was full: the remainder is a message, answered on resume.
     pause_deferred: bool,
+    /// The peer has ended a message with `\n`: in auto framing its messages
+    /// now end only at `\n`, never at a pause.
+    line_client: bool,
     peer_closed: bool,
 }
 
@@ -85,6 +107,7 @@ impl ServerSession {
             limits,
             unanswered: Vec::new(),
             pause_deferred: false,
+            line_client: false,
             peer_closed: false,
         }
     }
@@ -145,43 +168,39 @@ impl ServerSession {
         }
     }
 
-    /// Feeds bytes after which the peer paused (the read that returned them
-    /// emptied the socket): the same as [`ServerSession::receive`] and then
-    /// [`ServerSession::peer_paused`], but a bare name that is answered at
-    /// once (the tutorial client's every message) is never copied.
-    pub fn receive_paused(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        self.greet(out);
-        if self.limits.framing != Framing::Auto
-            || self.state != SessionState::AwaitingName
-            || !self.unanswered.is_empty()
-        {
-            self.receive(input, out);
-            self.peer_paused(out);
-            return;
-        }
-        let used = self.answer_lines(input, out);
-        let rest = &input[used..];
-        if self.state != SessionState::AwaitingName || rest.is_empty() {
-            return;
-        }
-        if out.len() < self.limits.max_output && !rest.contains(&b'\n') {
-            self.answer(rest.strip_suffix(b"\r").unwrap_or(rest), out);
-        } else {
-            self.unanswered.extend_from_slice(rest);
-            self.pause_deferred = true;
-        }
+    /// Whether an unterminated remainder would become a whole message if
+    /// the peer stayed quiet: auto framing, a peer not (yet) known to end
+    /// its messages with `\n`, and nothing else pending. The shell then
+    /// starts its quiet-time clock at the last byte it read.
+    pub fn awaits_pause(&self) -> bool {
+        self.limits.framing == Framing::Auto && !self.line_client && self.has_unfinished_message()
     }
 
-    /// The read would block: the peer has paused. In auto framing an
-    /// unterminated remainder is now a whole message.
-    pub fn peer_paused(&mut self, out: &mut Vec<u8>) {
-        if self.limits.framing == Framing::Auto
-            && self.state == SessionState::AwaitingName
+    /// Whether the peer has started a message and not finished it, while
+    /// the session is waiting for more of it (not held back by backpressure).
+    /// The shell bounds how long that may last.
+    pub fn has_unfinished_message(&self) -> bool {
+        self.state == SessionState::AwaitingName
+            && !self.pause_deferred
+            && !self.peer_closed
             && !self.unanswered.is_empty()
-        {
+            && !self.has_held_back_lines()
+    }
+
+    /// The peer has sent nothing for the quiet time and its socket is
+    /// drained: in auto framing, an unterminated remainder from a peer that
+    /// is not a line client is now a whole message.
+    pub fn peer_paused(&mut self, out: &mut Vec<u8>) {
+        if self.awaits_pause() {
             self.pause_deferred = true;
             self.answer_ended_remainder(out);
         }
+    }
+
+    /// Bytes of memory this session holds for input (an unfinished line, or
+    /// lines held back): what a server-wide memory budget must count.
+    pub fn buffered_bytes(&self) -> usize {
+        self.unanswered.capacity()
     }
 
     /// The peer has closed its side: it will send nothing more. What it sent is
@@ -214,6 +233,13 @@ impl ServerSession {
                 let seconds = after.as_secs_f64();
                 write_error(out, format_args!("idle for {seconds} s; closing"));
             }
+            CloseReason::MessageTimeout { after } => {
+                let seconds = after.as_secs_f64();
+                write_error(
+                    out,
+                    format_args!("message not finished within {seconds} s; closing"),
+                );
+            }
         }
         self.enter_closing();
     }
@@ -223,6 +249,12 @@ impl ServerSession {
         let used = self.answer_lines(&held, out);
         if self.state == SessionState::AwaitingName && used < held.len() {
             held.drain(..used);
+            // A burst held back by backpressure may leave a large buffer
+            // behind a short remainder: give it back, so an idle connection
+            // keeps only what it still needs.
+            if held.capacity() > 2 * held.len() + KEEP_INPUT_CAPACITY {
+                held.shrink_to_fit();
+            }
             self.unanswered = held;
         }
     }
@@ -239,6 +271,7 @@ impl ServerSession {
                 break;
             };
             used += len;
+            self.line_client = true;
             self.answer(line, out);
         }
         used
@@ -416,54 +449,81 @@ mod tests {
         assert_eq!(out, GOODBYE);
     }
 
-    /// `receive_paused` is `receive` then `peer_paused`, only cheaper: the
-    /// same replies and the same state for every mix of lines, remainders,
-    /// limits and framing, also when fed after earlier input.
     #[test]
-    fn receive_paused_is_receive_then_peer_paused() {
-        let inputs: [&[u8]; 10] = [
-            b"Michael",
-            b"Michael\r",
-            b"a\nb\nTracy",
-            b"exit",
-            b"exit\nSarah",
-            b"",
-            b"\n",
-            b"0123456789abc",
-            b"x\nx\nx\nx\nx\nlast",
-            b"\xff\x01",
-        ];
-        for framing in [Framing::Auto, Framing::Line] {
-            for (max_line, max_output) in [(1024, 64 * 1024), (8, 64 * 1024), (1024, 50)] {
-                let limits = SessionLimits {
-                    max_line,
-                    max_output,
-                    framing,
-                };
-                for first in inputs {
-                    for second in inputs {
-                        let mut cheap = greeted(limits);
-                        let mut plain = greeted(limits);
-                        let (mut cheap_out, mut plain_out) = (Vec::new(), Vec::new());
-                        cheap.receive(first, &mut cheap_out);
-                        plain.receive(first, &mut plain_out);
-                        cheap.receive_paused(second, &mut cheap_out);
-                        plain.receive(second, &mut plain_out);
-                        plain.peer_paused(&mut plain_out);
-                        for _ in 0..20 {
-                            cheap.resume(&mut cheap_out);
-                            plain.resume(&mut plain_out);
-                        }
-                        let case =
-                            format!("{framing:?} {max_line} {max_output} {first:?} {second:?}");
-                        assert_eq!(cheap_out, plain_out, "{case}");
-                        assert_eq!(cheap.state(), plain.state(), "{case}");
-                        assert_eq!(cheap.unanswered, plain.unanswered, "{case}");
-                        assert_eq!(cheap.wants_input(0), plain.wants_input(0), "{case}");
-                    }
-                }
-            }
+    fn a_line_client_is_never_split_by_a_pause() {
+        let mut session = greeted(limits(Framing::Auto));
+        assert!(!session.awaits_pause());
+        assert_eq!(feed(&mut session, b"Tra"), b"");
+        assert!(
+            session.awaits_pause(),
+            "a fresh client may be a bare-name client"
+        );
+        assert_eq!(
+            feed(&mut session, b"cy\nMich"),
+            b"Server: Hello Tracy!\nServer: What's your name?"
+        );
+        assert!(!session.awaits_pause(), "it ended a message with a newline");
+        assert!(session.has_unfinished_message());
+        let mut out = Vec::new();
+        session.peer_paused(&mut out);
+        assert_eq!(out, b"", "a pause does not end a line client's message");
+        assert_eq!(
+            feed(&mut session, b"ael\n"),
+            b"Server: Hello Michael!\nServer: What's your name?"
+        );
+        assert!(!session.has_unfinished_message());
+    }
+
+    #[test]
+    fn a_bare_name_client_stays_one_across_answered_pauses() {
+        let mut session = greeted(limits(Framing::Auto));
+        for name in [&b"Michael"[..], b"Tracy\r"] {
+            assert_eq!(feed(&mut session, name), b"");
+            assert!(session.awaits_pause());
+            let mut out = Vec::new();
+            session.peer_paused(&mut out);
+            let bare = name.strip_suffix(b"\r").unwrap_or(name);
+            assert_eq!(out, [b"Server: Hello ", bare, b"!\n", PROMPT].concat());
+            assert!(!session.awaits_pause());
         }
+    }
+
+    #[test]
+    fn only_auto_framing_awaits_a_pause() {
+        let mut session = greeted(limits(Framing::Line));
+        feed(&mut session, b"Mich");
+        assert!(session.has_unfinished_message());
+        assert!(!session.awaits_pause());
+    }
+
+    #[test]
+    fn an_unfinished_message_is_one_the_session_waits_for() {
+        let mut session = greeted(SessionLimits {
+            max_output: 10,
+            ..limits(Framing::Line)
+        });
+        assert!(!session.has_unfinished_message(), "nothing received");
+        let mut out = Vec::new();
+        session.receive(b"a\nb\nTra", &mut out);
+        assert!(
+            !session.has_unfinished_message(),
+            "held back by backpressure: the server is not waiting for the client"
+        );
+        out.clear();
+        session.resume(&mut out);
+        assert!(session.has_unfinished_message());
+        session.peer_closed(&mut out);
+        assert!(!session.has_unfinished_message(), "the EOF ended it");
+    }
+
+    #[test]
+    fn a_pause_while_awaiting_nothing_changes_nothing() {
+        let mut session = greeted(limits(Framing::Auto));
+        feed(&mut session, b"a\n");
+        let mut out = Vec::new();
+        session.peer_paused(&mut out);
+        assert_eq!(out, b"");
+        assert!(session.wants_input(0));
     }
 
     #[test]
@@ -558,24 +618,20 @@ mod tests {
             max_output: 10,
             ..SessionLimits::default()
         });
-        let mut out = Vec::new();
-        session.receive(b"a\nb\nTracy", &mut out);
+        // The greeting is still unsent: the output is full when the pause
+        // of a bare-name client comes.
+        let mut out = GREETING.to_vec();
+        session.receive(b"Tracy", &mut out);
         session.peer_paused(&mut out);
-        assert_eq!(out, b"Server: Hello a!\nServer: What's your name?");
+        assert_eq!(out, GREETING);
         assert!(
             !session.wants_input(0),
             "more bytes must not join the ended message"
         );
-        let mut replies = Vec::new();
-        for _ in 0..3 {
-            out.clear();
-            session.resume(&mut out);
-            replies.extend_from_slice(&out);
-        }
-        assert_eq!(
-            replies,
-            b"Server: Hello b!\nServer: What's your name?Server: Hello Tracy!\nServer: What's your name?"
-        );
+        assert!(session.has_deferred_work());
+        out.clear();
+        session.resume(&mut out);
+        assert_eq!(out, b"Server: Hello Tracy!\nServer: What's your name?");
         assert!(!session.has_deferred_work());
         assert!(session.wants_input(0));
     }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::kernel::bytes_acked;
 use crate::protocol::{
     CloseReason, OUT_OF_DESCRIPTORS_REPLY, ServerSession, SessionLimits, SessionState, busy_reply,
 };
@@ -34,6 +35,10 @@ const READS_PER_SERVICE: usize = 16;
 /// freed once it is sent, so an idle connection holds almost nothing.
 const KEEP_OUTPUT_CAPACITY: usize = 1024;
 
+/// A flush at least this large may leave more in the kernel than a slow peer
+/// has room for; see [`Connection::peer_took_output`].
+const BIG_FLUSH: usize = 16 * 1024;
+
 /// The timeouts a connection is subject to.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -42,6 +47,12 @@ pub struct Timeouts {
     /// How long to wait for the peer's EOF after our last byte, before closing
     /// anyway.
     pub linger: Duration,
+    /// Longest time one message may take from its first byte to its end
+    /// (`None`: no limit). Bounds a client that trickles bytes to hold a slot.
+    pub message: Option<Duration>,
+    /// Auto framing: how long a client that sends bare names must stay quiet
+    /// before an unterminated remainder is taken as a whole name.
+    pub quiet: Duration,
 }
 
 /// What the reactor should do with a connection after servicing it.
@@ -66,6 +77,9 @@ pub enum Closed {
     LingerExpired,
     /// The socket failed (reset, broken pipe, ...).
     Failed(ErrorKind),
+    /// Its buffers were the largest when the server went over its budget
+    /// for buffered bytes.
+    OverBudget { held: usize },
 }
 
 /// Where the connection is in its graceful close.
@@ -73,10 +87,28 @@ pub enum Closed {
 enum Phase {
     /// Reading messages and writing replies.
     Talking,
-    /// Our last byte is sent and our side is shut (FIN sent); reading and
-    /// discarding until the peer's EOF, so closing cannot trigger a reset that
-    /// would destroy the goodbye still in flight.
-    Draining,
+    /// Our last byte is sent and our side is shut (FIN sent) since `since`;
+    /// reading and discarding until the peer's EOF, so closing cannot trigger
+    /// a reset that would destroy the goodbye still in flight.
+    Draining { since: Instant },
+}
+
+/// Which of a connection's clocks runs out first. Every deadline of a
+/// connection is derived in one place, [`Connection::next_deadline`], from
+/// the times it records; nothing else computes one. When two fall due at
+/// once, the first listed here wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// A bare-name client has been quiet long enough: its remainder is a name.
+    Quiet,
+    /// A started message took too long (`--message-timeout`).
+    Message,
+    /// No byte read or written for `--idle-timeout`.
+    Idle,
+    /// The last reply is still waiting for the client to take it.
+    LastReply,
+    /// Our FIN is out; the client's EOF did not come within `--linger`.
+    Linger,
 }
 
 pub struct Connection {
@@ -99,19 +131,24 @@ pub struct Connection {
     /// The last write hit WouldBlock; the next write waits for a writable event.
     write_blocked: bool,
     peer_eof: bool,
-    deadline: Option<Instant>,
+    /// The last byte read or written: what the idle timeout measures from.
+    last_progress: Instant,
+    /// The last byte read: what the quiet time measures from.
+    last_input: Instant,
+    /// When the message the session is waiting for began.
+    message_started: Option<Instant>,
+    /// When the session's last reply was queued.
+    closing_since: Option<Instant>,
+    /// Every byte handed to the kernel, and how many of them the peer had
+    /// acknowledged when last sampled: to see a slow reader read.
+    bytes_written: u64,
+    acked_seen: u64,
 }
 
 impl Connection {
     /// Wraps an accepted socket and queues the greeting. The caller services
     /// it at once, so the greeting leaves in the first write.
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        limits: SessionLimits,
-        now: Instant,
-        timeouts: &Timeouts,
-    ) -> Self {
+    pub fn new(stream: TcpStream, peer: SocketAddr, limits: SessionLimits, now: Instant) -> Self {
         let mut session = ServerSession::new(limits);
         let mut unsent = Vec::new();
         session.greet(&mut unsent);
@@ -126,7 +163,12 @@ impl Connection {
             urgent_pending: false,
             write_blocked: false,
             peer_eof: false,
-            deadline: timeouts.idle.map(|idle| now + idle),
+            last_progress: now,
+            last_input: now,
+            message_started: None,
+            closing_since: None,
+            bytes_written: 0,
+            acked_seen: 0,
         }
     }
 
@@ -134,9 +176,46 @@ impl Connection {
         self.peer
     }
 
+    /// Bytes of memory held in this connection's own buffers (unsent replies,
+    /// unanswered input): what the server-wide budget counts.
+    pub fn buffered_bytes(&self) -> usize {
+        self.unsent.capacity() + self.session.buffered_bytes()
+    }
+
     /// When this connection next needs attention without an event.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+    pub fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        self.next_deadline(timeouts).map(|(at, _)| at)
+    }
+
+    /// The earliest of the clocks that apply in the connection's state.
+    fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Due)> {
+        if let Phase::Draining { since } = self.phase {
+            return Some((since + timeouts.linger, Due::Linger));
+        }
+        if self.session.state() == SessionState::Closing {
+            if self.unsent.is_empty() {
+                return None;
+            }
+            // The last reply waits for the peer to read it: as long as the
+            // idle timeout while the peer takes some (linger if it is off),
+            // and at least the linger time after it was queued.
+            let closing_since = self.closing_since.unwrap_or(self.last_progress);
+            let at = (closing_since + timeouts.linger)
+                .max(self.last_progress + timeouts.idle.unwrap_or(timeouts.linger));
+            return Some((at, Due::LastReply));
+        }
+        let idle = timeouts
+            .idle
+            .map(|idle| (self.last_progress + idle, Due::Idle));
+        let message = timeouts
+            .message
+            .zip(self.message_started)
+            .map(|(limit, started)| (started + limit, Due::Message));
+        // Only a drained socket shows a pause: with bytes unread, the client
+        // may have sent the rest of its name already.
+        let quiet = (self.session.awaits_pause() && !self.may_read)
+            .then(|| (self.last_input + timeouts.quiet, Due::Quiet));
+        [idle, message, quiet].into_iter().flatten().min()
     }
 
     pub fn on_readable(&mut self, read_closed: bool, urgent: bool) {
@@ -152,10 +231,25 @@ impl Connection {
     /// Moves bytes until the connection has to wait: write what is pending,
     /// let the session answer what it held back, read while the session wants
     /// input. `read_buf` is the reactor's one shared read buffer.
-    pub fn service(&mut self, read_buf: &mut [u8], now: Instant, timeouts: &Timeouts) -> Next {
+    pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
+        let next = self.move_bytes(read_buf, now);
+        // The clocks that depend on the session's state, kept in step here
+        // once, whichever way the bytes moved.
+        if self.session.has_unfinished_message() {
+            self.message_started.get_or_insert(now);
+        } else {
+            self.message_started = None;
+        }
+        if self.session.state() == SessionState::Closing {
+            self.closing_since.get_or_insert(now);
+        }
+        next
+    }
+
+    fn move_bytes(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         let mut reads_left = READS_PER_SERVICE;
         loop {
-            if let Err(err) = self.flush(now, timeouts) {
+            if let Err(err) = self.flush(now) {
                 return Next::Close(Closed::Failed(err.kind()));
             }
             if self.session.has_deferred_work() && !self.write_blocked {
@@ -165,21 +259,18 @@ impl Connection {
                     continue;
                 }
             }
-            if self.phase == Phase::Talking && self.session.state() == SessionState::Closing {
-                if !self.unsent.is_empty() {
-                    // The last reply waits for the peer to read it. With the
-                    // idle timeout off nothing else would bound that wait.
-                    self.deadline.get_or_insert(now + timeouts.linger);
-                    return Next::Wait;
-                }
+            if self.phase == Phase::Talking
+                && self.session.state() == SessionState::Closing
+                && self.unsent.is_empty()
+            {
                 if self.peer_eof {
                     return Next::Close(Closed::Done);
                 }
-                self.start_draining(now, timeouts);
+                self.start_draining(now);
             }
             let wants_input = match self.phase {
                 Phase::Talking => self.session.wants_input(self.unsent.len()),
-                Phase::Draining => true,
+                Phase::Draining { .. } => true,
             };
             if !wants_input || !self.may_read {
                 return Next::Wait;
@@ -188,60 +279,80 @@ impl Connection {
                 return Next::ServiceAgain;
             }
             reads_left -= 1;
-            match self.read_once(read_buf, now, timeouts) {
+            match self.read_once(read_buf, now) {
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(err) => return Next::Close(Closed::Failed(err.kind())),
             }
-            if self.phase == Phase::Draining && self.peer_eof {
+            if matches!(self.phase, Phase::Draining { .. }) && self.peer_eof {
                 return Next::Close(Closed::Done);
             }
         }
     }
 
-    /// A deadline came due: idle in the dialogue, or tired of waiting for the
-    /// peer's EOF. Returns what to do next.
+    /// A deadline may have come due. Returns what to do next.
     pub fn on_deadline(&mut self, read_buf: &mut [u8], now: Instant, timeouts: &Timeouts) -> Next {
-        match self.deadline {
-            Some(at) if at <= now => {}
+        let due = match self.next_deadline(timeouts) {
+            Some((at, due)) if at <= now => due,
             _ => return Next::Wait,
-        }
-        if self.phase == Phase::Draining {
-            return Next::Close(Closed::LingerExpired);
-        }
-        if self.session.state() == SessionState::Closing {
+        };
+        let reason = match due {
+            Due::Quiet => {
+                self.session.peer_paused(&mut self.unsent);
+                return self.service(read_buf, now);
+            }
+            Due::Linger => return Next::Close(Closed::LingerExpired),
+            Due::LastReply | Due::Idle if self.peer_took_output() => {
+                self.last_progress = now;
+                return Next::Wait;
+            }
             // The last reply could not be delivered in time: the peer is not
             // reading. Nothing more can be done gracefully.
-            return Next::Close(Closed::Failed(ErrorKind::TimedOut));
-        }
-        if let Some(idle) = timeouts.idle {
-            log::info!(
-                "Connection from {} idle for {:?}; closing it",
-                self.peer,
-                idle
-            );
-            self.session
-                .close(CloseReason::IdleTimeout { after: idle }, &mut self.unsent);
-        }
-        self.deadline = Some(now + timeouts.linger);
-        self.service(read_buf, now, timeouts)
+            Due::LastReply => return Next::Close(Closed::Failed(ErrorKind::TimedOut)),
+            Due::Idle => {
+                let after = timeouts.idle.unwrap_or_default();
+                log::info!(
+                    "Connection from {} idle for {after:?}; closing it",
+                    self.peer
+                );
+                CloseReason::IdleTimeout { after }
+            }
+            Due::Message => {
+                let after = timeouts.message.unwrap_or_default();
+                log::info!(
+                    "Connection from {} did not finish a message within {after:?}; closing it",
+                    self.peer
+                );
+                CloseReason::MessageTimeout { after }
+            }
+        };
+        self.session.close(reason, &mut self.unsent);
+        self.service(read_buf, now)
+    }
+
+    /// Whether the peer has taken output since the last look, although no
+    /// write of ours showed it: its kernel acknowledged more bytes while
+    /// some of ours still wait (in our buffer or the kernel's).
+    fn peer_took_output(&mut self) -> bool {
+        let Ok(acked) = bytes_acked(&self.stream) else {
+            return false;
+        };
+        let waiting = !self.unsent.is_empty() || acked < self.bytes_written;
+        let took = waiting && acked > self.acked_seen;
+        self.acked_seen = acked;
+        took
     }
 
     /// The server is stopping: say good bye after whatever is already queued.
-    pub fn begin_shutdown(
-        &mut self,
-        read_buf: &mut [u8],
-        now: Instant,
-        timeouts: &Timeouts,
-    ) -> Next {
+    pub fn begin_shutdown(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         self.session.close(CloseReason::Shutdown, &mut self.unsent);
-        self.service(read_buf, now, timeouts)
+        self.service(read_buf, now)
     }
 
     /// Writes pending output until it is all sent or the kernel's buffer is
     /// full. A reply is built whole before this runs, so a reply normally
     /// leaves in one write (and with TCP_NODELAY, in one segment at once).
-    fn flush(&mut self, now: Instant, timeouts: &Timeouts) -> io::Result<()> {
+    fn flush(&mut self, now: Instant) -> io::Result<()> {
         let mut sent = 0;
         while sent < self.unsent.len() && !self.write_blocked {
             match self.stream.write(&self.unsent[sent..]) {
@@ -255,7 +366,17 @@ impl Connection {
         if sent == 0 {
             return Ok(());
         }
-        self.touch(now, timeouts);
+        self.last_progress = now;
+        self.bytes_written += sent as u64;
+        if self.write_blocked || sent >= BIG_FLUSH {
+            // The kernel may now hold more than the peer has room for: note
+            // how much it has acknowledged, so a later look can tell whether
+            // it has read since. Small replies to a reading peer skip this
+            // syscall; they are acknowledged at once.
+            if let Ok(acked) = bytes_acked(&self.stream) {
+                self.acked_seen = acked;
+            }
+        }
         if sent == self.unsent.len() {
             if self.unsent.capacity() > KEEP_OUTPUT_CAPACITY {
                 self.unsent = Vec::new();
@@ -270,12 +391,7 @@ impl Connection {
 
     /// One read into the shared buffer, fed to the session (or discarded
     /// while draining).
-    fn read_once(
-        &mut self,
-        read_buf: &mut [u8],
-        now: Instant,
-        timeouts: &Timeouts,
-    ) -> io::Result<()> {
+    fn read_once(&mut self, read_buf: &mut [u8], now: Instant) -> io::Result<()> {
         match self.stream.read(read_buf) {
             Ok(0) => {
                 self.may_read = false;
@@ -287,28 +403,21 @@ impl Connection {
             Ok(n) => {
                 // A short read emptied the socket's receive queue: any byte
                 // arriving later raises a new edge. So stop here instead of
-                // paying one more read() just to see WouldBlock, and tell the
-                // session the peer paused. Not when the peer's EOF or urgent
-                // data is pending: no new edge would announce the EOF, or the
-                // data queued behind the urgent mark.
-                let drained = n < read_buf.len() && !self.eof_pending && !self.urgent_pending;
-                if drained {
+                // paying one more read() just to see WouldBlock. Not when the
+                // peer's EOF or urgent data is pending: no new edge would
+                // announce the EOF, or the data queued behind the urgent mark.
+                if n < read_buf.len() && !self.eof_pending && !self.urgent_pending {
                     self.may_read = false;
                 }
                 if self.phase == Phase::Talking {
-                    let input = &read_buf[..n];
-                    if drained {
-                        self.session.receive_paused(input, &mut self.unsent);
-                    } else {
-                        self.session.receive(input, &mut self.unsent);
-                    }
-                    self.touch(now, timeouts);
+                    self.session.receive(&read_buf[..n], &mut self.unsent);
+                    self.last_progress = now;
+                    self.last_input = now;
                 }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
                 self.may_read = false;
                 self.urgent_pending = false;
-                self.session.peer_paused(&mut self.unsent);
             }
             Err(err) => return Err(err),
         }
@@ -321,25 +430,11 @@ impl Connection {
     /// reset makes the peer's kernel drop whatever of our goodbye it has not
     /// yet handed to the application; some systems drop even data already
     /// received. Draining first means the goodbye always arrives intact.
-    fn start_draining(&mut self, now: Instant, timeouts: &Timeouts) {
-        self.phase = Phase::Draining;
-        self.deadline = Some(now + timeouts.linger);
+    fn start_draining(&mut self, now: Instant) {
+        self.phase = Phase::Draining { since: now };
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
         }
-    }
-
-    /// Progress was made (a byte read, or written): push the deadline back.
-    /// While the last reply is still being written, writing is the progress,
-    /// and with the idle timeout off, linger bounds each wait for it.
-    fn touch(&mut self, now: Instant, timeouts: &Timeouts) {
-        if self.phase != Phase::Talking {
-            return;
-        }
-        self.deadline = match self.session.state() {
-            SessionState::Closing => Some(now + timeouts.idle.unwrap_or(timeouts.linger)),
-            _ => timeouts.idle.map(|idle| now + idle),
-        };
     }
 }
 

@@ -10,8 +10,10 @@
 //! - [`listener`]: binding with a real backlog, accepting (also at EMFILE),
 //!   and the socket options every connection gets;
 //! - [`timers`]: deadlines that drive the poll timeout;
+//! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged).
 
 mod connection;
+mod kernel;
 mod listener;
 mod reactor;
 mod timers;
@@ -44,7 +46,15 @@ pub struct Config {
     /// How long a shutdown waits for clients to take their good bye.
     pub shutdown_grace: Duration,
     pub limits: SessionLimits,
+    /// Bytes all connections together may hold in their buffers before the
+    /// largest holders are closed.
+    pub max_buffered: usize,
 }
+
+/// Default of `--max-buffered`: room for about 2,000 clients that send but
+/// never read (each holds about `--max-output` plus a read's worth), while
+/// clients that read cost almost nothing.
+pub const DEFAULT_MAX_BUFFERED: usize = 256 * 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -59,9 +69,12 @@ impl Default for Config {
             timeouts: Timeouts {
                 idle: Some(Duration::from_secs(60)),
                 linger: Duration::from_secs(5),
+                message: Some(Duration::from_secs(30)),
+                quiet: Duration::from_millis(50),
             },
             shutdown_grace: Duration::from_secs(5),
             limits: SessionLimits::default(),
+            max_buffered: DEFAULT_MAX_BUFFERED,
         }
     }
 }
@@ -73,6 +86,7 @@ struct Settings {
     timeouts: Timeouts,
     shutdown_grace: Duration,
     limits: SessionLimits,
+    max_buffered: usize,
 }
 
 /// How the server stopped.
@@ -121,6 +135,7 @@ impl Server {
             timeouts: config.timeouts,
             shutdown_grace: config.shutdown_grace,
             limits: config.limits,
+            max_buffered: config.max_buffered,
         };
         let reactor = Reactor::new(sockets, settings).map_err(StartError::Setup)?;
         for addr in reactor.local_addrs() {

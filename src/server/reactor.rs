@@ -65,6 +65,9 @@ struct Slot {
     closed: bool,
     /// The earliest deadline queued in the timer heap for this slot.
     queued_deadline: Option<Instant>,
+    /// The connection's buffered bytes as last counted into
+    /// `Reactor::buffered`.
+    buffered: usize,
 }
 
 pub struct Reactor {
@@ -84,6 +87,9 @@ pub struct Reactor {
     /// first one of a burst is logged as a warning, the count when it ends.
     turned_away: u64,
     next_id: u64,
+    /// Bytes held in all connections' buffers, kept within
+    /// `settings.max_buffered` by closing the largest holders.
+    buffered: usize,
     settings: Settings,
     /// Set when a shutdown signal arrives: the grace period's end.
     shutdown_deadline: Option<Instant>,
@@ -108,6 +114,7 @@ impl Reactor {
             signals,
             turned_away: 0,
             next_id: 0,
+            buffered: 0,
             settings,
             shutdown_deadline: None,
         })
@@ -145,6 +152,7 @@ impl Reactor {
             self.accept_waiting(now);
             self.service_again(now);
             self.run_due_deadlines(now);
+            self.enforce_buffer_budget();
             self.free_closed();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.slots.is_empty() {
@@ -198,15 +206,16 @@ impl Reactor {
         if event.is_writable() || event.is_write_closed() || event.is_error() {
             slot.conn.on_writable();
         }
-        let next = slot
-            .conn
-            .service(&mut self.read_buf, now, &self.settings.timeouts);
+        let next = slot.conn.service(&mut self.read_buf, now);
         self.after_service(key, next);
     }
 
     /// Acts on what servicing a connection returned.
     fn after_service(&mut self, key: usize, next: Next) {
         let slot = &mut self.slots[key];
+        let buffered = slot.conn.buffered_bytes();
+        self.buffered = self.buffered - slot.buffered + buffered;
+        slot.buffered = buffered;
         match next {
             Next::Wait => {}
             Next::ServiceAgain => self.service_again.push(ConnectionRef { key, id: slot.id }),
@@ -214,7 +223,7 @@ impl Reactor {
         }
         // Queue the connection's deadline only if it is earlier than the one
         // already queued; a later one is found when that entry comes due.
-        if let Some(deadline) = slot.conn.deadline() {
+        if let Some(deadline) = slot.conn.deadline(&self.settings.timeouts) {
             if slot.queued_deadline.is_none_or(|queued| deadline < queued) {
                 slot.queued_deadline = Some(deadline);
                 self.timers
@@ -226,6 +235,7 @@ impl Reactor {
     fn close(&mut self, key: usize, why: Closed) {
         let slot = &mut self.slots[key];
         slot.closed = true;
+        self.buffered -= std::mem::take(&mut slot.buffered);
         let peer = slot.conn.peer();
         match why {
             Closed::Done => log::info!("Connection from {peer} is closed"),
@@ -235,10 +245,38 @@ impl Reactor {
                 )
             }
             Closed::Failed(kind) => log::info!("Connection from {peer} is closed ({kind})"),
+            Closed::OverBudget { held } => log::warn!(
+                "Connection from {peer} is closed: it held {held} bytes of buffers, the most of \
+                 any, while all connections together held more than --max-buffered {} bytes \
+                 (raise --max-buffered, or lower --max-output)",
+                self.settings.max_buffered
+            ),
         }
         // No deregister call: closing the socket (when the slot is freed)
         // removes it from epoll, and one syscall per connection is saved.
         self.to_free.push(key);
+    }
+
+    /// Keeps the bytes held in connection buffers within the server-wide
+    /// budget, as Redis' `maxmemory-clients` does: while over it, the
+    /// connection holding the most is closed. Those are the clients that
+    /// send but do not read (unsent replies) or hold back a burst of input;
+    /// closing them frees the most memory for the fewest clients. The scan
+    /// is linear, but it runs only when over budget, which a well-sized
+    /// budget makes rare.
+    fn enforce_buffer_budget(&mut self) {
+        while self.buffered > self.settings.max_buffered {
+            let largest = self
+                .slots
+                .iter()
+                .filter(|(_, slot)| !slot.closed)
+                .max_by_key(|(_, slot)| slot.buffered)
+                .map(|(key, slot)| (key, slot.buffered));
+            let Some((key, held)) = largest.filter(|&(_, held)| held > 0) else {
+                return;
+            };
+            self.close(key, Closed::OverBudget { held });
+        }
     }
 
     fn free_closed(&mut self) {
@@ -264,9 +302,7 @@ impl Reactor {
             if slot.id != conn.id || slot.closed {
                 continue;
             }
-            let next = slot
-                .conn
-                .service(&mut self.read_buf, now, &self.settings.timeouts);
+            let next = slot.conn.service(&mut self.read_buf, now);
             self.after_service(conn.key, next);
         }
         if self.service_again.is_empty() {
@@ -338,14 +374,14 @@ impl Reactor {
         log::info!("Accept new connection from {peer}");
         let id = self.next_id;
         self.next_id += 1;
-        let timeouts = &self.settings.timeouts;
-        let mut conn = Connection::new(stream, peer, self.settings.limits, now, timeouts);
-        let next = conn.service(&mut self.read_buf, now, timeouts);
+        let mut conn = Connection::new(stream, peer, self.settings.limits, now);
+        let next = conn.service(&mut self.read_buf, now);
         entry.insert(Slot {
             id,
             conn,
             closed: false,
             queued_deadline: None,
+            buffered: 0,
         });
         self.after_service(key, next);
     }
@@ -375,11 +411,7 @@ impl Reactor {
             .map(|(key, _)| key)
             .collect();
         for key in open {
-            let next = self.slots[key].conn.begin_shutdown(
-                &mut self.read_buf,
-                now,
-                &self.settings.timeouts,
-            );
+            let next = self.slots[key].conn.begin_shutdown(&mut self.read_buf, now);
             self.after_service(key, next);
         }
         None
