@@ -813,3 +813,114 @@ impl FaultClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mix_parses_shares_by_kind() {
+        let mix = FaultMix::parse("reset=5%, halfclose=2.5%,oversize=1%").unwrap();
+        assert_eq!(mix.share(FaultKind::Reset), 0.05);
+        assert_eq!(mix.share(FaultKind::HalfClose), 0.025);
+        assert_eq!(mix.share(FaultKind::Oversize), 0.01);
+        assert_eq!(mix.share(FaultKind::Stall), 0.0);
+        assert!(!mix.is_empty());
+        assert!(FaultMix::parse("stall=0%").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_mix_is_refused_with_the_reason() {
+        for (text, reason) in [
+            ("reset", "is not KIND=PERCENT%"),
+            ("", "is not KIND=PERCENT%"),
+            ("reset=5%,", "is not KIND=PERCENT%"),
+            ("bogus=5%", "unknown fault kind `bogus`"),
+            ("reset=5", "`5` for reset is not a percentage"),
+            ("reset=-1%", "is not a percentage"),
+            ("reset=101%", "is not a percentage"),
+            ("reset=NaN%", "is not a percentage"),
+            ("reset=5%,reset=1%", "reset is given twice"),
+            ("reset=60%,stall=50%", "add up to 110.0%"),
+        ] {
+            let err = FaultMix::parse(text).unwrap_err();
+            assert!(err.contains(reason), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_kind_given_a_share_gets_a_slot() {
+        let mix = FaultMix::parse("reset=5%,oversize=1%").unwrap();
+        let slots = mix.slots(1000);
+        assert_eq!(slots[FaultKind::Reset.index()], 50);
+        assert_eq!(slots[FaultKind::Oversize.index()], 10);
+        let slots = mix.slots(10);
+        assert_eq!(slots[FaultKind::Reset.index()], 1, "0.5 rounds up");
+        assert_eq!(slots[FaultKind::Oversize.index()], 1, "at least one");
+        assert_eq!(slots[FaultKind::Stall.index()], 0);
+    }
+
+    #[test]
+    fn the_expected_answers_print_seconds_as_the_server_does() {
+        let settings = ServerSettings {
+            idle_timeout: Duration::from_secs(1),
+            message_timeout: Duration::from_millis(500),
+            max_line: 16,
+        };
+        assert_eq!(
+            settings.idle_reply(),
+            b"Server: Error: idle for 1 s; closing\n"
+        );
+        assert_eq!(
+            settings.message_reply(),
+            b"Server: Error: message not finished within 0.5 s; closing\n"
+        );
+        assert_eq!(
+            settings.too_long_reply(),
+            b"Server: Error: line too long (limit 16 bytes)\n"
+        );
+    }
+
+    #[test]
+    fn garbage_is_one_line_the_server_echoes_unchanged() {
+        for id in 0..2000 {
+            let name = random_name(id, 64);
+            assert!((1..=64).contains(&name.len()), "{id}");
+            assert!(!name.contains(&b'\n'), "{id}");
+            assert_ne!(name.last(), Some(&b'\r'), "{id}");
+            assert_ne!(name, EXIT, "{id}");
+        }
+        assert_eq!(random_name(7, 64), random_name(7, 64), "reproducible");
+        assert_ne!(random_name(7, 64), random_name(8, 64));
+    }
+
+    #[test]
+    fn oversize_sends_more_than_the_limit_and_no_newline() {
+        let settings = ServerSettings {
+            max_line: 100,
+            ..ServerSettings::default()
+        };
+        for id in 0..100 {
+            let script = FaultKind::Oversize.script(&settings, id);
+            let Send::Bytes(bytes) = &script[1].send else {
+                panic!("oversize sends bytes");
+            };
+            assert!(bytes.len() > 100 && !bytes.contains(&b'\n'));
+        }
+    }
+
+    #[test]
+    fn slowloris_trickles_well_inside_both_timeouts() {
+        let settings = ServerSettings {
+            idle_timeout: Duration::from_secs(1),
+            message_timeout: Duration::from_secs(2),
+            max_line: 1024,
+        };
+        assert_eq!(settings.trickle_interval(), Duration::from_millis(250));
+        let no_idle = ServerSettings {
+            idle_timeout: Duration::ZERO,
+            ..settings
+        };
+        assert_eq!(no_idle.trickle_interval(), Duration::from_millis(500));
+    }
+}

@@ -168,6 +168,21 @@ mod tests {
     }
 
     #[test]
+    fn settle_reports_a_descriptor_still_open_when_its_wait_is_over() {
+        let pid = std::process::id();
+        let before = sample(pid).unwrap();
+        // Other tests in this process open and close descriptors meanwhile;
+        // ten held here outnumber them.
+        let held: Vec<std::fs::File> = (0..10)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        let check = settle(pid, before, 0, Duration::from_millis(50)).unwrap();
+        assert!(!check.fds_back(), "{}", check.line());
+        assert!(check.line().contains("NOT back"), "{}", check.line());
+        drop(held);
+    }
+
+    #[test]
     fn the_check_passes_only_when_both_are_back() {
         let before = ServerSample {
             fds: 10,
