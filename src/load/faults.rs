@@ -630,10 +630,15 @@ impl FaultClients {
             }
         }
         match client.after_send.take() {
-            Some(AfterSend::HalfClose) => client
-                .stream
-                .shutdown(Shutdown::Write)
-                .map_err(|err| Outcome::Wrong(format!("shutdown: {err}"))),
+            Some(AfterSend::HalfClose) => client.stream.shutdown(Shutdown::Write).map_err(|err| {
+                // A reset that arrived since the write leaves the socket unconnected.
+                let hint = if err.kind() == ErrorKind::NotConnected {
+                    " (the server had already reset the connection)"
+                } else {
+                    ""
+                };
+                Outcome::Wrong(format!("shutdown: {err}{hint}"))
+            }),
             Some(AfterSend::Reset) => {
                 let linger =
                     socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
