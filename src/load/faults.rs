@@ -457,11 +457,20 @@ impl FaultClients {
         self.tally.slots.iter().sum()
     }
 
-    /// A kind with a free slot, if any.
+    /// The kind to open next: the one with the most free slots, if any. Not
+    /// simply the first with a free slot: the quickest kinds (reset) free
+    /// theirs so often that they would take every opening, and the slower
+    /// kinds' slots would stand empty.
     pub fn wanted(&self) -> Option<FaultKind> {
         FaultKind::ALL
             .into_iter()
-            .find(|kind| self.open[kind.index()] < self.tally.slots[kind.index()])
+            .map(|kind| {
+                let free = self.tally.slots[kind.index()] - self.open[kind.index()];
+                (free, kind)
+            })
+            .filter(|&(free, _)| free > 0)
+            .max_by_key(|&(free, kind)| (free, Reverse(kind.index())))
+            .map(|(_, kind)| kind)
     }
 
     pub fn len(&self) -> usize {
@@ -863,6 +872,24 @@ mod tests {
         assert_eq!(slots[FaultKind::Reset.index()], 1, "0.5 rounds up");
         assert_eq!(slots[FaultKind::Oversize.index()], 1, "at least one");
         assert_eq!(slots[FaultKind::Stall.index()], 0);
+    }
+
+    #[test]
+    fn the_kind_with_the_most_free_slots_is_opened_next() {
+        let mix = FaultMix::parse("reset=40%,garbage=40%").unwrap();
+        let mut clients = FaultClients::new(mix, 10, ServerSettings::default(), Duration::ZERO);
+        assert_eq!(
+            clients.wanted(),
+            Some(FaultKind::Reset),
+            "a tie goes in order"
+        );
+        clients.open[FaultKind::Reset.index()] = 3;
+        clients.open[FaultKind::Garbage.index()] = 2;
+        assert_eq!(clients.wanted(), Some(FaultKind::Garbage));
+        clients.open[FaultKind::Garbage.index()] = 4;
+        assert_eq!(clients.wanted(), Some(FaultKind::Reset));
+        clients.open[FaultKind::Reset.index()] = 4;
+        assert_eq!(clients.wanted(), None);
     }
 
     #[test]
