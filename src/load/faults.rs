@@ -457,20 +457,25 @@ impl FaultClients {
         self.tally.slots.iter().sum()
     }
 
-    /// The kind to open next: the one with the most free slots, if any. Not
+    /// The kind to open next: the one with the largest fraction of its
+    /// slots free, so every kind is refilled in proportion to its share. Not
     /// simply the first with a free slot: the quickest kinds (reset) free
-    /// theirs so often that they would take every opening, and the slower
-    /// kinds' slots would stand empty.
+    /// theirs so often that they would take every opening. Nor the most free
+    /// slots: a kind with few slots (oversize=1%) would then never come first
+    /// while the load generator is behind.
     pub fn wanted(&self) -> Option<FaultKind> {
-        FaultKind::ALL
-            .into_iter()
-            .map(|kind| {
-                let free = self.tally.slots[kind.index()] - self.open[kind.index()];
-                (free, kind)
-            })
-            .filter(|&(free, _)| free > 0)
-            .max_by_key(|&(free, kind)| (free, Reverse(kind.index())))
-            .map(|(_, kind)| kind)
+        let mut best: Option<(usize, usize, FaultKind)> = None;
+        for kind in FaultKind::ALL {
+            let slots = self.tally.slots[kind.index()];
+            let free = slots - self.open[kind.index()];
+            // free / slots > best_free / best_slots, without division.
+            let better =
+                best.is_none_or(|(best_free, best_slots, _)| free * best_slots > best_free * slots);
+            if free > 0 && better {
+                best = Some((free, slots, kind));
+            }
+        }
+        best.map(|(_, _, kind)| kind)
     }
 
     pub fn len(&self) -> usize {
@@ -875,20 +880,20 @@ mod tests {
     }
 
     #[test]
-    fn the_kind_with_the_most_free_slots_is_opened_next() {
-        let mix = FaultMix::parse("reset=40%,garbage=40%").unwrap();
+    fn the_kind_with_the_largest_share_of_free_slots_is_opened_next() {
+        let mix = FaultMix::parse("reset=50%,oversize=10%").unwrap();
         let mut clients = FaultClients::new(mix, 10, ServerSettings::default(), Duration::ZERO);
         assert_eq!(
             clients.wanted(),
             Some(FaultKind::Reset),
             "a tie goes in order"
         );
-        clients.open[FaultKind::Reset.index()] = 3;
-        clients.open[FaultKind::Garbage.index()] = 2;
-        assert_eq!(clients.wanted(), Some(FaultKind::Garbage));
-        clients.open[FaultKind::Garbage.index()] = 4;
+        // Reset has 4 of its 5 slots free; oversize its only one.
+        clients.open[FaultKind::Reset.index()] = 1;
+        assert_eq!(clients.wanted(), Some(FaultKind::Oversize));
+        clients.open[FaultKind::Oversize.index()] = 1;
         assert_eq!(clients.wanted(), Some(FaultKind::Reset));
-        clients.open[FaultKind::Reset.index()] = 4;
+        clients.open[FaultKind::Reset.index()] = 5;
         assert_eq!(clients.wanted(), None);
     }
 
