@@ -17,7 +17,8 @@ use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload, s
 /// throughput, latency percentiles and every failed check.
 ///
 /// Every reply is checked byte for byte. Exit codes: 0 all checks passed;
-/// 1 some check failed (mismatch, reset, timeout, refused, early close);
+/// 1 some check failed (mismatch, reset, timeout, refused, early close, a
+/// fault answered wrongly, the server's descriptors or memory not back);
 /// 2 bad arguments; 3 the run could not start or a file could not be used.
 #[derive(Parser, Debug)]
 #[command(name = "greeter-load", version, about, long_about)]
