@@ -6,7 +6,9 @@ Builds greeter-server, greeter-load and the two benchmark peers
 current_thread with one task per connection), then drives each server with
 the same greeter-load workloads on loopback and prints one table, with ratios
 against greeter. All traffic goes to 127.0.0.1 only; every run is bounded by
---duration.
+--duration. Every server gets the same listen backlog (BACKLOG) and raises
+its own descriptor limit; greeter-server runs at --log-level warn, and the
+peers log nothing per connection.
 
 Measured per server:
   - exchanges/s at 1, 100, 1,000 and 10,000 connections (closed loop);
@@ -16,7 +18,8 @@ Measured per server:
     generator's own CPU per exchange beside it;
   - p99 latency at a fixed open-loop rate (coordinated omission corrected);
   - dialogues/s in churn;
-  - server memory per idle connection: RSS growth while 10,000 are held;
+  - server memory per idle connection: RSS growth while 10,000 are held,
+    divided by the connections the server actually held (its sockets);
   - greeter alone: 19,000 held connections and the probe's p99 meanwhile;
   - syscalls per exchange at 1,000 busy connections (strace -c -f; an
     exchange is one reply write, so the count needs no clock alignment);
@@ -43,6 +46,14 @@ RELEASE = os.path.join(ROOT, "target", "release")
 LOAD = os.path.join(RELEASE, "greeter-load")
 TICKS = os.sysconf("SC_CLK_TCK")
 
+# Every server listens with the same accept queue (the kernel caps it at
+# net.core.somaxconn): std's and mio's own listeners use 128, greeter-server's
+# default differs, and the queue decides who loses clients in a connect burst.
+BACKLOG = 1024
+
+# Log levels: greeter-server at warn, so it writes nothing per connection (at
+# its default, info, it logs two lines per connection); the peers never log
+# per connection.
 SERVERS = {
     "greeter": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn"],
     "tokio": [os.path.join(RELEASE, "examples", "peer-tokio")],
@@ -74,7 +85,8 @@ class Server:
     def __init__(self, name, wrapper=(), extra=()):
         self.name = name
         self.port = free_port()
-        command = list(wrapper) + SERVERS[name] + ["--listen", f"127.0.0.1:{self.port}"] + list(extra)
+        command = (list(wrapper) + SERVERS[name]
+                   + ["--listen", f"127.0.0.1:{self.port}", "--backlog", str(BACKLOG)] + list(extra))
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.port, deadline=60.0 if wrapper else 10.0)
 
@@ -95,8 +107,20 @@ class Server:
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
-    def open_descriptors(self):
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+    def sockets(self):
+        """Distinct sockets the process holds. Not its descriptors: the
+        threaded peer has two per connection (a reader and a try_clone'd
+        writer), both naming one socket."""
+        held = set()
+        fds = f"/proc/{self.proc.pid}/fd"
+        for fd in os.listdir(fds):
+            try:
+                target = os.readlink(os.path.join(fds, fd))
+            except OSError:
+                continue  # closed while we looked
+            if target.startswith("socket:"):
+                held.add(target)
+        return len(held)
 
     def stop(self, sig=signal.SIGKILL):
         if self.proc.poll() is None:
@@ -183,19 +207,19 @@ def churn(name, connections, warmup, duration):
 def idle_memory(name, connections, warmup, duration):
     server = Server(name)
     try:
-        before, fds_before = server.rss_kib(), server.open_descriptors()
+        before, sockets_before = server.rss_kib(), server.sockets()
         proc = load("hold", server.addr, "-c", connections, "--warmup", warmup,
                     "--duration", duration, "--probe-rate", 100,
                     "--source-addrs", "127.0.0.2,127.0.0.3,127.0.0.4")
         time.sleep(warmup + duration / 2)
-        during, fds_during = server.rss_kib(), server.open_descriptors()
+        during, sockets_during = server.rss_kib(), server.sockets()
         result = report(proc, f"{name} hold -c {connections}")
     finally:
         server.stop()
     # Divide by the connections the server really held at that moment (its
-    # open descriptors), not by the number asked for: a server that dropped
-    # some would otherwise look cheaper.
-    held = max(fds_during - fds_before, 1)
+    # sockets), not by the number asked for: a server that dropped some would
+    # otherwise look cheaper.
+    held = max(sockets_during - sockets_before, 1)
     return {
         "connections_held": held,
         "bytes_per_connection": (during - before) * 1024 / held,
@@ -330,7 +354,12 @@ def main():
     names = args.servers.split(",")
 
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins", "--examples"], cwd=ROOT, check=True)
-    results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release}, "servers": {}}
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    print(f"every server listens with backlog {BACKLOG} (net.core.somaxconn {somaxconn}: "
+          f"effective {min(BACKLOG, somaxconn)})", file=sys.stderr)
+    results = {"machine": {"cores": os.cpu_count(), "kernel": os.uname().release,
+                           "somaxconn": somaxconn},
+               "backlog": BACKLOG, "servers": {}}
     for name in names:
         print(f"== {name}", file=sys.stderr)
         r = results["servers"][name] = {}

@@ -61,6 +61,16 @@ mod tests {
 
     #[test]
     fn the_soft_limit_is_raised_to_the_hard_limit() {
+        // Lowered first (by one, to disturb the tests running beside this one
+        // as little as possible): where the soft limit already equals the
+        // hard one there is nothing to raise, and this test could not fail.
+        let (_, hard) = descriptor_limits().expect("getrlimit works");
+        let lowered = libc::rlimit {
+            rlim_cur: hard - 1,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit only reads the struct we pass.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
         let raised = raise_descriptor_limit().expect("setrlimit up to the hard limit is allowed");
         let (soft, hard) = descriptor_limits().expect("getrlimit works");
         assert_eq!((raised, soft), (hard, hard));

@@ -76,7 +76,10 @@ fn an_address_of_another_machine_is_one_clear_line() {
     // With ip_nonlocal_bind on, binding any address succeeds: nothing to test.
     if std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind").is_ok_and(|v| v.trim() != "0")
     {
-        eprintln!("skipped: net.ipv4.ip_nonlocal_bind is on, so the bind would succeed");
+        report_skip(
+            "an_address_of_another_machine_is_one_clear_line",
+            "net.ipv4.ip_nonlocal_bind is on, so binding 192.0.2.1 would succeed",
+        );
         return;
     }
     let mut command = server_binary();
@@ -131,6 +134,7 @@ fn help_lists_every_flag() {
         "--listen",
         "--backlog",
         "--max-connections",
+        "--max-per-ip",
         "--idle-timeout",
         "--linger",
         "--shutdown-grace",
@@ -146,12 +150,15 @@ fn help_lists_every_flag() {
     }
 }
 
-/// The server listens on IPv6 loopback and serves a dialogue there. Skipped
-/// (with a note) only where ::1 cannot be bound at all.
+/// The server listens on IPv6 loopback and serves a dialogue there. Skipped,
+/// with a notice in the test output, only where ::1 cannot be bound at all.
 #[test]
 fn serves_a_dialogue_over_ipv6() {
     if let Err(err) = TcpListener::bind("[::1]:0") {
-        eprintln!("note: skipping the IPv6 test: cannot bind [::1]:0 on this machine: {err}");
+        report_skip(
+            "serves_a_dialogue_over_ipv6",
+            &format!("cannot bind [::1]:0 on this machine: {err}"),
+        );
         return;
     }
     let server = TestServer::start(&["--listen", "[::1]:0"]);
@@ -311,4 +318,35 @@ fn absurd_durations_are_exit_code_2() {
             server.describe()
         );
     }
+}
+
+/// A --max-line below 4 would make `exit` impossible (it would be refused as
+/// too long), so it is a usage error that says why; 4 itself serves a whole
+/// dialogue that ends with `exit`.
+#[test]
+fn a_max_line_too_short_for_exit_is_exit_code_2() {
+    for short in ["0", "1", "3"] {
+        let mut command = server_binary();
+        command.args(["--listen", "127.0.0.1:0", "--max-line", short]);
+        let server = run(command, b"");
+        assert_eq!(
+            server.code(),
+            Some(2),
+            "--max-line {short}: {}",
+            server.describe()
+        );
+        let stderr = server.stderr_text();
+        assert!(
+            stderr.contains("--max-line") && stderr.contains("must be at least 4 bytes"),
+            "{}",
+            server.describe()
+        );
+        assert!(stderr.contains("exit"), "{}", server.describe());
+    }
+
+    let server = TestServer::start(&["--max-line", "4"]);
+    let mut client = server.connect_greeted();
+    exchange(&mut client, b"Zed\n", &hello(b"Zed"));
+    exchange(&mut client, b"exit\n", GOODBYE);
+    assert_eq!(read_to_close(&mut client), b"");
 }

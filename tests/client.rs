@@ -256,3 +256,37 @@ fn a_negative_timeout_is_refused() {
         );
     }
 }
+
+/// A server that answers a name with its reply and a good bye in one write:
+/// exit code 6, and the message names the good bye as the unexpected bytes
+/// (not the reply as one that lacks its prompt).
+#[test]
+fn bytes_after_a_complete_reply_are_named() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hasty = thread::spawn(move || {
+        let mut socket = accept_within_deadline(&listener);
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        socket.write_all(GREETING).unwrap();
+        let mut name = [0; 4];
+        socket.read_exact(&mut name).unwrap();
+        socket
+            .write_all(&[&hello(b"Zed")[..], GOODBYE].concat())
+            .unwrap();
+        socket.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+        [&name[..], &rest].concat()
+    });
+    let client = run_client(&addr, &os(&["Zed"]), b"");
+    let line = assert_failure(
+        &client,
+        6,
+        r#"unexpected bytes after the reply: "Server: Good bye!\n""#,
+    );
+    assert!(
+        line.contains(r#"(the reply was "Server: Hello Zed!\nServer: What's your name?")"#),
+        "{line}"
+    );
+    assert_eq!(hasty.join().unwrap(), b"Zed\n", "only the name was sent");
+}

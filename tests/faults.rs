@@ -526,6 +526,7 @@ fn out_of_descriptors_turns_clients_away_without_spinning() {
     );
     for mut client in served {
         exchange(&mut client, b"exit\n", GOODBYE);
+        assert_eq!(read_to_close(&mut client), b"");
     }
 }
 

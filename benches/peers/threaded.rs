@@ -3,35 +3,25 @@
 //! greeter-server (one write per reply, TCP_NODELAY, shutdown-and-drain after
 //! good bye), so the comparison measures the architecture, not the protocol.
 //!
-//! Usage: peer-threaded --listen 127.0.0.1:0 [--exit-after N]
-//! (prints "listening on ADDR"; with --exit-after, exits once N connections
-//! have ended, so tools like callgrind see a normal exit).
+//! Usage: peer-threaded --listen 127.0.0.1:0 [--backlog N] [--exit-after N]
+//! (prints "listening on ADDR"; --backlog defaults to 1024; with
+//! --exit-after, exits once N connections have ended, so tools like
+//! callgrind see a normal exit). Like greeter-server it raises its soft
+//! descriptor limit to the hard one. It logs nothing per connection.
+
+#[path = "setup.rs"]
+mod setup;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 static ENDED: AtomicUsize = AtomicUsize::new(0);
 
-fn flag(name: &str) -> Option<String> {
-    std::env::args().skip_while(|arg| arg != name).nth(1)
-}
-
 fn main() {
-    let addr = flag("--listen").unwrap_or_else(|| "127.0.0.1:6000".to_string());
-    let exit_after: Option<usize> = flag("--exit-after").and_then(|n| n.parse().ok());
-    let listener = match TcpListener::bind(&addr) {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("peer-threaded: cannot listen on {addr}: {err}");
-            std::process::exit(1);
-        }
-    };
-    match listener.local_addr() {
-        Ok(local) => eprintln!("listening on {local}"),
-        Err(err) => eprintln!("peer-threaded: {err}"),
-    }
+    let exit_after: Option<usize> = setup::flag("--exit-after").and_then(|n| n.parse().ok());
+    let listener = setup::prepare("peer-threaded");
     for stream in listener.incoming().flatten() {
         thread::spawn(move || {
             let _ = serve(stream);

@@ -4,9 +4,14 @@
 //! greeter-server (one write per reply, TCP_NODELAY, shutdown-and-drain after
 //! good bye).
 //!
-//! Usage: peer-tokio --listen 127.0.0.1:0 [--exit-after N]
-//! (prints "listening on ADDR"; with --exit-after, exits once N connections
-//! have ended, so tools like callgrind see a normal exit).
+//! Usage: peer-tokio --listen 127.0.0.1:0 [--backlog N] [--exit-after N]
+//! (prints "listening on ADDR"; --backlog defaults to 1024; with
+//! --exit-after, exits once N connections have ended, so tools like
+//! callgrind see a normal exit). Like greeter-server it raises its soft
+//! descriptor limit to the hard one. It logs nothing per connection.
+
+#[path = "setup.rs"]
+mod setup;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -14,13 +19,10 @@ use std::rc::Rc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-fn flag(name: &str) -> Option<String> {
-    std::env::args().skip_while(|arg| arg != name).nth(1)
-}
-
 fn main() {
-    let addr = flag("--listen").unwrap_or_else(|| "127.0.0.1:6000".to_string());
-    let exit_after: Option<usize> = flag("--exit-after").and_then(|n| n.parse().ok());
+    let exit_after: Option<usize> = setup::flag("--exit-after").and_then(|n| n.parse().ok());
+    // Bound before the runtime starts, so a failure exits before any task.
+    let listener = setup::prepare("peer-tokio");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -34,17 +36,16 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     let ended = Rc::new(Cell::new(0usize));
     local.block_on(&runtime, async move {
-        let listener = match TcpListener::bind(&addr).await {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+        {
             Ok(listener) => listener,
             Err(err) => {
-                eprintln!("peer-tokio: cannot listen on {addr}: {err}");
+                eprintln!("peer-tokio: cannot hand the listener to tokio: {err}");
                 std::process::exit(1);
             }
         };
-        match listener.local_addr() {
-            Ok(local) => eprintln!("listening on {local}"),
-            Err(err) => eprintln!("peer-tokio: {err}"),
-        }
         loop {
             if let Ok((stream, _)) = listener.accept().await {
                 let ended = Rc::clone(&ended);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use greeter::protocol::{Framing, SessionLimits};
+use greeter::protocol::{EXIT, Framing, SessionLimits};
 use greeter::server::{Config, Server, Stopped, Timeouts};
 use log::LevelFilter;
 
@@ -22,14 +22,21 @@ struct Args {
     listen: Vec<SocketAddr>,
 
     /// Length of the accept queue of each listener. A short queue silently
-    /// loses clients during a burst of connects.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    backlog: u32,
+    /// loses clients during a burst of connects. Default: the most the kernel
+    /// allows (net.core.somaxconn), which also caps a larger value.
+    #[arg(long, value_name = "N")]
+    backlog: Option<u32>,
 
     /// Most clients served at once; more are told the server is busy and closed.
     /// Default: as many as the file descriptor limit allows.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
+
+    /// Most clients served at once from one IP address (IPv4-mapped IPv6
+    /// addresses count as their IPv4 address); more from it are told so and
+    /// closed. Default: no limit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_per_ip: Option<u64>,
 
     /// Close a connection after this many seconds without progress (0: never).
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
@@ -58,8 +65,9 @@ struct Args {
     shutdown_grace: Duration,
 
     /// Longest name in bytes (the tutorial read names with recv(1024)); longer
-    /// input gets an error line and the connection closes.
-    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    /// input gets an error line and the connection closes. At least 4, so that
+    /// `exit` fits.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = max_line)]
     max_line: u64,
 
     /// Unsent reply bytes per connection at which the server stops reading from
@@ -88,6 +96,20 @@ enum FramingArg {
     Line,
 }
 
+/// A shorter limit than `exit` would leave clients no way to end the
+/// dialogue: every `exit` would be refused as too long.
+fn max_line(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(bytes) if bytes >= EXIT.len() as u64 => Ok(bytes),
+        Ok(_) => Err(format!(
+            "must be at least {0} bytes: lines of fewer than {0} bytes cannot hold \"exit\", \
+             so no client could end its dialogue",
+            EXIT.len()
+        )),
+        Err(_) => Err(format!("`{text}` is not a number of bytes")),
+    }
+}
+
 fn to_usize(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
 }
@@ -103,8 +125,11 @@ fn main() -> ExitCode {
     }
     let config = Config {
         listen: args.listen,
-        backlog: args.backlog,
+        backlog: args
+            .backlog
+            .unwrap_or_else(greeter::server::default_backlog),
         max_connections: args.max_connections.map(to_usize),
+        max_per_ip: args.max_per_ip.map(to_usize),
         timeouts: Timeouts {
             idle: Some(args.idle_timeout).filter(|idle| !idle.is_zero()),
             linger: args.linger,

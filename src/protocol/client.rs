@@ -52,7 +52,13 @@ pub enum ClientError {
         expected: Vec<u8>,
         received: Vec<u8>,
     },
+    /// The server sent bytes nobody asked for, after the complete `reply`
+    /// (the protocol is lock-step: each reply answers one message).
+    TrailingBytes { reply: Vec<u8>, extra: Vec<u8> },
 }
+
+/// Unexpected bytes shown in an error, at most; the rest are counted.
+const TRAILING_BYTES_SHOWN: usize = 256;
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,6 +82,18 @@ impl fmt::Display for ClientError {
                 Escaped(received),
                 Escaped(expected)
             ),
+            ClientError::TrailingBytes { reply, extra } => {
+                let shown = extra.len().min(TRAILING_BYTES_SHOWN);
+                write!(
+                    f,
+                    "unexpected bytes after the reply: \"{}\"",
+                    Escaped(&extra[..shown])
+                )?;
+                if shown < extra.len() {
+                    write!(f, " and {} more bytes", extra.len() - shown)?;
+                }
+                write!(f, " (the reply was \"{}\")", Escaped(reply))
+            }
         }
     }
 }
@@ -163,14 +181,15 @@ impl ClientSession {
     }
 
     /// Feeds bytes read from the server. Returns the turn they completed, if
-    /// any; an error if they differ from the required reply in any byte.
+    /// any; an error if they differ from the required reply in any byte, or
+    /// go on after it.
     pub fn receive(&mut self, input: &[u8]) -> Result<Option<Turn>, ClientError> {
         let Some(turn) = self.awaiting else {
-            return Err(self.mismatch(input));
+            return Err(self.trailing(input));
         };
         let wanted = &self.expected[self.matched..];
         let take = wanted.len().min(input.len());
-        if input[..take] != wanted[..take] || input.len() > wanted.len() {
+        if input[..take] != wanted[..take] {
             return Err(self.mismatch(input));
         }
         self.matched += take;
@@ -179,6 +198,9 @@ impl ClientSession {
         }
         self.awaiting = None;
         self.finished = turn == Turn::Goodbye;
+        if take < input.len() {
+            return Err(self.trailing(&input[take..]));
+        }
         Ok(Some(turn))
     }
 
@@ -199,14 +221,10 @@ impl ClientSession {
         }
     }
 
+    /// `input` differs from the awaited reply.
     fn mismatch(&self, input: &[u8]) -> ClientError {
-        let (expected, mut received) = match self.awaiting {
-            Some(_) => (
-                self.expected.clone(),
-                self.expected[..self.matched].to_vec(),
-            ),
-            None => (Vec::new(), Vec::new()),
-        };
+        let expected = self.expected.clone();
+        let mut received = self.expected[..self.matched].to_vec();
         // Show the server's line up to its end: error replies are one line.
         let line_end = input
             .iter()
@@ -214,6 +232,14 @@ impl ClientSession {
             .map_or(input.len(), |i| i + 1);
         received.extend_from_slice(&input[..line_end]);
         ClientError::UnexpectedReply { expected, received }
+    }
+
+    /// `extra` arrived after the last reply was complete.
+    fn trailing(&self, extra: &[u8]) -> ClientError {
+        ClientError::TrailingBytes {
+            reply: self.expected.clone(),
+            extra: extra.to_vec(),
+        }
     }
 }
 
@@ -273,12 +299,64 @@ mod tests {
     }
 
     #[test]
-    fn bytes_beyond_the_reply_are_an_error() {
+    fn bytes_beyond_the_reply_are_an_error_naming_them() {
         let mut client = ClientSession::new(NameTerminator::Newline);
+        let err = client
+            .receive(b"Server: Welcome!\nServer: What's your name?extra")
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ClientError::TrailingBytes {
+                reply: b"Server: Welcome!\nServer: What's your name?".to_vec(),
+                extra: b"extra".to_vec(),
+            }
+        );
         assert!(
-            client
-                .receive(b"Server: Welcome!\nServer: What's your name?extra")
-                .is_err()
+            err.to_string()
+                .starts_with("unexpected bytes after the reply: \"extra\""),
+            "{err}"
+        );
+    }
+
+    /// A whole reply and then a good bye in one read: the error names the
+    /// good bye as the unexpected bytes, not the reply as a missing prompt.
+    #[test]
+    fn a_good_bye_after_a_complete_reply_is_named() {
+        let mut out = Vec::new();
+        let mut client = ClientSession::new(NameTerminator::Newline);
+        client
+            .receive(b"Server: Welcome!\nServer: What's your name?")
+            .unwrap();
+        client.send_name(b"Zed", &mut out).unwrap();
+        let err = client
+            .receive(b"Server: Hello Zed!\nServer: What's your name?Server: Good bye!\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected bytes after the reply: \"Server: Good bye!\\n\" \
+             (the reply was \"Server: Hello Zed!\\nServer: What's your name?\")"
+        );
+    }
+
+    /// Bytes arriving in a later read, while no reply is awaited, are
+    /// unexpected too; a long run of them is shown in part and counted.
+    #[test]
+    fn bytes_while_no_reply_is_awaited_are_named() {
+        let mut client = ClientSession::new(NameTerminator::Newline);
+        client
+            .receive(b"Server: Welcome!\nServer: What's your name?")
+            .unwrap();
+        let err = client.receive(b"Server: Good bye!\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unexpected bytes after the reply: \"Server: Good bye!\\n\""),
+            "{err}"
+        );
+        let flood = vec![b'x'; 1000];
+        let text = client.receive(&flood).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("\"{}\" and 744 more bytes", "x".repeat(256))),
+            "{text}"
         );
     }
 

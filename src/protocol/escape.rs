@@ -56,6 +56,17 @@ mod tests {
         );
     }
 
+    /// LINE SEPARATOR and PARAGRAPH SEPARATOR are not control characters
+    /// (`char::is_control` is false for them), yet many viewers break the
+    /// line there: unescaped, a name could start a forged log line.
+    #[test]
+    fn unicode_line_and_paragraph_separators_are_escaped() {
+        assert_eq!(
+            Escaped("a\u{2028}INFO forged\u{2029}b".as_bytes()).to_string(),
+            "a\\u{2028}INFO forged\\u{2029}b"
+        );
+    }
+
     #[test]
     fn control_bytes_and_invalid_utf8_are_escaped() {
         assert_eq!(

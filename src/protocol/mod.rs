@@ -50,6 +50,15 @@ pub fn busy_reply(max_connections: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The error line sent to a client whose address already holds
+/// `max_per_address` connections, before it is closed.
+pub fn too_many_from_address_reply(max_per_address: usize) -> Vec<u8> {
+    format!(
+        "Server: Error: too many connections from your address (limit {max_per_address}); try again later\n"
+    )
+    .into_bytes()
+}
+
 /// The error line sent to a client accepted only to be told the server has no
 /// file descriptor to spare, before it is closed.
 pub const OUT_OF_DESCRIPTORS_REPLY: &[u8] =

@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
-use crate::protocol::{
-    CloseReason, OUT_OF_DESCRIPTORS_REPLY, ServerSession, SessionLimits, SessionState, busy_reply,
-};
+use crate::protocol::{CloseReason, ServerSession, SessionLimits, SessionState};
 
 /// Reads per connection per service call. Bounds the work one busy client
 /// gets before the reactor moves on to the others (fairness); a connection
@@ -87,10 +85,11 @@ pub enum Closed {
 enum Phase {
     /// Reading messages and writing replies.
     Talking,
-    /// Our last byte is sent and our side is shut (FIN sent) since `since`;
-    /// reading and discarding until the peer's EOF, so closing cannot trigger
-    /// a reset that would destroy the goodbye still in flight.
-    Draining { since: Instant },
+    /// Our last byte is sent and our side is shut (FIN sent); reading and
+    /// discarding until the peer's EOF, so closing cannot trigger a reset
+    /// that would destroy the goodbye still in flight. `last_progress` is
+    /// when draining began: nothing read now counts as progress.
+    Draining,
 }
 
 /// Which of a connection's clocks runs out first. Every deadline of a
@@ -131,10 +130,9 @@ pub struct Connection {
     /// The last write hit WouldBlock; the next write waits for a writable event.
     write_blocked: bool,
     peer_eof: bool,
-    /// The last byte read or written: what the idle timeout measures from.
+    /// The last byte read or written: what the idle timeout and the quiet
+    /// time measure from.
     last_progress: Instant,
-    /// The last byte read: what the quiet time measures from.
-    last_input: Instant,
     /// When the message the session is waiting for began.
     message_started: Option<Instant>,
     /// When the session's last reply was queued.
@@ -164,7 +162,6 @@ impl Connection {
             write_blocked: false,
             peer_eof: false,
             last_progress: now,
-            last_input: now,
             message_started: None,
             closing_since: None,
             bytes_written: 0,
@@ -189,8 +186,8 @@ impl Connection {
 
     /// The earliest of the clocks that apply in the connection's state.
     fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Due)> {
-        if let Phase::Draining { since } = self.phase {
-            return Some((since + timeouts.linger, Due::Linger));
+        if self.phase == Phase::Draining {
+            return Some((self.last_progress + timeouts.linger, Due::Linger));
         }
         if self.session.state() == SessionState::Closing {
             if self.unsent.is_empty() {
@@ -214,7 +211,7 @@ impl Connection {
         // Only a drained socket shows a pause: with bytes unread, the client
         // may have sent the rest of its name already.
         let quiet = (self.session.awaits_pause() && !self.may_read)
-            .then(|| (self.last_input + timeouts.quiet, Due::Quiet));
+            .then(|| (self.last_progress + timeouts.quiet, Due::Quiet));
         [idle, message, quiet].into_iter().flatten().min()
     }
 
@@ -270,7 +267,7 @@ impl Connection {
             }
             let wants_input = match self.phase {
                 Phase::Talking => self.session.wants_input(self.unsent.len()),
-                Phase::Draining { .. } => true,
+                Phase::Draining => true,
             };
             if !wants_input || !self.may_read {
                 return Next::Wait;
@@ -284,7 +281,7 @@ impl Connection {
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(err) => return Next::Close(Closed::Failed(err.kind())),
             }
-            if matches!(self.phase, Phase::Draining { .. }) && self.peer_eof {
+            if self.phase == Phase::Draining && self.peer_eof {
                 return Next::Close(Closed::Done);
             }
         }
@@ -412,7 +409,6 @@ impl Connection {
                 if self.phase == Phase::Talking {
                     self.session.receive(&read_buf[..n], &mut self.unsent);
                     self.last_progress = now;
-                    self.last_input = now;
                 }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
@@ -431,31 +427,102 @@ impl Connection {
     /// yet handed to the application; some systems drop even data already
     /// received. Draining first means the goodbye always arrives intact.
     fn start_draining(&mut self, now: Instant) {
-        self.phase = Phase::Draining { since: now };
+        self.phase = Phase::Draining;
+        self.last_progress = now;
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
         }
     }
 }
 
-/// Why a client is turned away at the door.
-#[derive(Clone, Copy, Debug)]
-pub enum Refusal {
-    /// `--max-connections` clients are connected already.
-    Full { limit: usize },
-    /// The process has no file descriptor to spare.
-    OutOfDescriptors,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream as StdStream};
 
-/// Tells a just-accepted client why it cannot be served, and closes it. The
-/// line is a few dozen bytes into an empty socket buffer, so one non-blocking
-/// write delivers it; if it does not, the client still sees the close.
-pub fn refuse(mut stream: TcpStream, why: Refusal) {
-    let reply = match why {
-        Refusal::Full { limit } => busy_reply(limit),
-        Refusal::OutOfDescriptors => OUT_OF_DESCRIPTORS_REPLY.to_vec(),
+    const TIMEOUTS: Timeouts = Timeouts {
+        idle: Some(Duration::from_secs(3)),
+        linger: Duration::from_secs(5),
+        message: None,
+        quiet: Duration::from_millis(50),
     };
-    if let Err(err) = stream.write(&reply) {
-        log::debug!("busy reply not delivered: {err}");
+
+    /// A connection whose client has sent thousands of names and read no
+    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
+    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let mut client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (server, peer) = listener.accept().expect("accept");
+        server.set_nonblocking(true).unwrap();
+        let mut conn = Connection::new(
+            TcpStream::from_std(server),
+            peer,
+            SessionLimits::default(),
+            now,
+        );
+        // Names without end, as fast as the server takes them, until its
+        // replies back up.
+        client.set_nonblocking(true).unwrap();
+        let names = b"n\n".repeat(32 * 1024);
+        let mut read_buf = vec![0; 64 * 1024];
+        for _ in 0..10_000 {
+            match client.write(&names) {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => panic!("sending names: {err}"),
+            }
+            conn.on_readable(false, false);
+            conn.service(&mut read_buf, now);
+            if conn.write_blocked && !conn.unsent.is_empty() {
+                client.set_nonblocking(false).unwrap();
+                return (conn, client, read_buf);
+            }
+            std::thread::yield_now();
+        }
+        panic!("the kernel's buffers never filled");
+    }
+
+    #[test]
+    fn a_client_reading_without_a_write_to_show_it_is_not_idle() {
+        let start = Instant::now();
+        let (mut conn, mut client, mut read_buf) = backed_up(start);
+        let acked_before = bytes_acked(&conn.stream).unwrap();
+        // The client reads until its kernel has acknowledged more of ours:
+        // a read the server's writes cannot show (it writes nothing now).
+        let mut chunk = [0; 4096];
+        for _ in 0..10_000 {
+            if bytes_acked(&conn.stream).unwrap() > acked_before {
+                break;
+            }
+            client.read_exact(&mut chunk).unwrap();
+        }
+        assert!(bytes_acked(&conn.stream).unwrap() > acked_before);
+        let idle_over = start + Duration::from_secs(4);
+        assert_eq!(
+            conn.on_deadline(&mut read_buf, idle_over, &TIMEOUTS),
+            Next::Wait
+        );
+        assert_eq!(conn.session.state(), SessionState::AwaitingName);
+        assert_eq!(
+            conn.deadline(&TIMEOUTS),
+            Some(idle_over + Duration::from_secs(3)),
+            "the client's reading is progress"
+        );
+    }
+
+    #[test]
+    fn a_client_that_stopped_reading_is_idle() {
+        let start = Instant::now();
+        let (mut conn, _client, mut read_buf) = backed_up(start);
+        let idle_over = start + Duration::from_secs(4);
+        assert_eq!(
+            conn.on_deadline(&mut read_buf, idle_over, &TIMEOUTS),
+            Next::Wait
+        );
+        assert_eq!(conn.session.state(), SessionState::Closing);
+        assert!(
+            conn.unsent
+                .ends_with(b"Server: Error: idle for 3 s; closing\n")
+        );
     }
 }

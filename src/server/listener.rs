@@ -1,12 +1,15 @@
 //! Listening sockets: binding them, and accepting from them, also when
-//! descriptors run out. The reactor gets accepted, configured sockets and
-//! decides only whether it has a slot for each.
+//! descriptors run out. Each socket is put to [`Admission`] the moment it is
+//! accepted: a refused one is told why and closed before the next accept, so
+//! refusals never pile up descriptors. The reactor gets only admitted,
+//! configured sockets.
 //!
 //! Two choices here matter under load:
 //!
-//! - The backlog is large (default 1024, `--backlog`). When the accept queue
-//!   is full, Linux drops the client's final ACK (or answers with SYN cookies):
-//!   the client believes it is connected and waits for a greeting that never
+//! - The backlog is as large as the kernel allows (`net.core.somaxconn`,
+//!   4096 on current Linux; `--backlog`). When the accept queue is full,
+//!   Linux drops the client's final ACK (or answers with SYN cookies): the
+//!   client believes it is connected and waits for a greeting that never
 //!   comes. The tutorial's `listen(5)` loses clients exactly this way under a
 //!   burst of connects.
 //! - Running out of descriptors (EMFILE/ENFILE) leaves the waiting client in
@@ -28,7 +31,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::connection::{Refusal, refuse};
+use super::admission::{Admission, Refusal, refuse};
 
 /// Accepts per listener per turn: a connect storm cannot starve the clients
 /// already connected. What is left waits in the backlog for the next turn.
@@ -43,6 +46,20 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// a client reading slowly but steadily would show no progress for seconds,
 /// and the idle timeout would wrongly close it.
 const KERNEL_UNSENT_LIMIT: libc::c_int = 16 * 1024;
+
+/// Where Linux keeps its cap on accept queues: `listen()` silently cuts a
+/// larger backlog down to it.
+const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// The longest accept queue the kernel allows (`net.core.somaxconn`), if it
+/// can be read.
+pub fn kernel_max_backlog() -> Option<u32> {
+    std::fs::read_to_string(SOMAXCONN_PATH)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
 
 /// Binds a listening socket with the given backlog. IPv6 addresses listen on
 /// IPv6 only, so `--listen [::]:6000 --listen 0.0.0.0:6000` works as expected.
@@ -170,10 +187,6 @@ pub struct Acceptor {
     spare: SpareDescriptor,
     /// Accepting is paused until then (after an accept error).
     paused_until: Option<Instant>,
-    /// Clients turned away for want of a descriptor in the current burst.
-    turned_away: u64,
-    /// The out-of-descriptors warning of the current burst has been logged.
-    warned: bool,
 }
 
 impl Acceptor {
@@ -197,8 +210,6 @@ impl Acceptor {
             listeners,
             spare: SpareDescriptor::open()?,
             paused_until: None,
-            turned_away: 0,
-            warned: false,
         })
     }
 
@@ -235,16 +246,21 @@ impl Acceptor {
 
     /// Accepts from every ready listener, until its backlog is empty
     /// (edge-triggered: no new event comes for clients already queued) or
-    /// this turn's share is used, and appends the configured sockets to
-    /// `accepted`.
-    pub fn accept_waiting(&mut self, now: Instant, accepted: &mut Vec<(TcpStream, SocketAddr)>) {
+    /// this turn's share is used. Each client is admitted or refused at once;
+    /// the admitted ones, configured, are appended to `accepted`.
+    pub fn accept_waiting(
+        &mut self,
+        now: Instant,
+        admission: &mut Admission,
+        accepted: &mut Vec<(TcpStream, SocketAddr)>,
+    ) {
         if !self.is_accepting(now) {
             return;
         }
         self.paused_until = None;
         for index in 0..self.listeners.len() {
             if self.listeners[index].may_accept {
-                self.accept_from(index, now, accepted);
+                self.accept_from(index, now, admission, accepted);
             }
         }
     }
@@ -257,21 +273,24 @@ impl Acceptor {
         &mut self,
         index: usize,
         now: Instant,
+        admission: &mut Admission,
         accepted: &mut Vec<(TcpStream, SocketAddr)>,
     ) {
         for _ in 0..ACCEPTS_PER_TURN {
             match self.listeners[index].socket.accept() {
-                Ok((stream, peer)) => {
-                    self.end_burst();
-                    configure(&stream, peer);
-                    accepted.push((stream, peer));
-                }
+                Ok((stream, peer)) => match admission.admit(peer) {
+                    Ok(()) => {
+                        configure(&stream, peer);
+                        accepted.push((stream, peer));
+                    }
+                    Err(why) => refuse(stream, why),
+                },
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {
                     self.listeners[index].may_accept = false;
                     return;
                 }
                 Err(err) if is_out_of_descriptors(&err) => {
-                    match self.turn_away_without_descriptor(index, &err) {
+                    match self.turn_away_without_descriptor(index, &err, admission) {
                         TurnAway::Refused => {}
                         TurnAway::NobodyWaiting => {
                             self.listeners[index].may_accept = false;
@@ -304,7 +323,12 @@ impl Acceptor {
     /// waiting" only shows here, as WouldBlock. It must end the accept loop
     /// (else the loop spins until a descriptor frees up), and it is no
     /// refusal: the warning comes once per burst of real refusals.
-    fn turn_away_without_descriptor(&mut self, index: usize, err: &io::Error) -> TurnAway {
+    fn turn_away_without_descriptor(
+        &mut self,
+        index: usize,
+        err: &io::Error,
+        admission: &mut Admission,
+    ) -> TurnAway {
         // If taking the spare back failed last time, try again now.
         self.spare.restore();
         let outcome = if self.spare.release() {
@@ -321,27 +345,10 @@ impl Acceptor {
         } else {
             TurnAway::Impossible
         };
-        if outcome != TurnAway::NobodyWaiting && !self.warned {
-            self.warned = true;
-            log::warn!(
-                "out of file descriptors ({err}); turning new clients away until connections close \
-                 (raise `ulimit -n` or lower --max-connections)"
-            );
+        if outcome != TurnAway::NobodyWaiting {
+            admission.out_of_descriptors(err, outcome == TurnAway::Refused);
         }
-        self.turned_away += u64::from(outcome == TurnAway::Refused);
         outcome
-    }
-
-    /// A client was accepted normally: a burst of refusals is over.
-    fn end_burst(&mut self) {
-        if self.turned_away > 0 {
-            log::info!(
-                "accepting again; {} clients were turned away",
-                self.turned_away
-            );
-            self.turned_away = 0;
-        }
-        self.warned = false;
     }
 }
 

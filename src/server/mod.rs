@@ -6,12 +6,15 @@
 //! shutdown signal.
 //!
 //! - [`reactor`]: the event loop (poll, dispatch, deadlines, freeing slots);
+//! - [`admission`]: who is served and who is turned away (the connection
+//!   limits, refusals and their log);
 //! - [`connection`]: one client's socket, session and unsent output;
 //! - [`listener`]: binding with a real backlog, accepting (also at EMFILE),
 //!   and the socket options every connection gets;
 //! - [`timers`]: deadlines that drive the poll timeout;
 //! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged).
 
+mod admission;
 mod connection;
 mod kernel;
 mod listener;
@@ -33,15 +36,29 @@ use reactor::Reactor;
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
 
+/// The backlog when the kernel's cap cannot be read: Linux's default cap
+/// since 5.4.
+const FALLBACK_BACKLOG: u32 = 4096;
+
+/// The longest accept queue the kernel allows (`net.core.somaxconn`): a
+/// burst of connects up to that size waits to be accepted (and refused with
+/// a reply, if need be) instead of being lost.
+pub fn default_backlog() -> u32 {
+    listener::kernel_max_backlog().unwrap_or(FALLBACK_BACKLOG)
+}
+
 /// Everything the server can be told.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Addresses to listen on (IPv4 and IPv6); at least one.
     pub listen: Vec<SocketAddr>,
-    /// Length of each listener's accept queue.
+    /// Length of each listener's accept queue; the kernel caps it at
+    /// `net.core.somaxconn`. The default is that cap: [`default_backlog`].
     pub backlog: u32,
     /// Most simultaneous clients; `None` sizes it from the descriptor limit.
     pub max_connections: Option<usize>,
+    /// Most simultaneous clients from one address; `None`: no limit.
+    pub max_per_ip: Option<usize>,
     pub timeouts: Timeouts,
     /// How long a shutdown waits for clients to take their good bye.
     pub shutdown_grace: Duration,
@@ -64,8 +81,9 @@ impl Default for Config {
                     .parse()
                     .expect("DEFAULT_LISTEN is a socket address"),
             ],
-            backlog: 1024,
+            backlog: default_backlog(),
             max_connections: None,
+            max_per_ip: None,
             timeouts: Timeouts {
                 idle: Some(Duration::from_secs(60)),
                 linger: Duration::from_secs(5),
@@ -83,6 +101,7 @@ impl Default for Config {
 #[derive(Clone, Copy, Debug)]
 struct Settings {
     max_connections: usize,
+    max_per_ip: Option<usize>,
     timeouts: Timeouts,
     shutdown_grace: Duration,
     limits: SessionLimits,
@@ -126,12 +145,14 @@ impl Server {
     /// Raises the descriptor limit, binds every address and prepares the loop.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let max_connections = resolve_capacity(config.max_connections);
+        let backlog = resolve_backlog(config.backlog);
         let mut sockets = Vec::with_capacity(config.listen.len());
         for &addr in &config.listen {
-            sockets.push(listener::bind(addr, config.backlog).map_err(StartError::Listen)?);
+            sockets.push(listener::bind(addr, backlog).map_err(StartError::Listen)?);
         }
         let settings = Settings {
             max_connections,
+            max_per_ip: config.max_per_ip,
             timeouts: config.timeouts,
             shutdown_grace: config.shutdown_grace,
             limits: config.limits,
@@ -139,10 +160,13 @@ impl Server {
         };
         let reactor = Reactor::new(sockets, settings).map_err(StartError::Setup)?;
         for addr in reactor.local_addrs() {
-            log::info!("listening on {addr}");
+            log::info!("listening on {addr} (accept queue {backlog})");
         }
         log::info!(
-            "capacity {max_connections} connections; framing {:?}, max line {} bytes, idle timeout {}",
+            "capacity {max_connections} connections{}; framing {:?}, max line {} bytes, idle timeout {}",
+            config
+                .max_per_ip
+                .map_or(String::new(), |limit| format!(", {limit} per address")),
             config.limits.framing,
             config.limits.max_line,
             config
@@ -161,6 +185,21 @@ impl Server {
     /// Serves until SIGINT or SIGTERM.
     pub fn run(self) -> io::Result<Stopped> {
         self.reactor.run()
+    }
+}
+
+/// The backlog the listeners really get: the kernel silently cuts a larger
+/// one down to `net.core.somaxconn`, so say so.
+fn resolve_backlog(requested: u32) -> u32 {
+    match listener::kernel_max_backlog() {
+        Some(max) if requested > max => {
+            log::warn!(
+                "--backlog {requested} is more than the kernel allows (net.core.somaxconn = {max}); \
+                 the accept queue holds {max} (raise it with sysctl)"
+            );
+            max
+        }
+        _ => requested,
     }
 }
 

@@ -16,6 +16,7 @@
 //!    replies); a listener or the signal pipe is only marked ready;
 //! 4. act on signals (the first starts a graceful shutdown);
 //! 5. accept from ready listeners, a bounded number each, for fairness;
+//!    [`Admission`] admits or refuses each client as it is accepted;
 //! 6. service again the connections whose read budget ran out in step 3;
 //! 7. run due deadlines (idle timeout, linger);
 //! 8. free the slab slots of connections closed during this turn, only now,
@@ -38,7 +39,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use super::connection::{Closed, Connection, Next, Refusal, refuse};
+use super::admission::Admission;
+use super::connection::{Closed, Connection, Next};
 use super::listener::Acceptor;
 use super::timers::{ConnectionRef, Timers};
 use super::{Settings, Stopped};
@@ -73,7 +75,9 @@ struct Slot {
 pub struct Reactor {
     poll: Poll,
     acceptor: Acceptor,
-    /// Sockets accepted this turn, waiting to be admitted (reused buffer).
+    /// Counts every connection from its admission until its slot is freed.
+    admission: Admission,
+    /// Sockets admitted this turn, waiting for a slot (reused buffer).
     accepted: Vec<(TcpStream, SocketAddr)>,
     slots: Slab<Slot>,
     timers: Timers,
@@ -83,9 +87,6 @@ pub struct Reactor {
     /// Slab keys to free at the end of this turn.
     to_free: Vec<usize>,
     signals: Signals,
-    /// Clients turned away at the connection limit in the current burst; the
-    /// first one of a burst is logged as a warning, the count when it ends.
-    turned_away: u64,
     next_id: u64,
     /// Bytes held in all connections' buffers, kept within
     /// `settings.max_buffered` by closing the largest holders.
@@ -105,6 +106,7 @@ impl Reactor {
         Ok(Reactor {
             poll,
             acceptor,
+            admission: Admission::new(settings.max_connections, settings.max_per_ip),
             accepted: Vec::new(),
             slots: Slab::with_capacity(settings.max_connections.min(1024)),
             timers: Timers::default(),
@@ -112,7 +114,6 @@ impl Reactor {
             service_again: Vec::new(),
             to_free: Vec::new(),
             signals,
-            turned_away: 0,
             next_id: 0,
             buffered: 0,
             settings,
@@ -281,7 +282,10 @@ impl Reactor {
 
     fn free_closed(&mut self) {
         for key in self.to_free.drain(..) {
-            self.slots.remove(key);
+            // Counted as open until now, when its descriptor is closed: the
+            // limit then also bounds descriptors.
+            let slot = self.slots.remove(key);
+            self.admission.release(slot.conn.peer());
         }
         // Entries of closed connections stay in the timer heap until they
         // come due (up to --idle-timeout later). Under heavy churn they would
@@ -328,36 +332,19 @@ impl Reactor {
         }
     }
 
-    /// Accepts waiting clients and gives each a slot, or turns it away when
-    /// there is none.
+    /// Accepts waiting clients and gives a slot to each one admitted (the
+    /// refused ones are closed already).
     fn accept_waiting(&mut self, now: Instant) {
         let mut accepted = std::mem::take(&mut self.accepted);
-        self.acceptor.accept_waiting(now, &mut accepted);
+        self.acceptor
+            .accept_waiting(now, &mut self.admission, &mut accepted);
         for (stream, peer) in accepted.drain(..) {
-            self.admit(stream, peer, now);
+            self.start_serving(stream, peer, now);
         }
         self.accepted = accepted;
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
-        let limit = self.settings.max_connections;
-        if self.slots.len() >= limit {
-            if self.turned_away == 0 {
-                log::warn!(
-                    "connection limit reached ({limit}); turning new clients away until some close \
-                     (raise --max-connections)"
-                );
-            }
-            self.turned_away += 1;
-            return refuse(stream, Refusal::Full { limit });
-        }
-        if self.turned_away > 0 {
-            log::info!(
-                "accepting again; {} clients were turned away",
-                self.turned_away
-            );
-            self.turned_away = 0;
-        }
+    fn start_serving(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         // Every interest, once, for the connection's life: edge-triggered
@@ -369,6 +356,7 @@ impl Reactor {
             Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         ) {
             log::warn!("cannot watch connection from {peer}: {err}; closing it");
+            self.admission.release(peer);
             return;
         }
         log::info!("Accept new connection from {peer}");

@@ -22,6 +22,16 @@ pub fn hello(name: &[u8]) -> Vec<u8> {
     [b"Server: Hello ", name, b"!\n", PROMPT].concat()
 }
 
+/// Reports that a test cannot run on this machine, and why, where the test
+/// run's output shows it: straight to the process's stderr, which libtest
+/// does not capture (it captures only `print!` and `eprint!`), so the notice
+/// appears in a plain `cargo test` even though the test then passes.
+pub fn report_skip(test: &str, why: &str) {
+    let notice = format!("\nSKIPPED {test}: {why}\n");
+    // Best effort: if stderr itself is gone there is nowhere to report.
+    let _ = std::io::stderr().write_all(notice.as_bytes());
+}
+
 /// A running `greeter-server`, killed when dropped.
 pub struct TestServer {
     child: Child,
@@ -122,6 +132,28 @@ impl TestServer {
         );
     }
 
+    /// Freezes the server (SIGSTOP) and waits until it is stopped, so that
+    /// what a client sends next waits in the server's socket queues and the
+    /// server sees all of it at once when it resumes.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        assert!(
+            wait_until(|| self.process_state() == Some('T')),
+            "the server did not stop"
+        );
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// The process state letter from /proc/PID/stat (R, S, T, Z, ...).
+    fn process_state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    }
+
     /// Waits for the server to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let log = Arc::clone(&self.log);
@@ -211,17 +243,42 @@ pub fn exchange(stream: &mut TcpStream, input: &[u8], reply: &[u8]) {
     expect_bytes(stream, reply);
 }
 
-/// Reads until the server closes; returns all bytes. Fails on a timeout.
-pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+/// How the server ended a connection, as the client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A FIN: read() returned 0 after the last byte.
+    Clean,
+    /// A reset: read() failed with ECONNRESET. A reset can destroy replies the
+    /// client had not read yet, which is what the graceful close prevents.
+    Reset,
+}
+
+/// Reads until the server ends the connection; returns every byte received
+/// and whether it ended with a FIN or a reset. Fails the test on a timeout.
+pub fn read_until_ended(stream: &mut TcpStream) -> (Vec<u8>, Ending) {
     let mut all = Vec::new();
+    // read_to_end keeps what it read before an error in `all`.
     match stream.read_to_end(&mut all) {
-        Ok(_) => all,
-        Err(err) if err.kind() == ErrorKind::ConnectionReset => all,
+        Ok(_) => (all, Ending::Clean),
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => (all, Ending::Reset),
         Err(err) => panic!(
             "waiting for the server to close: {err}; got {:?}",
             String::from_utf8_lossy(&all)
         ),
     }
+}
+
+/// Reads until the server closes cleanly (FIN); returns all bytes. Fails the
+/// test on a reset or a timeout.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let (all, ending) = read_until_ended(stream);
+    assert_eq!(
+        ending,
+        Ending::Clean,
+        "the server reset the connection instead of closing it cleanly, after {:?}",
+        String::from_utf8_lossy(&all)
+    );
+    all
 }
 
 /// Waits for `child` to exit; fails the test with `describe()` after
@@ -239,9 +296,15 @@ pub fn wait_for_exit(child: &mut Child, describe: impl Fn() -> String) -> ExitSt
 
 /// Polls `condition` every few milliseconds until it holds or [`DEADLINE`]
 /// passes; returns whether it held.
-pub fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+pub fn wait_until(condition: impl FnMut() -> bool) -> bool {
+    wait_until_within(DEADLINE, condition)
+}
+
+/// Polls `condition` every few milliseconds until it holds or `limit`
+/// passes; returns whether it held.
+pub fn wait_until_within(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
-    while start.elapsed() < DEADLINE {
+    while start.elapsed() < limit {
         if condition() {
             return true;
         }
@@ -283,4 +346,93 @@ pub fn accept_within_deadline(listener: &TcpListener) -> TcpStream {
     let (stream, _) = accepted.expect("accepted");
     stream.set_nonblocking(false).expect("blocking stream");
     stream
+}
+
+/// TCP states as /proc/net/tcp numbers them (include/net/tcp_states.h).
+pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_CLOSE: u8 = 0x07;
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// The TCP state of our own socket (TCP_INFO).
+pub fn tcp_state(stream: &TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero tcp_info is a valid value of this plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(result, 0, "getsockopt(TCP_INFO)");
+    info.tcpi_state
+}
+
+/// Bytes we have sent (or queued) that the peer's kernel has not yet
+/// acknowledged (SIOCOUTQ), a FIN counting as one.
+pub fn unacknowledged_bytes(stream: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one c_int into `bytes`.
+    let result = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut bytes) };
+    assert_eq!(result, 0, "ioctl(SIOCOUTQ)");
+    u64::try_from(bytes).unwrap_or(0)
+}
+
+/// The server's end of a loopback IPv4 connection, as /proc/net/tcp shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerEnd {
+    /// TCP state: [`TCP_CLOSE_WAIT`] once the client's FIN has arrived.
+    pub state: u8,
+    /// Bytes received and not yet read by the server.
+    pub rx_queue: u64,
+}
+
+/// Looks up the server's end of `client`'s connection in /proc/net/tcp:
+/// the socket whose local address is the client's peer and whose remote
+/// address is the client. `None` if there is none (closed, or not IPv4).
+pub fn server_end(client: &TcpStream) -> Option<ServerEnd> {
+    let (server, client) = (client.peer_addr().ok()?, client.local_addr().ok()?);
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp is readable");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 5
+            || proc_net_addr(fields[1])? != server
+            || proc_net_addr(fields[2])? != client
+        {
+            return None;
+        }
+        let (_, rx_queue) = fields[4].split_once(':')?;
+        Some(ServerEnd {
+            state: u8::from_str_radix(fields[3], 16).ok()?,
+            rx_queue: u64::from_str_radix(rx_queue, 16).ok()?,
+        })
+    })
+}
+
+/// Parses an address of /proc/net/tcp, `0100007F:1F90` for 127.0.0.1:8080:
+/// the IPv4 address is the in-memory (network order) word printed as a
+/// native integer, the port a plain hex number.
+fn proc_net_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::from((ip, port)))
+}
+
+/// Waits until the server's end of `client`'s connection satisfies
+/// `condition`; fails the test with what was last seen after [`DEADLINE`].
+pub fn wait_for_server_end(client: &TcpStream, condition: impl Fn(ServerEnd) -> bool) -> ServerEnd {
+    let mut last = None;
+    let held = wait_until(|| {
+        last = server_end(client);
+        last.is_some_and(&condition)
+    });
+    assert!(held, "the server's end of the connection is {last:?}");
+    last.expect("seen")
 }

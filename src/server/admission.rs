@@ -1,0 +1,321 @@
+//! Admission: whether a just-accepted client is served or turned away, and
+//! the log of who was turned away.
+//!
+//! The decision is made by the acceptor for each socket the moment it is
+//! accepted, before the next accept. A refused socket is told why and closed
+//! at once, so refusals never hold descriptors: a burst of connects beyond
+//! `--max-connections` gets the busy line, not "out of file descriptors"
+//! because hundreds of sockets waited to be refused together.
+//!
+//! Three reasons turn a client away, each with its own reply and log lines:
+//!
+//! - the server holds `--max-connections` clients ([`Refusal::Full`]);
+//! - the client's address holds `--max-per-ip` of them
+//!   ([`Refusal::TooManyFromAddress`]), so one host cannot take every slot;
+//! - the process has no descriptor left ([`Refusal::OutOfDescriptors`]; the
+//!   acceptor spends its spare descriptor to say so).
+//!
+//! Refusals come in bursts: while the server is full, every new client is
+//! refused. Logging each would flood the log at the moment the server is
+//! busiest, so a burst logs one warning when it starts and one line with its
+//! count when it ends (a client is admitted again).
+//!
+//! Every admitted client is counted until the reactor frees its slot
+//! ([`Admission::release`]), however it closed. Counts per address are kept
+//! only with `--max-per-ip`, and an address whose last connection closed is
+//! forgotten: the table never holds more entries than there are connections.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+
+use mio::net::TcpStream;
+
+use crate::protocol::{OUT_OF_DESCRIPTORS_REPLY, busy_reply, too_many_from_address_reply};
+
+/// Why a client is turned away at the door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-connections` clients are connected already.
+    Full { limit: usize },
+    /// The client's address holds `--max-per-ip` connections already.
+    TooManyFromAddress { limit: usize },
+    /// The process has no file descriptor to spare.
+    OutOfDescriptors,
+}
+
+/// Tells a just-accepted client why it cannot be served, and closes it. The
+/// line is a few dozen bytes into an empty socket buffer, so one non-blocking
+/// write delivers it; if it does not, the client still sees the close.
+pub fn refuse(mut stream: TcpStream, why: Refusal) {
+    let reply = match why {
+        Refusal::Full { limit } => busy_reply(limit),
+        Refusal::TooManyFromAddress { limit } => too_many_from_address_reply(limit),
+        Refusal::OutOfDescriptors => OUT_OF_DESCRIPTORS_REPLY.to_vec(),
+    };
+    if let Err(err) = stream.write(&reply) {
+        log::debug!("refusal not delivered: {err}");
+    }
+}
+
+/// The address a client is counted under. An IPv4 client of an IPv6 socket
+/// appears as `::ffff:a.b.c.d`; it is the same host as `a.b.c.d`.
+fn counted_address(peer: SocketAddr) -> IpAddr {
+    peer.ip().to_canonical()
+}
+
+/// One address's share of the connections.
+#[derive(Debug, Default)]
+struct AddressShare {
+    open: usize,
+    /// Its clients turned away since it last had one admitted.
+    turned_away: u64,
+}
+
+/// Refusals of one kind since a client was last admitted.
+#[derive(Debug, Default)]
+struct Burst {
+    turned_away: u64,
+    /// The burst's warning is logged (it may come before the first refusal:
+    /// running out of descriptors is worth a warning even when no client
+    /// could be told).
+    warned: bool,
+}
+
+impl Burst {
+    /// Returns whether this is the burst's first event, to be warned about.
+    fn start(&mut self) -> bool {
+        !std::mem::replace(&mut self.warned, true)
+    }
+
+    /// Ends the burst; returns how many it turned away, if any.
+    fn end(&mut self) -> Option<u64> {
+        self.warned = false;
+        Some(std::mem::take(&mut self.turned_away)).filter(|&count| count > 0)
+    }
+}
+
+/// Who is connected, and who was turned away.
+#[derive(Debug)]
+pub struct Admission {
+    max_connections: usize,
+    max_per_address: Option<usize>,
+    /// Admitted and not yet released.
+    open: usize,
+    /// Connections per address; only with `max_per_address`, and only
+    /// addresses with a connection open.
+    per_address: HashMap<IpAddr, AddressShare>,
+    full: Burst,
+    out_of_descriptors: Burst,
+}
+
+impl Admission {
+    /// A per-address limit of 0 would refuse everyone; it counts as 1.
+    pub fn new(max_connections: usize, max_per_address: Option<usize>) -> Self {
+        Admission {
+            max_connections,
+            max_per_address: max_per_address.map(|limit| limit.max(1)),
+            open: 0,
+            per_address: HashMap::new(),
+            full: Burst::default(),
+            out_of_descriptors: Burst::default(),
+        }
+    }
+
+    /// Decides for a client just accepted from `peer`. `Ok` counts it as
+    /// connected until [`Admission::release`]; a refusal is logged (once per
+    /// burst) and the caller passes it to [`refuse`].
+    pub fn admit(&mut self, peer: SocketAddr) -> Result<(), Refusal> {
+        let limit = self.max_connections;
+        if self.open >= limit {
+            if self.full.start() {
+                log::warn!(
+                    "connection limit reached ({limit}); turning new clients away until some close \
+                     (raise --max-connections)"
+                );
+            }
+            self.full.turned_away += 1;
+            return Err(Refusal::Full { limit });
+        }
+        if let Some(per_address) = self.max_per_address {
+            let address = counted_address(peer);
+            let share = self.per_address.entry(address).or_default();
+            if share.open >= per_address {
+                if share.turned_away == 0 {
+                    log::warn!(
+                        "{address} holds {per_address} connections, its limit; turning its new \
+                         clients away until some close (raise --max-per-ip)"
+                    );
+                }
+                share.turned_away += 1;
+                return Err(Refusal::TooManyFromAddress { limit: per_address });
+            }
+            share.open += 1;
+            if share.turned_away > 0 {
+                log::info!(
+                    "accepting from {address} again; {} of its clients were turned away \
+                     (--max-per-ip {per_address})",
+                    std::mem::take(&mut share.turned_away)
+                );
+            }
+        }
+        self.open += 1;
+        if let Some(count) = self.full.end() {
+            log::info!(
+                "accepting again; {count} clients were turned away at the connection limit ({limit})"
+            );
+        }
+        if let Some(count) = self.out_of_descriptors.end() {
+            log::info!(
+                "accepting again; {count} clients were turned away for want of file descriptors"
+            );
+        }
+        Ok(())
+    }
+
+    /// The process is out of descriptors (accept failed with `err`); `told`
+    /// says whether a waiting client could be accepted with the spare
+    /// descriptor to be told so. Warns once per burst.
+    pub fn out_of_descriptors(&mut self, err: &io::Error, told: bool) {
+        if self.out_of_descriptors.start() {
+            log::warn!(
+                "out of file descriptors ({err}); turning new clients away until connections close \
+                 (raise `ulimit -n` or lower --max-connections)"
+            );
+        }
+        self.out_of_descriptors.turned_away += u64::from(told);
+    }
+
+    /// A connection admitted from `peer` is closed (its descriptor freed).
+    pub fn release(&mut self, peer: SocketAddr) {
+        self.open = self.open.saturating_sub(1);
+        if self.max_per_address.is_none() {
+            return;
+        }
+        let address = counted_address(peer);
+        let Some(share) = self.per_address.get_mut(&address) else {
+            return;
+        };
+        share.open = share.open.saturating_sub(1);
+        if share.open == 0 {
+            if share.turned_away > 0 {
+                log::info!(
+                    "{address} has no connections left; {} of its clients were turned away \
+                     (--max-per-ip)",
+                    share.turned_away
+                );
+            }
+            self.per_address.remove(&address);
+        }
+    }
+
+    /// Clients admitted and not yet released.
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.open
+    }
+
+    /// Addresses with a connection open (when counted per address).
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.per_address.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_connection_limit_refuses_until_a_slot_is_released() {
+        let mut admission = Admission::new(2, None);
+        assert_eq!(admission.admit(peer("10.0.0.1:1000")), Ok(()));
+        assert_eq!(admission.admit(peer("10.0.0.2:1000")), Ok(()));
+        assert_eq!(
+            admission.admit(peer("10.0.0.3:1000")),
+            Err(Refusal::Full { limit: 2 })
+        );
+        admission.release(peer("10.0.0.1:1000"));
+        assert_eq!(admission.admit(peer("10.0.0.3:1000")), Ok(()));
+        assert_eq!(admission.open(), 2);
+        assert_eq!(admission.addresses(), 0, "no table without --max-per-ip");
+    }
+
+    #[test]
+    fn one_address_is_limited_and_others_are_not() {
+        let mut admission = Admission::new(100, Some(2));
+        assert_eq!(admission.admit(peer("10.0.0.1:1")), Ok(()));
+        assert_eq!(admission.admit(peer("10.0.0.1:2")), Ok(()));
+        assert_eq!(
+            admission.admit(peer("10.0.0.1:3")),
+            Err(Refusal::TooManyFromAddress { limit: 2 })
+        );
+        assert_eq!(admission.admit(peer("10.0.0.2:1")), Ok(()));
+        admission.release(peer("10.0.0.1:1"));
+        assert_eq!(admission.admit(peer("10.0.0.1:4")), Ok(()));
+        assert_eq!(
+            admission.admit(peer("10.0.0.1:5")),
+            Err(Refusal::TooManyFromAddress { limit: 2 })
+        );
+        assert_eq!(admission.open(), 3);
+    }
+
+    #[test]
+    fn the_connection_limit_comes_before_the_address_limit() {
+        let mut admission = Admission::new(1, Some(1));
+        assert_eq!(admission.admit(peer("10.0.0.1:1")), Ok(()));
+        assert_eq!(
+            admission.admit(peer("10.0.0.1:2")),
+            Err(Refusal::Full { limit: 1 })
+        );
+    }
+
+    #[test]
+    fn an_address_is_forgotten_when_its_last_connection_closes() {
+        let mut admission = Admission::new(100, Some(1));
+        for host in 1..=50 {
+            let client = peer(&format!("10.0.1.{host}:5000"));
+            assert_eq!(admission.admit(client), Ok(()));
+            assert_eq!(
+                admission.admit(client),
+                Err(Refusal::TooManyFromAddress { limit: 1 })
+            );
+        }
+        assert_eq!(admission.addresses(), 50);
+        for host in 1..=50 {
+            admission.release(peer(&format!("10.0.1.{host}:5000")));
+        }
+        assert_eq!(admission.addresses(), 0);
+        assert_eq!(admission.open(), 0);
+    }
+
+    #[test]
+    fn refused_clients_are_not_counted_as_connected() {
+        let mut admission = Admission::new(100, Some(1));
+        assert_eq!(admission.admit(peer("10.0.0.1:1")), Ok(()));
+        for port in 2..10 {
+            assert!(admission.admit(peer(&format!("10.0.0.1:{port}"))).is_err());
+        }
+        admission.release(peer("10.0.0.1:1"));
+        assert_eq!(admission.addresses(), 0);
+        assert_eq!(admission.admit(peer("10.0.0.1:10")), Ok(()));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_client_counts_as_its_ipv4_address() {
+        let mut admission = Admission::new(100, Some(1));
+        assert_eq!(admission.admit(peer("[::ffff:10.0.0.1]:1")), Ok(()));
+        assert_eq!(
+            admission.admit(peer("10.0.0.1:2")),
+            Err(Refusal::TooManyFromAddress { limit: 1 })
+        );
+        assert_eq!(admission.admit(peer("[::1]:3")), Ok(()));
+        admission.release(peer("10.0.0.1:1"));
+        assert_eq!(admission.addresses(), 1, "only ::1 is left");
+        assert_eq!(admission.admit(peer("[::ffff:10.0.0.1]:4")), Ok(()));
+    }
+}

@@ -1,0 +1,88 @@
+//! The idle timeout and the linger time, timed from both sides: a deadline
+//! must not fire before its time, nor much after it. (Other tests only
+//! check "not before", which a deadline twice as long passes.)
+//!
+//! "Much after" needs slack for a loaded machine, where the server and this
+//! test may each wait a while for a CPU. SLACK is that allowance: generous
+//! for scheduling delays, yet short of what a deadline twice (idle) or four
+//! times (linger) too long would add.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SLACK: Duration = Duration::from_millis(1100);
+
+/// A client that sends nothing gets the idle error: not before
+/// --idle-timeout has passed since it connected, and not much after the
+/// server accepted it (which is before the greeting arrived).
+#[test]
+fn the_idle_timeout_fires_on_time() {
+    let idle = Duration::from_millis(1500);
+    let server = TestServer::start(&["--idle-timeout", "1.5"]);
+    let connecting = Instant::now();
+    let mut client = server.connect();
+    expect_bytes(&mut client, GREETING);
+    let greeted = Instant::now();
+
+    let got = read_to_close(&mut client);
+    let closed = Instant::now();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "Server: Error: idle for 1.5 s; closing\n"
+    );
+    let since_connecting = closed - connecting;
+    assert!(
+        since_connecting >= idle,
+        "closed {since_connecting:?} after connecting, before the idle timeout ({idle:?})"
+    );
+    let since_greeting = closed - greeted;
+    assert!(
+        since_greeting <= idle + SLACK,
+        "closed {since_greeting:?} after the greeting; the idle timeout is {idle:?}"
+    );
+}
+
+/// A client that takes its good bye and the server's EOF but never closes
+/// is closed by the server once --linger has passed: not before (counted
+/// from the exit that started it), and not much after (counted from the
+/// good bye, which left when it started).
+#[test]
+fn the_linger_time_ends_on_time() {
+    let linger = Duration::from_secs(1);
+    let server = TestServer::start(&["--linger", "1"]);
+    let mut client = server.connect_greeted();
+    let lingered = format!(
+        "Connection from {} is closed (no EOF from the client within the linger time)",
+        client.local_addr().unwrap()
+    );
+
+    let sending = Instant::now();
+    client.write_all(b"exit\n").expect("send exit");
+    expect_bytes(&mut client, GOODBYE);
+    let mut after = [0; 1];
+    assert_eq!(
+        client.read(&mut after).expect("the server's EOF"),
+        0,
+        "nothing after the good bye"
+    );
+    let said_bye = Instant::now();
+
+    // We keep our socket open: only the linger time can end this.
+    assert!(server.wait_for_log(&lingered), "log:\n{}", server.log());
+    let closed = Instant::now();
+    let since_exit = closed - sending;
+    assert!(
+        since_exit >= linger,
+        "closed {since_exit:?} after exit, before the linger time ({linger:?})"
+    );
+    let since_bye = closed - said_bye;
+    assert!(
+        since_bye <= linger + SLACK,
+        "closed {since_bye:?} after the good bye; the linger time is {linger:?}"
+    );
+    drop(client);
+}

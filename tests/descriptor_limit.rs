@@ -1,0 +1,79 @@
+//! The server raises its own file descriptor limit (soft RLIMIT_NOFILE up to
+//! the hard one) and sizes its capacity from the result. Started where the
+//! two limits are equal, it would have nothing to raise, so the test starts
+//! it with a soft limit well below the hard one.
+
+mod common;
+
+use std::io;
+use std::os::unix::process::CommandExt;
+
+use common::*;
+
+/// (soft, hard) "Max open files" of a process, from /proc/PID/limits.
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a 'Max open files' line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn the_server_raises_its_soft_descriptor_limit_to_the_hard_one() {
+    let (_, hard) = limits_of_this_process();
+    if hard < 128 {
+        report_skip(
+            "the_server_raises_its_soft_descriptor_limit_to_the_hard_one",
+            &format!("the hard RLIMIT_NOFILE is only {hard}; too little room below it"),
+        );
+        return;
+    }
+    let lowered = hard / 2;
+    let mut command = server_command(&[]);
+    // SAFETY: between fork and exec the child only calls setrlimit, which is
+    // async-signal-safe, and builds an io::Error from errno.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: lowered,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let server = TestServer::start_command(command);
+    assert_eq!(
+        open_files_limits(server.pid()),
+        (hard, hard),
+        "started with a soft limit of {lowered}, the server did not raise it to the hard limit"
+    );
+    // And its capacity comes from the raised limit (32 descriptors reserved).
+    let capacity = server
+        .wait_for_log_value("capacity ")
+        .expect("the server logs its capacity");
+    assert_eq!(capacity, (hard - 32).to_string(), "log:\n{}", server.log());
+}
+
+/// (soft, hard) RLIMIT_NOFILE of this test process, which the server
+/// inherits.
+fn limits_of_this_process() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    (limit.rlim_cur, limit.rlim_max)
+}
