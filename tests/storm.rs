@@ -191,7 +191,7 @@ fn a_short_soak_passes_with_the_server_back_at_baseline() {
 
 /// A fault run against a server whose settings differ from what greeter-load
 /// was told: the answers differ in a byte, and the fault clients say so.
-fn wrong_settings_are_wrong_answers(kind: &str, server_flags: &[&str], expected: &str) {
+fn wrong_settings_are_wrong_answers(kind: &str, server_flags: &[&str], expected: &str) -> String {
     let server = TestServer::start(server_flags);
     let run = load(
         "pingpong",
@@ -206,11 +206,12 @@ fn wrong_settings_are_wrong_answers(kind: &str, server_flags: &[&str], expected:
     assert!(!report.flag("passed"), "{run}");
     // The well-behaved client is unaffected, and its errors say so.
     assert_no_errors(&report, &run);
+    first.to_string()
 }
 
 #[test]
 fn a_different_idle_timeout_is_a_wrong_stall_answer() {
-    wrong_settings_are_wrong_answers(
+    let _ = wrong_settings_are_wrong_answers(
         "stall",
         &["--idle-timeout", "0.3", "--message-timeout", "0.5"],
         "got \"Server: Error: idle for 0.",
@@ -219,16 +220,17 @@ fn a_different_idle_timeout_is_a_wrong_stall_answer() {
 
 #[test]
 fn a_different_message_timeout_is_a_wrong_slowloris_answer() {
-    wrong_settings_are_wrong_answers(
+    let first = wrong_settings_are_wrong_answers(
         "slowloris",
         &["--idle-timeout", "0.5", "--message-timeout", "0.4"],
         "got \"Server: Error: message not finished within 0.",
     );
+    assert!(first.contains("bytes trickled"), "{first}");
 }
 
 #[test]
 fn a_different_line_limit_is_a_wrong_oversize_answer() {
-    wrong_settings_are_wrong_answers(
+    let _ = wrong_settings_are_wrong_answers(
         "oversize",
         &[
             "--idle-timeout",

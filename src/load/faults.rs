@@ -400,7 +400,7 @@ struct FaultClient {
     /// When the current step began (its first byte sent, or the connect).
     step_start: Instant,
     deadline: Instant,
-    /// Slowloris: bytes trickled so far.
+    /// Slowloris: bytes trickled so far, for error messages.
     trickled: usize,
 }
 
@@ -825,6 +825,9 @@ impl FaultClient {
                         " (after \"{}\")",
                         Escaped(&step.expect[..self.matched])
                     );
+                }
+                if self.trickled > 0 {
+                    let _ = write!(text, ", {} bytes trickled", self.trickled);
                 }
                 text
             }
