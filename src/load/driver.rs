@@ -152,7 +152,8 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
             format!(
-                "--faults needs {} connections (each kind given a share gets at least one),                  more than --connections {}",
+                "--faults needs {} connections (each kind given a share gets at least one), \
+                 more than the {} the file descriptor limit allows; raise `ulimit -n`",
                 faults.slots(),
                 config.connections
             ),
