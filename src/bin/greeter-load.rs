@@ -8,16 +8,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use greeter::load::soak::soak;
 use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
-use greeter::load::{LoadConfig, Workload};
+use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload, server_watch};
 use greeter::logging::{self, EXIT_FLUSH_TIME};
 
 /// Drives many simultaneous greeter clients against one server and reports
 /// throughput, latency percentiles and every failed check.
 ///
 /// Every reply is checked byte for byte. Exit codes: 0 all checks passed;
-/// 1 some check failed (mismatch, reset, timeout, refused, early close);
+/// 1 some check failed (mismatch, reset, timeout, refused, early close, a
+/// fault answered wrongly, the server's descriptors or memory not back);
 /// 2 bad arguments; 3 the run could not start or a file could not be used.
 #[derive(Parser, Debug)]
 #[command(name = "greeter-load", version, about, long_about)]
@@ -52,6 +54,20 @@ enum Command {
         /// Exchanges per second on the probe connection.
         #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = greeter::args::rate)]
         probe_rate: f64,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Pingpong, churn and a fault storm together, for 10 minutes unless
+    /// --duration says otherwise; with --server-pid, the server's
+    /// descriptors and memory must then be back where they started.
+    Soak {
+        /// Total pingpong exchanges per second (open loop); closed loop
+        /// without it.
+        #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
+        rate: Option<f64>,
+        /// Churn connections (pingpong gets --connections).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        churn_connections: u64,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -104,10 +120,90 @@ struct RunArgs {
     /// No live status line on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// The server's process id: its descriptors and resident memory are read
+    /// from /proc before and after the run, and must come back (see
+    /// docs/reliability.md).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// A fault storm: a share of the connections misbehave, each kind checking
+/// that the server answers it as documented (pingpong and churn only).
+#[derive(Args, Debug)]
+struct FaultArgs {
+    /// Misbehaving clients, as shares of --connections, e.g.
+    /// reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%.
+    /// Each kind named gets at least one connection.
+    #[arg(long, value_name = "KIND=PERCENT%,...", value_parser = FaultMix::parse)]
+    faults: Option<FaultMix>,
+    /// The server's --idle-timeout, which stall clients expect in its answer.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
+    idle_timeout: Duration,
+    /// The server's --message-timeout, which slowloris clients expect in its
+    /// answer.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
+    message_timeout: Duration,
+    /// The server's --max-line, which oversize and garbage clients use.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_line: u64,
+}
+
+impl FaultArgs {
+    /// The mix and the server's settings, or why they cannot work.
+    fn resolve(
+        &self,
+        workload: Workload,
+        connections: u64,
+    ) -> Result<(FaultMix, ServerSettings), String> {
+        let mix = self.faults.clone().unwrap_or_default();
+        let settings = ServerSettings {
+            idle_timeout: self.idle_timeout,
+            message_timeout: self.message_timeout,
+            max_line: usize::try_from(self.max_line).unwrap_or(usize::MAX),
+        };
+        if mix.is_empty() {
+            return Ok((mix, settings));
+        }
+        if let Workload::Hold { .. } = workload {
+            return Err("--faults works with pingpong and churn, not hold".to_string());
+        }
+        if mix.share(FaultKind::Stall) > 0.0 && settings.idle_timeout.is_zero() {
+            return Err(
+                "stall clients wait for the server's idle timeout: give the server's \
+                 --idle-timeout (it must not be 0)"
+                    .to_string(),
+            );
+        }
+        if mix.share(FaultKind::Slowloris) > 0.0 && settings.message_timeout.is_zero() {
+            return Err(
+                "slowloris clients wait for the server's message timeout: give the \
+                 server's --message-timeout (it must not be 0)"
+                    .to_string(),
+            );
+        }
+        let slots: usize = mix
+            .slots(usize::try_from(connections).unwrap_or(usize::MAX))
+            .iter()
+            .sum();
+        if slots as u64 > connections {
+            return Err(format!(
+                "--faults needs {slots} connections (each kind given a share gets at least one), \
+                 more than the {connections} this workload has"
+            ));
+        }
+        Ok((mix, settings))
+    }
 }
 
 /// How long a run measures unless told otherwise.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// How long a soak runs unless told otherwise.
+const DEFAULT_SOAK_DURATION: Duration = Duration::from_secs(600);
+/// The fault storm of a soak unless --faults says otherwise.
+const DEFAULT_SOAK_FAULTS: &str =
+    "reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -122,6 +218,11 @@ fn main() -> ExitCode {
         Command::Pingpong { rate, run } => run_load(Workload::PingPong { rate }, run),
         Command::Churn { names, run } => run_load(Workload::Churn { names }, run),
         Command::Hold { probe_rate, run } => run_load(Workload::Hold { probe_rate }, run),
+        Command::Soak {
+            rate,
+            churn_connections,
+            run,
+        } => run_soak(rate, churn_connections, run),
         Command::Merge { json, files } => merge_files(&files, json),
     };
     let code = match result {
@@ -135,28 +236,60 @@ fn main() -> ExitCode {
     code
 }
 
-fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
+/// The run's configuration from its flags; a usage error exits with 2.
+fn load_config(
+    workload: Workload,
+    args: &RunArgs,
+    default_duration: Duration,
+) -> Result<LoadConfig, String> {
+    let (faults, server) = match args.faults.resolve(workload, args.connections) {
+        Ok(resolved) => resolved,
+        Err(message) => Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit(),
+    };
     let addr: SocketAddr = args
         .addr
         .to_socket_addrs()
         .map_err(|err| format!("cannot resolve {}: {err}", args.addr))?
         .next()
         .ok_or_else(|| format!("{} resolves to no address", args.addr))?;
-    // Always bounded in time: --count alone would never end against a dead server.
-    let duration = args.duration.unwrap_or(DEFAULT_DURATION);
-    let config = LoadConfig {
+    Ok(LoadConfig {
         addr,
         workload,
         connections: usize::try_from(args.connections).unwrap_or(usize::MAX),
-        duration,
+        // Always bounded in time: --count alone would never end against a dead server.
+        duration: args.duration.unwrap_or(default_duration),
         count: args.count,
         ramp: args.ramp,
         warmup: args.warmup,
         timeout: args.timeout,
-        source_addrs: args.source_addrs,
+        source_addrs: args.source_addrs.clone(),
         live: !args.quiet && std::io::stderr().is_terminal(),
-    };
-    let report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
+        faults,
+        server,
+    })
+}
+
+/// How long to wait after a run for the server to close every socket: it
+/// closes each once it has read the client's close.
+fn settle_time(config: &LoadConfig) -> Duration {
+    config.timeout + Duration::from_secs(1)
+}
+
+fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
+    let config = load_config(workload, &args, DEFAULT_DURATION)?;
+    let before = args
+        .server_pid
+        .map(server_watch::sample)
+        .transpose()
+        .map_err(|err| err.to_string())?;
+    let mut report = greeter::load::run(&config).map_err(|err| format!("cannot run: {err}"))?;
+    if let (Some(pid), Some(before)) = (args.server_pid, before) {
+        let check = server_watch::settle(pid, before, report.peak_open, settle_time(&config))
+            .map_err(|err| err.to_string())?;
+        report.server = Some(check);
+    }
     if args.json {
         println!("{}", report.json());
     } else {
@@ -168,11 +301,49 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         save_histogram(&report.stats.latency_us, &mut out).map_err(cannot)?;
         out.flush().map_err(cannot)?;
     }
-    Ok(if report.passed() {
+    Ok(exit_code(report.passed()))
+}
+
+fn exit_code(passed: bool) -> ExitCode {
+    if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+/// The soak: pingpong on --connections and churn on --churn-connections at
+/// once, each with the fault storm.
+fn run_soak(
+    rate: Option<f64>,
+    churn_connections: u64,
+    mut args: RunArgs,
+) -> Result<ExitCode, String> {
+    if args.hist_out.is_some() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--hist-out is for single workloads, not soak",
+            )
+            .exit();
+    }
+    if args.faults.faults.is_none() {
+        args.faults.faults =
+            Some(FaultMix::parse(DEFAULT_SOAK_FAULTS).expect("the default mix parses"));
+    }
+    let pingpong = load_config(Workload::PingPong { rate }, &args, DEFAULT_SOAK_DURATION)?;
+    args.connections = churn_connections;
+    let mut churn = load_config(Workload::Churn { names: 1 }, &args, DEFAULT_SOAK_DURATION)?;
+    // One live line is enough: pingpong's.
+    churn.live = false;
+    let report = soak(&pingpong, &churn, args.server_pid, settle_time(&pingpong))
+        .map_err(|err| format!("cannot run: {err}"))?;
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.human());
+    }
+    Ok(exit_code(report.passed()))
 }
 
 fn merge_files(files: &[PathBuf], json: bool) -> Result<ExitCode, String> {

@@ -6,6 +6,9 @@
 //! a reply, awaiting good bye) around a [`ClientSession`]; the session knows
 //! the exact reply due, so checking costs one comparison per byte.
 //!
+//! Fault clients (`--faults`) are driven by [`FaultClients`] in their own
+//! slab; the loop only opens them, routes their events and gives them time.
+//!
 //! Deadlines are few and coarse here, so instead of a timer per client the
 //! loop sweeps for timeouts every [`SWEEP_INTERVAL`]; only open-loop sends,
 //! which must leave on time, sit in a heap.
@@ -21,6 +24,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::faults::{self, FaultClients};
 use super::report::{CpuTime, Report};
 use super::stats::{Failure, Stats};
 use super::timer::PreciseTimer;
@@ -86,6 +90,8 @@ struct Driver<'a> {
     poll: Poll,
     timer: PreciseTimer,
     clients: Slab<SimulatedClient>,
+    /// The misbehaving share of the connections, apart from `clients`.
+    faults: FaultClients,
     read_buf: Box<[u8]>,
     stats: Stats,
     start: Instant,
@@ -136,11 +142,29 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
     warn_about_port_search(&config);
     let poll = Poll::new()?;
     let timer = PreciseTimer::new(poll.registry(), TIMER_TOKEN)?;
+    let faults = FaultClients::new(
+        config.faults.clone(),
+        config.connections,
+        config.server,
+        config.timeout,
+    );
+    if faults.slots() > config.connections {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "--faults needs {} connections (each kind given a share gets at least one), \
+                 more than the {} the file descriptor limit allows; raise `ulimit -n`",
+                faults.slots(),
+                config.connections
+            ),
+        ));
+    }
     let mut driver = Driver {
         config: &config,
         poll,
         timer,
         clients: Slab::with_capacity(config.connections + extra),
+        faults,
         read_buf: vec![0; 64 * 1024].into_boxed_slice(),
         stats: Stats::default(),
         start,
@@ -165,9 +189,12 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
     };
     let measured = driver.run_loop()?;
     let cpu = driver.window_cpu();
+    let faults = (!config.faults.is_empty()).then(|| driver.faults.tally().clone());
     Ok(Report {
         config: config.clone(),
         stats: driver.stats,
+        faults,
+        server: None,
         measured,
         peak_open: driver.peak_open,
         connections_opened: driver.connections_opened,
@@ -177,11 +204,17 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
 }
 
 impl Driver<'_> {
+    /// Well-behaved clients to keep open.
     fn target(&self) -> usize {
         match self.config.workload {
             Workload::Hold { .. } => self.config.connections + 1,
-            _ => self.config.connections,
+            _ => self.behaved(),
         }
+    }
+
+    /// The connections that are not fault clients.
+    fn behaved(&self) -> usize {
+        self.config.connections - self.faults.slots()
     }
 
     fn measure_until(&self) -> Instant {
@@ -197,8 +230,10 @@ impl Driver<'_> {
             let now = Instant::now();
             self.open_clients(now);
             self.send_due(now, now);
+            self.faults.tick(now);
             if now >= next_sweep {
                 self.sweep_timeouts(now);
+                self.faults.sweep_timeouts(now);
                 next_sweep = now + SWEEP_INTERVAL;
             }
             if now >= next_live {
@@ -213,11 +248,12 @@ impl Driver<'_> {
                 self.finish(now);
             }
             if let Some(deadline) = self.finishing {
-                if self.clients.is_empty() {
+                if self.clients.is_empty() && self.faults.is_empty() {
                     break;
                 }
                 if now >= deadline {
                     self.abandon_unfinished();
+                    self.faults.abandon();
                     break;
                 }
             }
@@ -229,6 +265,7 @@ impl Driver<'_> {
                 Some(next_sweep),
                 Some(next_live),
                 self.scheduled.peek().map(|Reverse((due, _, _))| *due),
+                self.faults.next_wake(),
                 self.next_ramp_time()
                     .filter(|_| self.connecting < MAX_CONNECTING),
                 self.finishing,
@@ -255,6 +292,16 @@ impl Driver<'_> {
                 let key = event.token().0;
                 let error = event.is_error();
                 let eof_pending = event.is_read_closed() || error;
+                if key >= faults::TOKEN_BASE {
+                    self.faults.on_event(
+                        event.token(),
+                        event.is_readable() || eof_pending,
+                        event.is_writable() || error,
+                        &mut self.read_buf,
+                        now,
+                    );
+                    continue;
+                }
                 self.on_event(
                     key,
                     event.is_readable() || eof_pending,
@@ -296,7 +343,14 @@ impl Driver<'_> {
     fn finish(&mut self, now: Instant) {
         let window_end = now.min(self.measure_until());
         self.window_end = Some(window_end);
-        self.finishing = Some(now + self.config.timeout);
+        // Fault clients may still be waiting for a timed answer (stall,
+        // slowloris): give them their time as well.
+        let longest = if self.config.faults.is_empty() {
+            Duration::ZERO
+        } else {
+            self.config.server.longest_wait()
+        };
+        self.finishing = Some(now + self.config.timeout + longest);
         self.send_due(window_end, now);
         self.scheduled.clear();
         let idle: Vec<usize> = self
@@ -359,9 +413,30 @@ impl Driver<'_> {
             }
             self.ramped = (self.ramped + 1).min(self.target());
         }
+        while let Some(kind) = self.faults.wanted() {
+            if self.connecting + self.faults.connecting() >= MAX_CONNECTING
+                || started.elapsed() >= OPEN_BUDGET
+            {
+                return;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let opened = self.connect_socket().and_then(|stream| {
+                self.faults
+                    .open(kind, stream, id, self.poll.registry(), now)
+            });
+            if let Err(err) = opened {
+                self.faults.connect_failed(kind, &err);
+                self.reopen_after = Some(now + REOPEN_DELAY);
+                return;
+            }
+            self.connections_opened += 1;
+            self.peak_open = self.peak_open.max(self.clients.len() + self.faults.len());
+        }
     }
 
-    fn open_one(&mut self, now: Instant) -> io::Result<()> {
+    /// A non-blocking socket with its connect to the server started.
+    fn connect_socket(&mut self) -> io::Result<TcpStream> {
         let addr = self.config.addr;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
@@ -377,7 +452,11 @@ impl Driver<'_> {
             Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(err) => return Err(err),
         }
-        let mut stream = TcpStream::from_std(socket.into());
+        Ok(TcpStream::from_std(socket.into()))
+    }
+
+    fn open_one(&mut self, now: Instant) -> io::Result<()> {
+        let mut stream = self.connect_socket()?;
         let role = match self.config.workload {
             Workload::Hold { .. } if !self.probe_open => Role::Probe,
             Workload::Hold { .. } => Role::Held,
@@ -387,7 +466,7 @@ impl Driver<'_> {
         let id = self.next_id;
         self.next_id += 1;
         // Open loop: spread the clients' first exchanges evenly over one interval.
-        let spread = self.config.connections.max(1) as u64;
+        let spread = self.behaved().max(1) as u64;
         // A replacement for a failed client takes over its schedule, so the
         // exchanges that fell due while it was stalled are still sent, late,
         // and charged from when they were due.
@@ -423,16 +502,14 @@ impl Driver<'_> {
         });
         self.connecting += 1;
         self.connections_opened += 1;
-        self.peak_open = self.peak_open.max(self.clients.len());
+        self.peak_open = self.peak_open.max(self.clients.len() + self.faults.len());
         Ok(())
     }
 
     /// Open loop: the time between one client's exchanges.
     fn interval(&self, role: Role) -> Option<Duration> {
         let per_second = match (self.config.workload, role) {
-            (Workload::PingPong { rate: Some(rate) }, _) => {
-                rate / self.config.connections.max(1) as f64
-            }
+            (Workload::PingPong { rate: Some(rate) }, _) => rate / self.behaved().max(1) as f64,
             (Workload::Hold { probe_rate }, Role::Probe) => probe_rate,
             _ => return None,
         };
@@ -454,15 +531,9 @@ impl Driver<'_> {
             if !writable && !readable {
                 return;
             }
-            match client.stream.take_error() {
-                Ok(None) => {}
-                Ok(Some(err)) | Err(err) => {
-                    return self.fail(key, classify(&err), format_args!("connect: {err}"));
-                }
-            }
-            match client.stream.peer_addr() {
-                Ok(_) => {}
-                Err(err) if err.kind() == ErrorKind::NotConnected => return,
+            match connect_outcome(&client.stream) {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(err) => return self.fail(key, classify(&err), format_args!("connect: {err}")),
             }
             client.phase = Phase::AwaitingGreeting;
@@ -728,6 +799,19 @@ impl Driver<'_> {
             );
         }
         self.live_completed = 0;
+    }
+}
+
+/// Whether a non-blocking connect has finished: `Ok(false)` while it is in
+/// progress, the error if it failed.
+pub(super) fn connect_outcome(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(err) = stream.take_error()? {
+        return Err(err);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == ErrorKind::NotConnected => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

@@ -8,8 +8,12 @@
 //! `ulimit -n` 20000) on two cores.
 //!
 //! - [`driver`]: the event loop, the workloads and their schedules;
+//! - [`faults`]: the misbehaving clients of a fault storm and the answers
+//!   they require;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
 //! - [`report`]: the human and JSON reports;
+//! - [`server_watch`]: the server's descriptors and memory, before and after;
+//! - [`soak`]: pingpong, churn and faults together for a long time;
 //! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond).
 //!
 //! Open-loop latency (`pingpong --rate`) is measured from each exchange's
@@ -18,7 +22,10 @@
 //! silently not being sent (coordinated omission).
 
 mod driver;
+pub mod faults;
 pub mod report;
+pub mod server_watch;
+pub mod soak;
 pub mod stats;
 mod timer;
 
@@ -26,6 +33,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use driver::run;
+pub use faults::{FaultKind, FaultMix, ServerSettings};
 pub use report::Report;
 
 /// What the simulated clients do.
@@ -68,4 +76,8 @@ pub struct LoadConfig {
     pub source_addrs: Vec<IpAddr>,
     /// Print a live status line every second on stderr.
     pub live: bool,
+    /// The share of the connections that misbehave (empty: none).
+    pub faults: FaultMix,
+    /// The server's settings that fault clients check its answers against.
+    pub server: ServerSettings,
 }

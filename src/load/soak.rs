@@ -1,0 +1,103 @@
+//! The soak: pingpong, churn and a fault storm against one server at once,
+//! for a long time (`greeter-load soak`, 10 minutes by default), and then the
+//! server must be back where it started.
+//!
+//! Long-lived connections (pingpong), short ones (churn) and misbehaving
+//! ones (faults, in both) together are what a server meets in the field;
+//! a bug that only one mix triggers, or a leak too slow for a short run,
+//! shows here. Each workload runs on its own thread with its own event loop
+//! (the same [`run`](super::run) as a single workload), so this module only
+//! starts them, waits, and adds the server check around both.
+
+use std::fmt::Write as _;
+use std::io;
+use std::time::Duration;
+
+use super::report::Report;
+use super::server_watch::{self, ServerCheck};
+use super::{LoadConfig, run};
+
+/// What a soak measured.
+pub struct SoakReport {
+    pub pingpong: Report,
+    pub churn: Report,
+    /// The server's descriptors and memory before and after, if its process
+    /// id was given.
+    pub server: Option<ServerCheck>,
+}
+
+impl SoakReport {
+    /// No unexpected error anywhere, every fault answered as documented, and
+    /// the server back where it started.
+    pub fn passed(&self) -> bool {
+        self.pingpong.passed()
+            && self.churn.passed()
+            && self.server.as_ref().is_none_or(ServerCheck::passed)
+    }
+
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "greeter-load soak: {}",
+            if self.passed() { "passed" } else { "FAILED" }
+        );
+        let _ = writeln!(
+            out,
+            "(both workloads share one process: each report's CPU line is the whole soak's)"
+        );
+        out.push_str(&self.pingpong.human());
+        out.push_str(&self.churn.human());
+        if let Some(server) = &self.server {
+            let _ = writeln!(out, "{}", server.line());
+        }
+        out
+    }
+
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"mode\":\"soak\",\"pingpong\":{},\"churn\":{},\"server\":{},\"passed\":{}}}",
+            self.pingpong.json(),
+            self.churn.json(),
+            self.server
+                .as_ref()
+                .map_or_else(|| "null".to_string(), ServerCheck::json),
+            self.passed()
+        )
+    }
+}
+
+/// Runs the two workloads side by side. With `server_pid`, samples the
+/// server first, and at the end waits up to `settle` for its descriptors to
+/// come back.
+pub fn soak(
+    pingpong: &LoadConfig,
+    churn: &LoadConfig,
+    server_pid: Option<u32>,
+    settle: Duration,
+) -> io::Result<SoakReport> {
+    let before = server_pid.map(server_watch::sample).transpose()?;
+    let (pingpong, churn) = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| run(churn));
+        let pingpong = run(pingpong);
+        let churn = churn
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the churn thread panicked")));
+        (pingpong, churn)
+    });
+    let (pingpong, churn) = (pingpong?, churn?);
+    let server = match (server_pid, before) {
+        (Some(pid), Some(before)) => Some(server_watch::settle(
+            pid,
+            before,
+            pingpong.peak_open + churn.peak_open,
+            settle,
+        )?),
+        _ => None,
+    };
+    Ok(SoakReport {
+        pingpong,
+        churn,
+        server,
+    })
+}

@@ -1,0 +1,407 @@
+//! Fault storms and the soak at small scale: `greeter-load --faults` and
+//! `greeter-load soak` against the real `greeter-server`, and against fake
+//! servers that answer a fault wrongly, to show each check can fail.
+//!
+//! The server runs with short timeouts ([`SERVER_FLAGS`]) so stall and
+//! slowloris clients get their answers within a second. Assertions are on
+//! counts, exit codes and the server's descriptors, never on speed: the
+//! well-behaved clients' p99 under a storm is reported and documented
+//! (docs/reliability.md), not asserted.
+
+mod common;
+mod load_runner;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, GOODBYE, GREETING, TestServer, hello};
+use load_runner::{Json, Run, assert_no_errors, greeter_load};
+
+/// The storm server's settings, which greeter-load must be told too.
+const SERVER_FLAGS: [&str; 4] = ["--idle-timeout", "0.5", "--message-timeout", "0.5"];
+/// What greeter-load is told about the server.
+const LOAD_FLAGS: &str = "--idle-timeout 0.5 --message-timeout 0.5";
+
+const KINDS: [&str; 6] = [
+    "reset",
+    "halfclose",
+    "stall",
+    "slowloris",
+    "garbage",
+    "oversize",
+];
+
+/// Runs greeter-load `mode` against `addr` with `flags` (split on spaces).
+fn load(mode: &str, addr: &str, flags: &str) -> Run {
+    let mut args = vec![mode, "--addr", addr, "--quiet", "--json"];
+    args.extend(flags.split_whitespace());
+    greeter_load(&args)
+}
+
+/// Every fault client of `kind` was answered as documented, and there was
+/// at least one.
+fn assert_answered(report: &Json, kind: &str, run: &Run) {
+    let injected = report.count(&format!("faults/{kind}/injected"));
+    assert!(injected > 0, "no {kind} client ran; {run}");
+    assert_eq!(
+        report.count(&format!("faults/{kind}/answered")),
+        injected,
+        "{kind}; {run}"
+    );
+    assert_eq!(
+        report.count(&format!("faults/{kind}/wrong")),
+        0,
+        "{kind}; {run}"
+    );
+}
+
+/// One kind of fault against the real server: one fault slot beside one
+/// well-behaved pingpong client. Every fault client gets the answer the
+/// server documents, and the well-behaved client sees no error.
+fn kind_is_answered_as_documented(kind: &str) {
+    let server = TestServer::start(&SERVER_FLAGS);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        &format!("-c 2 --duration 1.2 --faults {kind}=50% {LOAD_FLAGS}"),
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_answered(&report, kind, &run);
+    assert_eq!(report.count(&format!("faults/{kind}/slots")), 1, "{run}");
+    for other in KINDS.iter().filter(|&&other| other != kind) {
+        assert_eq!(
+            report.count(&format!("faults/{other}/injected")),
+            0,
+            "{run}"
+        );
+    }
+    assert_no_errors(&report, &run);
+    assert!(report.count("completed") > 0, "{run}");
+    assert!(report.flag("passed"), "{run}");
+}
+
+#[test]
+fn reset_clients_are_dropped() {
+    kind_is_answered_as_documented("reset");
+}
+
+#[test]
+fn halfclose_clients_get_their_reply_and_good_bye() {
+    kind_is_answered_as_documented("halfclose");
+}
+
+#[test]
+fn stall_clients_get_the_idle_timeout_line() {
+    kind_is_answered_as_documented("stall");
+}
+
+#[test]
+fn slowloris_clients_get_the_message_timeout_line() {
+    kind_is_answered_as_documented("slowloris");
+}
+
+#[test]
+fn garbage_is_echoed_byte_for_byte() {
+    kind_is_answered_as_documented("garbage");
+}
+
+#[test]
+fn oversize_clients_get_the_line_limit_error() {
+    kind_is_answered_as_documented("oversize");
+}
+
+/// A small storm of every kind at once, on pingpong and on churn: the
+/// well-behaved clients see no error, every fault gets its answer, and the
+/// server holds exactly as many descriptors afterwards as before (every
+/// connection closed).
+#[test]
+fn a_small_storm_leaves_well_behaved_clients_and_the_server_unharmed() {
+    for mode in ["pingpong", "churn"] {
+        let server = TestServer::start(&SERVER_FLAGS);
+        let run = load(
+            mode,
+            &server.addr.to_string(),
+            &format!(
+                "-c 60 --duration 1.5 --server-pid {} {LOAD_FLAGS} \
+                 --faults reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%",
+                server.pid()
+            ),
+        );
+        run.assert_code(0);
+        let report = run.json();
+        for kind in KINDS {
+            assert_answered(&report, kind, &run);
+        }
+        assert_no_errors(&report, &run);
+        assert!(report.count("completed") > 0, "{run}");
+        assert!(report.count("latency_us/samples") > 0, "{run}");
+        let fds_before = report.count("server/fds_before");
+        assert!(fds_before > 0, "{run}");
+        assert_eq!(report.count("server/fds_after"), fds_before, "{run}");
+        assert!(report.flag("server/fds_back"), "{run}");
+        assert!(report.flag("server/rss_back"), "{run}");
+        assert!(report.flag("passed"), "{run}");
+    }
+}
+
+/// The soak in miniature: pingpong and churn side by side, both with the
+/// default fault storm, and the server back at its descriptor baseline.
+#[test]
+fn a_short_soak_passes_with_the_server_back_at_baseline() {
+    let server = TestServer::start(&SERVER_FLAGS);
+    let run = load(
+        "soak",
+        &server.addr.to_string(),
+        &format!(
+            "-c 40 --churn-connections 20 --duration 1.5 --server-pid {} {LOAD_FLAGS}",
+            server.pid()
+        ),
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_eq!(report.text("mode"), "soak", "{run}");
+    for (half, mode) in [("pingpong", "pingpong"), ("churn", "churn")] {
+        assert_eq!(report.text(&format!("{half}/mode")), mode, "{run}");
+        assert!(report.count(&format!("{half}/completed")) > 0, "{run}");
+        let Json::Object(errors) = report.get(&format!("{half}/errors")) else {
+            panic!("{half}/errors is not an object; {run}");
+        };
+        for (kind, _) in errors {
+            assert_eq!(report.count(&format!("{half}/errors/{kind}")), 0, "{run}");
+        }
+        for kind in KINDS {
+            assert_answered(report.get(half), kind, &run);
+        }
+    }
+    assert_eq!(
+        report.count("server/fds_after"),
+        report.count("server/fds_before"),
+        "{run}"
+    );
+    assert!(report.flag("passed"), "{run}");
+}
+
+// ---------------------------------------------------------------------------
+// The checks catch a server that answers wrongly
+
+/// A fault run against a server whose settings differ from what greeter-load
+/// was told: the answers differ in a byte, and the fault clients say so.
+fn wrong_settings_are_wrong_answers(kind: &str, server_flags: &[&str], expected: &str) -> String {
+    let server = TestServer::start(server_flags);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        &format!("-c 2 --duration 1 --faults {kind}=50% {LOAD_FLAGS}"),
+    );
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count(&format!("faults/{kind}/wrong")) > 0, "{run}");
+    let first = report.text(&format!("faults/{kind}/first_wrong"));
+    assert!(first.contains(expected), "{first}; {run}");
+    assert!(!report.flag("passed"), "{run}");
+    // The well-behaved client is unaffected, and its errors say so.
+    assert_no_errors(&report, &run);
+    first.to_string()
+}
+
+#[test]
+fn a_different_idle_timeout_is_a_wrong_stall_answer() {
+    let _ = wrong_settings_are_wrong_answers(
+        "stall",
+        &["--idle-timeout", "0.3", "--message-timeout", "0.5"],
+        "got \"Server: Error: idle for 0.",
+    );
+}
+
+#[test]
+fn a_different_message_timeout_is_a_wrong_slowloris_answer() {
+    let first = wrong_settings_are_wrong_answers(
+        "slowloris",
+        &["--idle-timeout", "0.5", "--message-timeout", "0.4"],
+        "got \"Server: Error: message not finished within 0.",
+    );
+    assert!(first.contains("bytes trickled"), "{first}");
+}
+
+#[test]
+fn a_different_line_limit_is_a_wrong_oversize_answer() {
+    let _ = wrong_settings_are_wrong_answers(
+        "oversize",
+        &[
+            "--idle-timeout",
+            "0.5",
+            "--message-timeout",
+            "0.5",
+            "--max-line",
+            "2000",
+        ],
+        "while \"Server: Error: line too long (limit 1024 bytes)",
+    );
+}
+
+/// How a fake server answers wrongly.
+#[derive(Clone, Copy)]
+enum Wrong {
+    /// Sends the idle line right after the greeting, without waiting.
+    IdleLineAtOnce,
+    /// Answers a half-closed client's name and says good bye once it has
+    /// read the client's EOF, then resets the connection instead of closing
+    /// it cleanly.
+    ResetAfterGoodbye,
+}
+
+/// A server that greets correctly, then answers one fault wrongly; stopped
+/// when dropped.
+struct FakeServer {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeServer {
+    fn start(wrong: Wrong) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("its address").to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let start = Instant::now();
+            while !stopped.load(Ordering::Relaxed) && start.elapsed() < DEADLINE {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        thread::spawn(move || serve_wrongly(stream, wrong));
+                    }
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        FakeServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_wrongly(mut stream: TcpStream, wrong: Wrong) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(DEADLINE));
+    if stream.write_all(GREETING).is_err() {
+        return;
+    }
+    match wrong {
+        Wrong::IdleLineAtOnce => {
+            let _ = stream.write_all(b"Server: Error: idle for 0.5 s; closing\n");
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+        Wrong::ResetAfterGoodbye => {
+            let mut line = Vec::new();
+            let mut byte = [0];
+            while stream.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            // The client's EOF first, so the reset can only come after the
+            // whole answer, where a clean close was due.
+            let _ = stream.read_to_end(&mut Vec::new());
+            let _ = stream.write_all(&[hello(&line), GOODBYE.to_vec()].concat());
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// Runs one fault kind alone (no well-behaved client) against a fake server.
+fn against_fake(wrong: Wrong, kind: &str) -> (Run, Json) {
+    let fake = FakeServer::start(wrong);
+    let run = load(
+        "churn",
+        &fake.addr,
+        &format!("-c 1 --duration 0.5 --faults {kind}=100% {LOAD_FLAGS}"),
+    );
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count(&format!("faults/{kind}/wrong")) > 0, "{run}");
+    assert!(!report.flag("passed"), "{run}");
+    (run, report)
+}
+
+#[test]
+fn an_idle_line_before_the_idle_timeout_is_wrong() {
+    let (run, report) = against_fake(Wrong::IdleLineAtOnce, "stall");
+    let first = report.text("faults/stall/first_wrong");
+    assert!(
+        first.contains("before the server's timeout"),
+        "{first}; {run}"
+    );
+}
+
+#[test]
+fn a_reset_instead_of_a_clean_close_is_wrong_for_halfclose() {
+    let (run, report) = against_fake(Wrong::ResetAfterGoodbye, "halfclose");
+    let first = report.text("faults/halfclose/first_wrong");
+    assert!(
+        first.contains("reset") && first.contains("while the server's close was expected"),
+        "{first}; {run}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Usage errors
+
+/// Bad --faults values, and faults that cannot work with the other flags,
+/// are usage errors (exit 2) that name the problem; nothing is connected to.
+#[test]
+fn bad_fault_flags_are_usage_errors_naming_the_problem() {
+    for (flags, problem) in [
+        ("pingpong --faults reset", "is not KIND=PERCENT%"),
+        ("pingpong --faults bogus=5%", "unknown fault kind `bogus`"),
+        ("pingpong --faults reset=5", "is not a percentage"),
+        ("pingpong --faults reset=120%", "is not a percentage"),
+        (
+            "pingpong --faults reset=5%,reset=1%",
+            "reset is given twice",
+        ),
+        ("pingpong --faults reset=60%,stall=50%", "add up to 110.0%"),
+        ("hold --faults reset=5%", "not hold"),
+        (
+            "pingpong --faults stall=5% --idle-timeout 0",
+            "--idle-timeout (it must not be 0)",
+        ),
+        (
+            "churn --faults slowloris=5% --message-timeout 0",
+            "--message-timeout (it must not be 0)",
+        ),
+        (
+            "pingpong -c 3 --faults reset=1%,stall=1%,garbage=1%,oversize=1%",
+            "needs 4 connections",
+        ),
+        ("soak --hist-out x", "not soak"),
+    ] {
+        let mut args: Vec<&str> = flags.split_whitespace().collect();
+        args.extend(["--addr", "127.0.0.1:1", "--duration", "1"]);
+        let run = greeter_load(&args);
+        run.assert_code(2);
+        assert!(run.stderr.contains(problem), "{flags}: {run}");
+        assert!(run.stdout.is_empty(), "{flags}: {run}");
+    }
+}
