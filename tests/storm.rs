@@ -405,3 +405,161 @@ fn bad_fault_flags_are_usage_errors_naming_the_problem() {
         assert!(run.stdout.is_empty(), "{flags}: {run}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The idle clock starts at accept (found by the storms)
+
+/// `/proc/PID/wchan`: where the process sleeps in the kernel.
+fn wchan(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+}
+
+/// Reads what is in the pipe now, without waiting.
+fn drain_available(read_end: &std::fs::File, into: &mut Vec<u8>) {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 65536];
+    loop {
+        let mut fd = libc::pollfd {
+            fd: read_end.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll() reads and writes only the one pollfd we pass.
+        if unsafe { libc::poll(&mut fd, 1, 0) } <= 0 {
+            return;
+        }
+        match (&*read_end).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A client whose handshake completes while the server's loop is busy is
+/// accepted at the end of that turn. Its idle timer must start then, not at
+/// the instant the turn began: before the fix the server stamped it with the
+/// turn's clock, and the idle line came that much early (a storm's stall
+/// clients saw it up to 30 ms early under load).
+///
+/// The busy turn is made deterministic. While the server is stopped
+/// (SIGSTOP), its stderr pipe is filled, client A closes and client X
+/// connects. After SIGCONT, the server reads its clock, handles A's close,
+/// and blocks logging it. 300 ms later client B connects, and the pipe is
+/// drained: the server accepts X and B in that same turn.
+#[test]
+fn a_client_accepted_late_in_a_busy_turn_gets_its_full_idle_time() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let idle = Duration::from_secs(1);
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two descriptors we pass; we own them.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both are fresh descriptors that nothing else owns.
+    let (read_end, write_end) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+        .args(["--listen", "127.0.0.1:0", "--idle-timeout", "1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(write_end.try_clone().expect("dup the pipe"))
+        .spawn()
+        .expect("greeter-server starts");
+    let pid = server.id();
+    let stopped = |state: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with(state))
+            .unwrap_or(false)
+    };
+    let signal = |signal| {
+        // SAFETY: kill() only sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+    };
+    let mut log = Vec::new();
+    let mut addr = None;
+    assert!(
+        common::wait_until(|| {
+            drain_available(&read_end, &mut log);
+            let text = String::from_utf8_lossy(&log);
+            addr = text.find("listening on ").map(|at| {
+                text[at + 13..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            });
+            addr.is_some()
+        }),
+        "no 'listening on' line"
+    );
+    let addr = addr.unwrap();
+
+    let mut a = common::connect(addr.parse().unwrap());
+    common::expect_bytes(&mut a, GREETING);
+    // Idle again: back in epoll_wait, its accept logged.
+    assert!(common::wait_until(|| {
+        drain_available(&read_end, &mut log);
+        String::from_utf8_lossy(&log).contains("Accept new connection")
+            && wchan(pid).contains("epoll")
+    }));
+
+    signal(libc::SIGSTOP);
+    assert!(common::wait_until(|| stopped("T")), "server not stopped");
+    // Fill the pipe. O_NONBLOCK is shared with the server's descriptor, so
+    // it is on only while the server is stopped.
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: fcntl and write on a descriptor we own, with a valid buffer.
+    unsafe {
+        libc::fcntl(
+            write_end.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        );
+        let chunk = [b'.'; 4096];
+        for _ in 0..1024 {
+            if libc::write(write_end.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) < 0 {
+                break;
+            }
+        }
+        for _ in 0..4096 {
+            if libc::write(write_end.as_raw_fd(), chunk.as_ptr().cast(), 1) < 0 {
+                break;
+            }
+        }
+        libc::fcntl(write_end.as_raw_fd(), libc::F_SETFL, flags);
+    }
+    drop(a);
+    let _x = common::connect(addr.parse().unwrap());
+    signal(libc::SIGCONT);
+    assert!(
+        common::wait_until(|| wchan(pid).contains("pipe_write")),
+        "the server never blocked on its log (wchan {:?})",
+        wchan(pid)
+    );
+
+    // The deliberate length of the busy turn before B connects: how early
+    // the idle line would come if the server started B's clock at the
+    // turn's beginning.
+    thread::sleep(Duration::from_millis(300));
+    let b_started = Instant::now();
+    let mut b = common::connect(addr.parse().unwrap());
+    let drainer = thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = (&read_end).read_to_end(&mut sink);
+    });
+
+    common::expect_bytes(&mut b, GREETING);
+    common::expect_bytes(&mut b, b"Server: Error: idle for 1 s; closing\n");
+    let took = b_started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(write_end);
+    let _ = drainer.join();
+    assert!(
+        took >= idle,
+        "the idle line came {took:?} after the client connected, before the idle timeout of {idle:?}"
+    );
+}
