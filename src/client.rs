@@ -27,8 +27,9 @@ pub enum Failure {
     /// The server's reply differs from what the protocol requires (a busy or
     /// error line, or another protocol).
     Protocol(ClientError),
-    /// The name cannot be sent as one message (it contains a newline, or it
-    /// is empty and names are sent without a terminator).
+    /// The name cannot be sent as one message (it contains a newline, ends
+    /// with a carriage return, or is empty and names are sent without a
+    /// terminator).
     InvalidName(ClientError),
     /// Any other socket error.
     Io(io::Error),

@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use greeter::load::soak::soak;
 use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
 use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload, server_watch};
+use greeter::logging::{self, EXIT_FLUSH_TIME};
 
 /// Drives many simultaneous greeter clients against one server and reports
 /// throughput, latency percentiles and every failed check.
@@ -206,10 +207,13 @@ const DEFAULT_SOAK_FAULTS: &str =
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Warn)
-        .with_colors(std::io::stderr().is_terminal())
-        .init();
+    let log = match logging::init(log::LevelFilter::Warn) {
+        Ok(log) => log,
+        Err(err) => {
+            eprintln!("greeter-load: cannot start logging: {err}");
+            return ExitCode::from(3);
+        }
+    };
     let result = match cli.command {
         Command::Pingpong { rate, run } => run_load(Workload::PingPong { rate }, run),
         Command::Churn { names, run } => run_load(Workload::Churn { names }, run),
@@ -221,13 +225,15 @@ fn main() -> ExitCode {
         } => run_soak(rate, churn_connections, run),
         Command::Merge { json, files } => merge_files(&files, json),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("greeter-load: {message}");
+            log.print(&format!("greeter-load: {message}"));
             ExitCode::from(3)
         }
-    }
+    };
+    log.flush(EXIT_FLUSH_TIME);
+    code
 }
 
 /// The run's configuration from its flags; a usage error exits with 2.

@@ -1,12 +1,14 @@
 //! `greeter-server`: parses flags, starts the logger, runs the server, and
-//! maps the outcome to an exit code. All the work is in `greeter::server`.
+//! maps the outcome to an exit code. All the work is in `greeter::server`;
+//! messages go through `greeter::logging`, so a stderr that blocks or has
+//! no reader never stops the server.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use greeter::logging::{self, EXIT_FLUSH_TIME, LogHandle};
 use greeter::protocol::{EXIT, Framing, SessionLimits};
 use greeter::server::{Config, Server, Stopped, Timeouts};
 use log::LevelFilter;
@@ -116,15 +118,23 @@ fn to_usize(value: u64) -> usize {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(args.log_level)
-        .with_colors(std::io::stderr().is_terminal());
-    if let Err(err) = logger.init() {
-        eprintln!("greeter-server: cannot start logging: {err}");
-        return ExitCode::FAILURE;
-    }
+    let log = match logging::init(args.log_level) {
+        Ok(log) => log,
+        Err(err) => {
+            eprintln!("greeter-server: cannot start logging: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = serve(&args, &log);
+    // The last lines (the "exiting" one, an error) normally get out; a
+    // stderr that accepts nothing must not keep the process alive.
+    log.flush(EXIT_FLUSH_TIME);
+    code
+}
+
+fn serve(args: &Args, log: &LogHandle) -> ExitCode {
     let config = Config {
-        listen: args.listen,
+        listen: args.listen.clone(),
         backlog: args
             .backlog
             .unwrap_or_else(greeter::server::default_backlog),
@@ -150,7 +160,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(err) => {
-            eprintln!("greeter-server: {err}");
+            log.print(&format!("greeter-server: {err}"));
             return ExitCode::FAILURE;
         }
     };
@@ -158,7 +168,7 @@ fn main() -> ExitCode {
         Ok(Stopped::Graceful) => ExitCode::SUCCESS,
         Ok(Stopped::Forced) => ExitCode::from(130),
         Err(err) => {
-            eprintln!("greeter-server: the event loop failed: {err}");
+            log.print(&format!("greeter-server: the event loop failed: {err}"));
             ExitCode::FAILURE
         }
     }

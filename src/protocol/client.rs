@@ -151,6 +151,13 @@ impl ClientSession {
         if name.contains(&b'\n') {
             return Err(ClientError::InvalidName("it contains a newline"));
         }
+        // The server removes one `\r` before the end of a message (for telnet's
+        // `\r\n`), so it would answer a different name than the one sent.
+        if name.ends_with(b"\r") {
+            return Err(ClientError::InvalidName(
+                "it ends with a carriage return, which the server removes",
+            ));
+        }
         if name.is_empty() && self.terminator == NameTerminator::Nothing {
             return Err(ClientError::InvalidName(
                 "an empty name cannot be sent without a newline",
@@ -377,6 +384,36 @@ mod tests {
         assert_eq!(client.peer_closed(), Ok(()));
     }
 
+    /// A close before any byte of the awaited reply says so, rather than
+    /// quoting an empty "after" part.
+    #[test]
+    fn closing_before_any_reply_byte_says_what_was_expected() {
+        let client = ClientSession::new(NameTerminator::Newline);
+        assert_eq!(
+            client.peer_closed().unwrap_err().to_string(),
+            "the server closed the connection while \
+             \"Server: Welcome!\\nServer: What's your name?\" was expected"
+        );
+    }
+
+    #[test]
+    fn the_dialogue_is_finished_only_by_good_bye() {
+        let mut out = Vec::new();
+        let mut client = ClientSession::new(NameTerminator::Newline);
+        assert!(!client.is_finished(), "nothing has arrived yet");
+        client
+            .receive(b"Server: Welcome!\nServer: What's your name?")
+            .unwrap();
+        assert!(!client.is_finished(), "greeted");
+        client.send_exit(&mut out).unwrap();
+        assert_eq!(out, b"exit\n");
+        client.receive(b"Server: Good").unwrap();
+        assert!(!client.is_finished(), "good bye only in part");
+        assert_eq!(client.receive(b" bye!\n"), Ok(Some(Turn::Goodbye)));
+        assert!(client.is_finished());
+        assert!(!client.is_ready(), "nothing may be sent after good bye");
+    }
+
     #[test]
     fn names_that_cannot_be_one_message_are_refused() {
         let mut out = Vec::new();
@@ -394,6 +431,34 @@ mod tests {
         ));
         assert!(out.is_empty());
         assert!(client.is_ready());
+    }
+
+    /// The server takes `Bob\r\n` (and a paused `Bob\r`) as the name `Bob`,
+    /// so the client could never check the reply to `Bob\r`: it refuses it.
+    #[test]
+    fn a_name_ending_in_a_carriage_return_is_refused() {
+        let mut server = ServerSession::new(SessionLimits::default());
+        let mut reply = Vec::new();
+        server.receive(b"Bob\r\n", &mut reply);
+        assert!(reply.ends_with(b"Server: Hello Bob!\nServer: What's your name?"));
+
+        for terminator in [NameTerminator::Newline, NameTerminator::Nothing] {
+            let mut out = Vec::new();
+            let mut client = ClientSession::new(terminator);
+            client
+                .receive(b"Server: Welcome!\nServer: What's your name?")
+                .unwrap();
+            for name in [&b"Bob\r"[..], b"exit\r", b"\r"] {
+                assert_eq!(
+                    client.send_name(name, &mut out),
+                    Err(ClientError::InvalidName(
+                        "it ends with a carriage return, which the server removes"
+                    ))
+                );
+            }
+            assert!(out.is_empty());
+            client.send_name(b"a\rb", &mut out).unwrap();
+        }
     }
 
     /// Both cores together, with no sockets: the whole tutorial dialogue.

@@ -21,6 +21,8 @@
 mod client;
 mod escape;
 mod framing;
+#[cfg(test)]
+mod proptests;
 mod server;
 
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
@@ -72,4 +74,31 @@ pub fn write_hello(name: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(name);
     out.extend_from_slice(HELLO_SUFFIX);
     out.extend_from_slice(PROMPT);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_their_limit_and_what_to_do() {
+        assert_eq!(
+            busy_reply(3),
+            b"Server: Error: too many connections (limit 3); try again later\n"
+        );
+        assert_eq!(
+            too_many_from_address_reply(2),
+            b"Server: Error: too many connections from your address (limit 2); try again later\n"
+        );
+    }
+
+    #[test]
+    fn hello_is_the_greeting_line_and_the_next_prompt() {
+        let mut out = b"earlier ".to_vec();
+        write_hello(b"Michael", &mut out);
+        assert_eq!(
+            out,
+            b"earlier Server: Hello Michael!\nServer: What's your name?"
+        );
+    }
 }

@@ -203,6 +203,13 @@ impl ServerSession {
         self.unanswered.capacity()
     }
 
+    /// Bytes received and not yet answered, for the memory properties in
+    /// proptests.rs (buffered_bytes is their capacity).
+    #[cfg(test)]
+    pub(super) fn unanswered_len(&self) -> usize {
+        self.unanswered.len()
+    }
+
     /// The peer has closed its side: it will send nothing more. What it sent is
     /// still answered (an unterminated last line included), then good bye.
     pub fn peer_closed(&mut self, out: &mut Vec<u8>) {
@@ -213,7 +220,9 @@ impl ServerSession {
     /// Answers lines held back by backpressure, as far as output room allows.
     /// The shell calls this after it has written some output.
     pub fn resume(&mut self, out: &mut Vec<u8>) {
-        if self.state == SessionState::AwaitingName && self.has_held_back_lines() {
+        // Held-back lines exist only while awaiting names: greeting comes
+        // before the first read, and closing drops all unanswered input.
+        if self.has_held_back_lines() {
             self.answer_held_back(out);
         }
         if self.pause_deferred {
@@ -260,19 +269,27 @@ impl ServerSession {
     }
 
     /// Answers complete lines from the front of `buf` while output room lasts;
-    /// returns the bytes used. Rejects a remainder that can no longer fit.
+    /// returns the bytes used. Rejects a remainder that can no longer fit,
+    /// even when the output is full: whether it is rejected now must not
+    /// depend on how fast the peer reads.
     fn answer_lines(&mut self, buf: &[u8], out: &mut Vec<u8>) -> usize {
         let mut used = 0;
         while self.state == SessionState::AwaitingName && out.len() < self.limits.max_output {
             let Some((line, len)) = split_line(&buf[used..]) else {
-                if !remainder_fits(&buf[used..], self.limits.max_line) {
-                    self.reject_long_line(out);
-                }
                 break;
             };
             used += len;
             self.line_client = true;
             self.answer(line, out);
+        }
+        let remainder = &buf[used..];
+        // The length test first: held-back lines are scanned for a newline
+        // only when they are too long to be one message.
+        if self.state == SessionState::AwaitingName
+            && !remainder_fits(remainder, self.limits.max_line)
+            && !remainder.contains(&b'\n')
+        {
+            self.reject_long_line(out);
         }
         used
     }
@@ -340,7 +357,6 @@ fn write_error(out: &mut Vec<u8>, what: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::busy_reply;
 
     const GREETING: &[u8] = b"Server: Welcome!\nServer: What's your name?";
 
@@ -582,6 +598,32 @@ mod tests {
         );
     }
 
+    /// A too-long remainder behind the last line a full output allowed is
+    /// rejected in the same read, as it is when the output has room: the
+    /// answer must not depend on backpressure (found by the split-invariance
+    /// property in proptests.rs). Before, it sat unanswered until the client
+    /// sent more, and the message timeout told it something else.
+    #[test]
+    fn a_too_long_remainder_is_rejected_even_when_the_output_is_full() {
+        let mut session = greeted(SessionLimits {
+            max_line: 4,
+            max_output: 1,
+            framing: Framing::Line,
+        });
+        let mut out = Vec::new();
+        session.receive(
+            b"a
+longer",
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"Server: Hello a!\nServer: What's your name?Server: Error: line too long (limit 4 bytes)\n"
+        );
+        assert_eq!(session.state(), SessionState::Closing);
+        assert!(!session.has_unfinished_message());
+    }
+
     #[test]
     fn backpressure_holds_lines_back_until_resumed() {
         let limit = 100;
@@ -610,6 +652,93 @@ mod tests {
         let one_reply = b"Server: Hello x!\nServer: What's your name?".len();
         assert_eq!(answered, 50 * one_reply, "nothing lost");
         assert!(session.wants_input(0));
+    }
+
+    /// One hello with its prompt, for a one-byte name.
+    const ONE_REPLY: usize = b"Server: Hello a!\nServer: What's your name?".len();
+
+    #[test]
+    fn reading_stops_exactly_at_the_output_limit() {
+        let session = greeted(SessionLimits {
+            max_output: 100,
+            ..SessionLimits::default()
+        });
+        assert!(session.wants_input(99));
+        assert!(!session.wants_input(100));
+    }
+
+    #[test]
+    fn answering_stops_exactly_at_the_output_limit() {
+        let mut session = greeted(SessionLimits {
+            max_output: ONE_REPLY,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nb\n", &mut out);
+        assert_eq!(out.len(), ONE_REPLY, "the first reply fills the output");
+        assert!(session.has_deferred_work(), "the second line waits");
+        out.clear();
+        session.resume(&mut out);
+        assert_eq!(out, b"Server: Hello b!\nServer: What's your name?");
+    }
+
+    #[test]
+    fn buffered_bytes_count_the_unanswered_input() {
+        let mut session = greeted(limits(Framing::Line));
+        assert_eq!(session.buffered_bytes(), 0);
+        feed(&mut session, b"Michael");
+        assert!(session.buffered_bytes() >= b"Michael".len());
+        feed(&mut session, b"\n");
+        assert_eq!(session.buffered_bytes(), 0, "all answered, nothing kept");
+    }
+
+    #[test]
+    fn held_back_lines_once_answered_leave_no_buffer_behind() {
+        let mut session = greeted(SessionLimits {
+            max_output: 1,
+            ..SessionLimits::default()
+        });
+        let mut out = Vec::new();
+        session.receive(b"a\nb\nc\n", &mut out);
+        assert!(session.buffered_bytes() > 0, "b and c are held back");
+        for _ in 0..2 {
+            out.clear();
+            session.resume(&mut out);
+        }
+        assert_eq!(out, b"Server: Hello c!\nServer: What's your name?");
+        assert!(!session.has_deferred_work());
+        assert_eq!(session.buffered_bytes(), 0);
+    }
+
+    /// A held-back burst whose lines are answered leaves a short remainder
+    /// in a buffer sized for the burst. It is shrunk when its spare room is
+    /// more than the remainder again plus KEEP_INPUT_CAPACITY, and kept as it
+    /// is up to that, so a steady stream of reads does not reallocate.
+    #[test]
+    fn a_held_back_buffer_is_shrunk_only_when_mostly_spare() {
+        let remainder = b"0123456789";
+        let limit = 2 * remainder.len() + KEEP_INPUT_CAPACITY;
+        for (capacity, shrunk) in [(limit, false), (limit + 1, true), (4 * limit, true)] {
+            let mut session = greeted(SessionLimits {
+                max_output: 1,
+                ..limits(Framing::Line)
+            });
+            let mut held = Vec::with_capacity(capacity);
+            held.extend_from_slice(b"a\n");
+            held.extend_from_slice(remainder);
+            assert_eq!(held.capacity(), capacity, "the test controls the capacity");
+            session.unanswered = held;
+
+            let mut out = Vec::new();
+            session.resume(&mut out);
+            assert_eq!(out, b"Server: Hello a!\nServer: What's your name?");
+            assert_eq!(session.unanswered, remainder);
+            if shrunk {
+                assert!(session.buffered_bytes() < capacity, "capacity {capacity}");
+            } else {
+                assert_eq!(session.buffered_bytes(), capacity, "kept as it was");
+            }
+        }
     }
 
     #[test]
@@ -717,13 +846,5 @@ mod tests {
         );
         assert_eq!(out, b"Server: Error: idle for 0.3 s; closing\n");
         assert_eq!(session.state(), SessionState::Closing);
-    }
-
-    #[test]
-    fn busy_reply_names_the_limit() {
-        assert_eq!(
-            busy_reply(3),
-            b"Server: Error: too many connections (limit 3); try again later\n"
-        );
     }
 }

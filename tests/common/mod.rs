@@ -84,6 +84,16 @@ impl TestServer {
         server
     }
 
+    /// Takes over a server the test started itself (for example with its
+    /// own stderr), already listening on `addr`.
+    pub fn adopt(child: Child, addr: SocketAddr) -> TestServer {
+        TestServer {
+            child,
+            addr,
+            log: Arc::new(Mutex::new("(stderr is read by the test itself)".into())),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
