@@ -338,8 +338,12 @@ impl Reactor {
         let mut accepted = std::mem::take(&mut self.accepted);
         self.acceptor
             .accept_waiting(now, &mut self.admission, &mut accepted);
+        // Not the turn's `now`: a client whose handshake completed while this
+        // turn was busy is in the backlog too, and its idle clock must not
+        // start before it connected.
+        let accepted_at = Instant::now();
         for (stream, peer) in accepted.drain(..) {
-            self.start_serving(stream, peer, now);
+            self.start_serving(stream, peer, accepted_at);
         }
         self.accepted = accepted;
     }
