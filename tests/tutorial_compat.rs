@@ -1,4 +1,4 @@
-//! Compatibility with the Python socket tutorial (shared/seed/tcp-tutorial.md):
+//! Compatibility with the classic Python socket tutorial greeter serves:
 //! its client against greeter-server, greeter-client against its server, and
 //! greeter-client against greeter-server in both name framings.
 //!

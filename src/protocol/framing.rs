@@ -4,15 +4,17 @@
 //! sends as one read. Greeter's messages end at `\n` (a `\r` before it is
 //! dropped, so telnet and `nc -C` work). The tutorial's client, however, sends a
 //! bare name and waits for the answer; its server treated whatever one `recv()`
-//! returned as the name. [`Framing::Auto`] serves both: a line ends at `\n`, and
-//! an unterminated remainder also ends when the peer pauses, which the shell
-//! knows and reports, because only the shell sees "the read would block".
+//! returned as the name. [`Framing::Auto`] serves both: a line ends at `\n`,
+//! and for a client that has not sent a `\n` yet, an unterminated remainder
+//! also ends when the client stays quiet for a while. Only the shell, which
+//! has the socket and the clock, can see that, and it reports it.
 
 /// How the end of a message is recognised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
-    /// A message ends at `\n`, or when the peer pauses after sending bytes
-    /// without one (the tutorial client's recv() semantics).
+    /// A message ends at `\n`, or, until the peer has sent a `\n`, when it
+    /// stays quiet after sending bytes without one (the tutorial client's
+    /// recv() semantics).
     Auto,
     /// A message ends only at `\n`: for strict line clients whose lines may
     /// arrive in pieces.

@@ -8,7 +8,7 @@
 //! without a single socket, and a reader can learn the protocol from this module
 //! alone. docs/protocol.md is the byte-level specification these types implement.
 //!
-//! The dialogue, byte for byte (from the tutorial in shared/seed):
+//! The dialogue, byte for byte (as in the classic tutorial):
 //!
 //! ```text
 //! server: "Server: Welcome!\n" "Server: What's your name?"      (one write)
