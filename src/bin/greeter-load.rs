@@ -91,7 +91,7 @@ struct RunArgs {
     /// Simultaneous connections.
     #[arg(short, long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     connections: u64,
-    /// Seconds to measure, after the warmup [default: 10].
+    /// Seconds to measure, after the warmup [default: 10; soak: 600].
     #[arg(long, value_name = "SECONDS", value_parser = greeter::args::seconds)]
     duration: Option<Duration>,
     /// Stop after this many measured exchanges (dialogues, in churn), or at
@@ -130,7 +130,8 @@ struct RunArgs {
 }
 
 /// A fault storm: a share of the connections misbehave, each kind checking
-/// that the server answers it as documented (pingpong and churn only).
+/// that the server answers it as documented (pingpong, churn and soak; not
+/// hold, whose connections must all stay open).
 #[derive(Args, Debug)]
 struct FaultArgs {
     /// Misbehaving clients, as shares of --connections, e.g.
