@@ -227,7 +227,8 @@ impl ServerSettings {
         } else {
             self.idle_timeout.min(self.message_timeout)
         };
-        shortest / 4
+        // Never zero: a zero interval would trickle every byte at once.
+        (shortest / 4).max(Duration::from_millis(1))
     }
 
     /// The longest a fault client waits for an answer beyond `--timeout`.
@@ -749,7 +750,9 @@ impl FaultClients {
             if !still_trickling {
                 continue;
             }
-            self.trickles.push(Reverse((at + interval, key, id)));
+            // From now, not from when it was due: after a stall the bytes
+            // keep their pace instead of catching up in a burst.
+            self.trickles.push(Reverse((now + interval, key, id)));
             if let Err(outcome) = self.trickle_byte(key) {
                 self.end(key, outcome);
             }

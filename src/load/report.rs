@@ -250,7 +250,7 @@ fn fault_table(out: &mut String, faults: &FaultTally) {
         }
         let _ = writeln!(
             out,
-            "                 {:<10} {:>5}% {:>6} {:>10} {:>10} {:>6}",
+            "                 {:<10} {:>5.1}% {:>6} {:>10} {:>10} {:>6}",
             kind.name(),
             faults.mix.share(kind) * 100.0,
             faults.slots[kind.index()],

@@ -2,7 +2,7 @@
 //! descriptors it holds and how much of its memory is resident. A storm or a
 //! soak must leave both where they were.
 //!
-//! - Descriptors must come back exactly to their count before the run. Each
+//! - Descriptors must come back to their count before the run (or fewer). Each
 //!   connection is one socket, so this is what shows that every connection
 //!   was closed and the server's slab is empty again.
 //! - Resident memory (VmRSS) cannot come back exactly: the slab keeps the

@@ -171,7 +171,7 @@ impl ServerSession {
     /// Whether an unterminated remainder would become a whole message if
     /// the peer stayed quiet: auto framing, a peer not (yet) known to end
     /// its messages with `\n`, and nothing else pending. The shell then
-    /// starts its quiet-time clock at the last byte it read.
+    /// measures the quiet time from the connection's last activity.
     pub fn awaits_pause(&self) -> bool {
         self.limits.framing == Framing::Auto && !self.line_client && self.has_unfinished_message()
     }

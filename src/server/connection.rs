@@ -232,7 +232,10 @@ impl Connection {
         let next = self.move_bytes(read_buf, now);
         // The clocks that depend on the session's state, kept in step here
         // once, whichever way the bytes moved.
-        if self.session.has_unfinished_message() {
+        // The message clock runs only while the server is reading: not while
+        // its own output is full and the rest of the message may be waiting
+        // unread in the socket.
+        if self.session.has_unfinished_message() && self.session.wants_input(self.unsent.len()) {
             self.message_started.get_or_insert(now);
         } else {
             self.message_started = None;
@@ -507,6 +510,34 @@ mod tests {
             conn.deadline(&TIMEOUTS),
             Some(idle_over + Duration::from_secs(3)),
             "the client's reading is progress"
+        );
+    }
+
+    #[test]
+    fn the_message_clock_does_not_run_while_the_server_is_not_reading() {
+        let timeouts = Timeouts {
+            message: Some(Duration::from_secs(1)),
+            ..TIMEOUTS
+        };
+        let start = Instant::now();
+        let (mut conn, _client, mut read_buf) = backed_up(start);
+        // The output is full, and the last message has begun: its end may be
+        // waiting unread in the socket, where the server does not look.
+        conn.unsent.resize(1 << 20, b'.');
+        conn.session.resume(&mut conn.unsent);
+        let mut held = Vec::new();
+        while conn.session.has_deferred_work() {
+            held.clear();
+            conn.session.resume(&mut held);
+        }
+        conn.session.receive(b"Tra", &mut conn.unsent);
+        assert!(conn.session.has_unfinished_message());
+        assert_eq!(conn.service(&mut read_buf, start), Next::Wait);
+        assert!(!conn.session.wants_input(conn.unsent.len()));
+        assert_eq!(
+            conn.deadline(&timeouts),
+            Some(start + Duration::from_secs(3)),
+            "the idle deadline, not the message clock"
         );
     }
 

@@ -18,7 +18,9 @@
 //! 5. accept from ready listeners, a bounded number each, for fairness;
 //!    [`Admission`] admits or refuses each client as it is accepted;
 //! 6. service again the connections whose read budget ran out in step 3;
-//! 7. run due deadlines (idle timeout, linger);
+//! 7. run due deadlines (quiet time, message and idle timeouts, last reply,
+//!    linger), then close the largest buffer holders while all buffers
+//!    together exceed `--max-buffered`;
 //! 8. free the slab slots of connections closed during this turn, only now,
 //!    so a stale event later in the same batch can never reach a new
 //!    connection that reused the slot;
@@ -287,13 +289,22 @@ impl Reactor {
             let slot = self.slots.remove(key);
             self.admission.release(slot.conn.peer());
         }
-        // Entries of closed connections stay in the timer heap until they
-        // come due (up to --idle-timeout later). Under heavy churn they would
-        // pile up, so drop them once they outnumber the live ones.
+        // Entries stay in the timer heap until they come due (up to
+        // --idle-timeout later): those of closed connections, and those a
+        // live connection superseded with an earlier one (every bare name
+        // queues its quiet time ahead of the idle entry). Under churn, or a
+        // stream of bare names, they would pile up; once they outnumber the
+        // live connections, the heap is rebuilt with one entry per
+        // connection, so its size, and the cost of rebuilding averaged over
+        // the entries pushed, stay bounded.
         if self.timers.len() > 2 * self.slots.len() + STALE_TIMERS_ALLOWED {
-            let slots = &self.slots;
-            self.timers
-                .retain(|conn| slots.get(conn.key).is_some_and(|slot| slot.id == conn.id));
+            let timeouts = &self.settings.timeouts;
+            let live = self.slots.iter_mut().filter_map(|(key, slot)| {
+                slot.queued_deadline = slot.conn.deadline(timeouts);
+                let at = slot.queued_deadline?;
+                Some((at, ConnectionRef { key, id: slot.id }))
+            });
+            self.timers.rebuild(live);
         }
     }
 
@@ -341,9 +352,11 @@ impl Reactor {
         // Not the turn's `now`: a client whose handshake completed while this
         // turn was busy is in the backlog too, and its idle clock must not
         // start before it connected.
-        let accepted_at = Instant::now();
-        for (stream, peer) in accepted.drain(..) {
-            self.start_serving(stream, peer, accepted_at);
+        if !accepted.is_empty() {
+            let accepted_at = Instant::now();
+            for (stream, peer) in accepted.drain(..) {
+                self.start_serving(stream, peer, accepted_at);
+            }
         }
         self.accepted = accepted;
     }

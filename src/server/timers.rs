@@ -3,11 +3,12 @@
 //! The poll timeout is the time to the earliest deadline, so the loop sleeps
 //! exactly until something is due. Deadlines move constantly (every message
 //! pushes a connection's idle deadline back), and re-sorting a heap on every
-//! read would be waste. Instead the heap holds at most a few entries per
-//! connection and is checked lazily: when an entry comes due, the connection is
+//! read would be waste. Instead the heap is checked lazily: when an entry comes due, the connection is
 //! asked for its *current* deadline; if that is later, the entry is simply
 //! re-queued for then. An entry is pushed eagerly only when a deadline moves
-//! earlier than the one already queued (entering linger, for example).
+//! earlier than the one already queued (a bare name's quiet time, entering
+//! linger). Entries left behind that way, or by closed connections, are
+//! dropped when the reactor rebuilds the heap from its live connections.
 //!
 //! Each entry names its connection by slab key *and* by a connection id that is
 //! never reused. Slab keys are reused as soon as a connection is freed, so a key
@@ -47,10 +48,12 @@ impl Timers {
         self.heap.len()
     }
 
-    /// Keeps only the entries of connections `keep` accepts, and gives the
-    /// memory of the rest back.
-    pub fn retain(&mut self, mut keep: impl FnMut(&ConnectionRef) -> bool) {
-        self.heap.retain(|Reverse((_, conn))| keep(conn));
+    /// Replaces every entry, stale or superseded, with `entries` (one per
+    /// live connection, at its current deadline), and gives the memory of
+    /// the rest back.
+    pub fn rebuild(&mut self, entries: impl IntoIterator<Item = (Instant, ConnectionRef)>) {
+        self.heap.clear();
+        self.heap.extend(entries.into_iter().map(Reverse));
         self.heap.shrink_to_fit();
     }
 
@@ -90,7 +93,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_drops_the_entries_of_gone_connections() {
+    fn rebuild_keeps_only_the_entries_given() {
         let start = Instant::now();
         let mut timers = Timers::default();
         for key in 0..100 {
@@ -102,10 +105,17 @@ mod tests {
                 },
             );
         }
-        timers.retain(|conn| conn.id % 10 == 0);
+        let live = (0..100).step_by(10).map(|key| {
+            let conn = ConnectionRef {
+                key,
+                id: key as u64,
+            };
+            (start + Duration::from_secs(200 - key as u64), conn)
+        });
+        timers.rebuild(live);
         assert_eq!(timers.len(), 10);
         let far = start + Duration::from_secs(1000);
         let due: Vec<u64> = std::iter::from_fn(|| timers.pop_due(far).map(|(_, c)| c.id)).collect();
-        assert_eq!(due, (0..100).step_by(10).collect::<Vec<u64>>());
+        assert_eq!(due, (0..10).rev().map(|i| i * 10).collect::<Vec<u64>>());
     }
 }
