@@ -201,18 +201,20 @@ impl Connection {
                 .max(self.last_progress + timeouts.idle.unwrap_or(timeouts.linger));
             return Some((at, Due::LastReply));
         }
-        let idle = timeouts
+        // This runs after every exchange, so the common case (only the idle
+        // clock applies) costs one addition and no more.
+        let mut next = timeouts
             .idle
             .map(|idle| (self.last_progress + idle, Due::Idle));
-        let message = timeouts
-            .message
-            .zip(self.message_started)
-            .map(|(limit, started)| (started + limit, Due::Message));
+        if let (Some(limit), Some(started)) = (timeouts.message, self.message_started) {
+            next = earliest(next, (started + limit, Due::Message));
+        }
         // Only a drained socket shows a pause: with bytes unread, the client
         // may have sent the rest of its name already.
-        let quiet = (self.session.awaits_pause() && !self.may_read)
-            .then(|| (self.last_progress + timeouts.quiet, Due::Quiet));
-        [idle, message, quiet].into_iter().flatten().min()
+        if !self.may_read && self.session.awaits_pause() {
+            next = earliest(next, (self.last_progress + timeouts.quiet, Due::Quiet));
+        }
+        next
     }
 
     pub fn on_readable(&mut self, read_closed: bool, urgent: bool) {
@@ -436,6 +438,12 @@ impl Connection {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
         }
     }
+}
+
+/// The earlier of a deadline (if any) and another; the one listed first in
+/// [`Due`] when both fall at once.
+fn earliest(current: Option<(Instant, Due)>, other: (Instant, Due)) -> Option<(Instant, Due)> {
+    Some(current.map_or(other, |current| current.min(other)))
 }
 
 #[cfg(test)]
