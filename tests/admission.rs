@@ -15,28 +15,6 @@ const BUSY_START: &[u8] = b"Server: Error: too many connections (limit ";
 const OUT_OF_DESCRIPTORS: &[u8] =
     b"Server: Error: server out of file descriptors; try again later\n";
 
-/// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (within the
-/// hard limit) so a test can hold many client sockets.
-fn raise_own_descriptor_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        assert!(
-            limit.rlim_max >= wanted,
-            "this test needs RLIMIT_NOFILE of at least {wanted}; the hard limit is {}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-}
-
 /// A server command whose descriptor limit (soft and hard) is `descriptors`.
 fn server_with_descriptor_limit(descriptors: libc::rlim_t, args: &[&str]) -> Command {
     let mut command = server_command(args);
@@ -105,7 +83,7 @@ fn a_connect_burst_beyond_the_limit_gets_the_busy_line() {
     // backlog is net.core.somaxconn), or connects would wait for a server
     // that is stopped.
     let clients = 600.min(usize::try_from(somaxconn()).unwrap_or(usize::MAX));
-    raise_own_descriptor_limit(2048);
+    common::raise_own_descriptor_limit(2048);
     let server = TestServer::start_command(server_with_descriptor_limit(DESCRIPTORS, &[]));
     let capacity: usize = server
         .wait_for_log_value("capacity ")

@@ -49,28 +49,6 @@ fn wait_writable(stream: &TcpStream, timeout: Duration) -> bool {
     ready > 0
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (within the
-/// hard limit) so a test can hold many client sockets.
-fn raise_own_descriptor_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        assert!(
-            limit.rlim_max >= wanted,
-            "this test needs RLIMIT_NOFILE of at least {wanted}; the hard limit is {}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
-}
-
 /// Case 1: An overlong line gets the error line and the connection closes at
 /// once, while the client is still sending: the server does not wait for a
 /// newline that never comes, and does not hold the flood in memory. Both
@@ -537,7 +515,7 @@ fn out_of_descriptors_turns_clients_away_without_spinning() {
 fn a_thousand_concurrent_dialogues_all_complete() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 250;
-    raise_own_descriptor_limit(2048);
+    common::raise_own_descriptor_limit(2048);
     let server = TestServer::start(&[]);
     let total = THREADS * PER_THREAD;
     // A counter, not a Barrier: if one thread fails the others give up at the

@@ -446,3 +446,25 @@ pub fn wait_for_server_end(client: &TcpStream, condition: impl Fn(ServerEnd) -> 
     assert!(held, "the server's end of the connection is {last:?}");
     last.expect("seen")
 }
+
+/// Raises this process's soft RLIMIT_NOFILE to at least `wanted` (within the
+/// hard limit) so a test can hold many client sockets.
+pub fn raise_own_descriptor_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        assert!(
+            limit.rlim_max >= wanted,
+            "this test needs RLIMIT_NOFILE of at least {wanted}; the hard limit is {}",
+            limit.rlim_max
+        );
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+}
