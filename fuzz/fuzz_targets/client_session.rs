@@ -20,6 +20,10 @@
 use greeter::protocol::{ClientError, ClientSession, NameTerminator, Turn};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "program.rs"]
+mod program;
+use program::Program;
+
 fuzz_target!(|data: &[u8]| run(Program(data)));
 
 /// The protocol's replies, spelled out here rather than taken from the
@@ -202,23 +206,4 @@ fn feed(
         *awaited = None;
     }
     true
-}
-
-/// The fuzz input, read front to back; reads past the end give nothing.
-struct Program<'a>(&'a [u8]);
-
-impl<'a> Program<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(first)
-    }
-
-    /// A length byte, then that many bytes (fewer at the end of the input).
-    fn chunk(&mut self) -> &'a [u8] {
-        let len = usize::from(self.byte().unwrap_or(0)).min(self.0.len());
-        let (chunk, rest) = self.0.split_at(len);
-        self.0 = rest;
-        chunk
-    }
 }

@@ -27,6 +27,10 @@ use greeter::protocol::{
 };
 use libfuzzer_sys::fuzz_target;
 
+#[path = "program.rs"]
+mod program;
+use program::Program;
+
 /// The most bytes one `receive` gets, standing in for one read.
 const MAX_READ: usize = u8::MAX as usize;
 
@@ -126,25 +130,6 @@ fn run(mut program: Program) {
             held <= allowed,
             "the session holds {held} heap bytes after op {op}; at most {allowed} expected"
         );
-    }
-}
-
-/// The fuzz input, read front to back; reads past the end give nothing.
-struct Program<'a>(&'a [u8]);
-
-impl<'a> Program<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(first)
-    }
-
-    /// A length byte, then that many bytes (fewer at the end of the input).
-    fn chunk(&mut self) -> &'a [u8] {
-        let len = usize::from(self.byte().unwrap_or(0)).min(self.0.len());
-        let (chunk, rest) = self.0.split_at(len);
-        self.0 = rest;
-        chunk
     }
 }
 
