@@ -216,7 +216,34 @@ pub fn print_reply(reply: &[u8], style: PromptStyle, out: &mut impl Write) -> io
 
 #[cfg(test)]
 mod tests {
-    use super::{PromptStyle, print_reply};
+    use super::{Failure, PromptStyle, print_reply};
+    use std::io::{self, ErrorKind};
+
+    #[test]
+    fn each_connect_failure_says_what_to_do_about_it() {
+        let connect = |kind: ErrorKind| {
+            Failure::Connect {
+                addr: "127.0.0.1:6000".to_string(),
+                source: io::Error::from(kind),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            connect(ErrorKind::ConnectionRefused),
+            "cannot connect to 127.0.0.1:6000: connection refused (is greeter-server running there?)"
+        );
+        assert_eq!(
+            connect(ErrorKind::TimedOut),
+            "cannot connect to 127.0.0.1:6000: timed out (try a longer --timeout)"
+        );
+        assert_eq!(
+            connect(ErrorKind::PermissionDenied),
+            format!(
+                "cannot connect to 127.0.0.1:6000: {}",
+                io::Error::from(ErrorKind::PermissionDenied)
+            )
+        );
+    }
 
     #[test]
     fn replies_print_as_the_tutorial_transcript() {
