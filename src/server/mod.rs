@@ -177,11 +177,6 @@ impl Server {
         Ok(Server { reactor })
     }
 
-    /// The addresses actually bound (port 0 resolved).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.reactor.local_addrs()
-    }
-
     /// Serves until SIGINT or SIGTERM.
     pub fn run(self) -> io::Result<Stopped> {
         self.reactor.run()
