@@ -23,6 +23,7 @@ mod escape;
 mod framing;
 #[cfg(test)]
 mod proptests;
+pub mod proxy;
 mod server;
 
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
