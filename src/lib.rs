@@ -10,6 +10,7 @@
 //! - [`client`]: a blocking `std::net` client driving the core's client side.
 //! - [`load`]: the load generator, a reactor of simulated clients.
 //! - [`limits`]: the file descriptor limit, which caps connections on both sides.
+//! - [`metrics`]: what the server exposes for Prometheus, as pure code.
 //! - [`logging`]: the log, written by a thread of its own so it never stalls the loop.
 //!
 //! `src/bin/` only parses arguments (with the shared parsers in [`args`]) and
@@ -20,5 +21,6 @@ pub mod client;
 pub mod limits;
 pub mod load;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
