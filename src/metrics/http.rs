@@ -185,6 +185,32 @@ mod tests {
         assert_eq!(decide(&many), Some(Answer::Error(Refused::HeadTooLarge)));
     }
 
+    /// A complete head of `len` bytes, padded with a header.
+    fn head_of(len: usize) -> Vec<u8> {
+        let mut head = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(len - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+
+    /// Browsers and proxies in front of a scraper may add long headers
+    /// (cookies): a head of several KiB is still a scrape.
+    #[test]
+    fn a_whole_head_is_served_up_to_the_limit_and_refused_past_it() {
+        assert_eq!(
+            decide(&head_of(6000)),
+            Some(Answer::Metrics { with_body: true })
+        );
+        assert_eq!(
+            decide(&head_of(MAX_REQUEST_HEAD)),
+            Some(Answer::Metrics { with_body: true })
+        );
+        assert_eq!(
+            decide(&head_of(MAX_REQUEST_HEAD + 1)),
+            Some(Answer::Error(Refused::HeadTooLarge))
+        );
+    }
+
     #[test]
     fn responses_carry_their_length_and_close() {
         let mut out = Vec::new();
