@@ -1,15 +1,18 @@
-//! `greeter-server`: parses flags, starts the logger, runs the server, and
-//! maps the outcome to an exit code. All the work is in `greeter::server`;
-//! messages go through `greeter::logging`, so a stderr that blocks or has
-//! no reader never stops the server.
+//! `greeter-server`: takes sockets passed by socket activation, parses flags,
+//! starts the logger, runs the server, and maps the outcome to an exit code.
+//! All the work is in `greeter::server`; messages go through
+//! `greeter::logging`, so a stderr that blocks or has no reader never stops
+//! the server.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use greeter::logging::{self, EXIT_FLUSH_TIME, LogHandle};
 use greeter::protocol::{EXIT, Framing, SessionLimits};
+use greeter::server::activation::{self, ActivationError, Inheritance};
 use greeter::server::{Config, Server, Stopped, Timeouts};
 use log::LevelFilter;
 
@@ -20,6 +23,8 @@ use log::LevelFilter;
 #[command(name = "greeter-server", version)]
 struct Args {
     /// Address to listen on, IPv4 or IPv6 (e.g. [::1]:6000); repeat for several.
+    /// Not with socket activation (LISTEN_FDS), which passes the sockets to
+    /// serve: giving both is an error.
     #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
     listen: Vec<SocketAddr>,
 
@@ -117,7 +122,13 @@ fn to_usize(value: u64) -> usize {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // SAFETY: the first thing in main, so no other thread runs yet (taking
+    // the sockets removes the LISTEN_* variables from the environment) and
+    // nothing owns a descriptor above stdio.
+    let inherited = unsafe { activation::take_from_environment() };
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    let listen_given = matches.value_source("listen") != Some(ValueSource::DefaultValue);
     let log = match logging::init(args.log_level) {
         Ok(log) => log,
         Err(err) => {
@@ -125,15 +136,75 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = serve(&args, &log);
+    let code = serve(&args, listen_given, inherited, &log);
     // The last lines (the "exiting" one, an error) normally get out; a
     // stderr that accepts nothing must not keep the process alive.
     log.flush(EXIT_FLUSH_TIME);
     code
 }
 
-fn serve(args: &Args, log: &LogHandle) -> ExitCode {
-    let config = Config {
+/// Serves the sockets socket activation passed, or else binds `--listen`.
+/// Both at once is an error, not a silent choice: a `--listen` that is
+/// quietly not listened on misleads whoever reads the unit file.
+fn serve(
+    args: &Args,
+    listen_given: bool,
+    inherited: Result<Inheritance, ActivationError>,
+    log: &LogHandle,
+) -> ExitCode {
+    let config = config(args);
+    let started = match inherited {
+        Err(err) => {
+            log.print(&format!("greeter-server: {err}"));
+            return ExitCode::FAILURE;
+        }
+        Ok(Inheritance::Sockets(sockets)) if listen_given => {
+            log.print(&format!(
+                "greeter-server: --listen was given, but socket activation passed {} listening \
+                 socket(s) (LISTEN_FDS); serve one or the other: drop --listen (and \
+                 GREETER_LISTEN) to serve the passed sockets, the .socket unit says where",
+                sockets.len()
+            ));
+            return ExitCode::FAILURE;
+        }
+        Ok(Inheritance::Sockets(sockets)) => {
+            if args.backlog.is_some() {
+                log::warn!(
+                    "--backlog has no effect on sockets passed by socket activation: their \
+                     accept queue was set where they were opened (Backlog= in a .socket unit)"
+                );
+            }
+            Server::adopt(&config, sockets)
+        }
+        Ok(Inheritance::ForAnotherProcess { pid }) => {
+            log::warn!(
+                "LISTEN_PID={pid} names another process (this one is {}): the sockets passed \
+                 are not ours; listening on --listen instead",
+                std::process::id()
+            );
+            Server::bind(&config)
+        }
+        Ok(Inheritance::Nothing) => Server::bind(&config),
+    };
+    let server = match started {
+        Ok(server) => server,
+        Err(err) => {
+            log.print(&format!("greeter-server: {err}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(Stopped::Graceful) => ExitCode::SUCCESS,
+        Ok(Stopped::Forced) => ExitCode::from(130),
+        Err(err) => {
+            log.print(&format!("greeter-server: the event loop failed: {err}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(args: &Args) -> Config {
+    Config {
         listen: args.listen.clone(),
         backlog: args
             .backlog
@@ -156,20 +227,5 @@ fn serve(args: &Args, log: &LogHandle) -> ExitCode {
                 FramingArg::Line => Framing::Line,
             },
         },
-    };
-    let server = match Server::bind(&config) {
-        Ok(server) => server,
-        Err(err) => {
-            log.print(&format!("greeter-server: {err}"));
-            return ExitCode::FAILURE;
-        }
-    };
-    match server.run() {
-        Ok(Stopped::Graceful) => ExitCode::SUCCESS,
-        Ok(Stopped::Forced) => ExitCode::from(130),
-        Err(err) => {
-            log.print(&format!("greeter-server: the event loop failed: {err}"));
-            ExitCode::FAILURE
-        }
     }
 }
