@@ -22,78 +22,84 @@ use log::LevelFilter;
 #[derive(Parser, Debug)]
 #[command(name = "greeter-server", version)]
 struct Args {
-    /// Address to listen on, IPv4 or IPv6 (e.g. [::1]:6000); repeat for several.
+    /// Address to listen on, IPv4 or IPv6 (e.g. [::1]:6000); repeat for several
+    /// (or separate them with commas).
     /// Not with socket activation (LISTEN_FDS), which passes the sockets to
     /// serve: giving both is an error.
-    #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
+    #[arg(long, env = "GREETER_LISTEN", value_name = "ADDR", value_delimiter = ',', default_value = greeter::server::DEFAULT_LISTEN)]
     listen: Vec<SocketAddr>,
 
     /// Length of the accept queue of each listener. A short queue silently
     /// loses clients during a burst of connects. Default: the most the kernel
     /// allows (net.core.somaxconn), which also caps a larger value.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "GREETER_BACKLOG", value_name = "N")]
     backlog: Option<u32>,
 
     /// Most clients served at once; more are told the server is busy and closed.
     /// Default: as many as the file descriptor limit allows.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "GREETER_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
 
     /// Most clients served at once from one IP address (IPv4-mapped IPv6
     /// addresses count as their IPv4 address); more from it are told so and
     /// closed. Default: no limit.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "GREETER_MAX_PER_IP", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_per_ip: Option<u64>,
 
     /// Close a connection after this many seconds without progress (0: never).
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_IDLE_TIMEOUT", value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
     idle_timeout: Duration,
 
     /// Close a connection whose message is not finished this many seconds
     /// after its first byte (0: never): a client trickling bytes cannot hold
     /// a slot for long.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_MESSAGE_TIMEOUT", value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
     message_timeout: Duration,
 
     /// Auto framing: how long a client that sends bare names (no newline)
     /// must stay quiet before what it sent counts as a whole name. A client
     /// that has ended a name with a newline is never split by a pause.
-    #[arg(long, value_name = "SECONDS", default_value = "0.05", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_QUIET_TIME", value_name = "SECONDS", default_value = "0.05", value_parser = greeter::args::seconds)]
     quiet_time: Duration,
 
     /// After the last reply, wait this many seconds for the client to close
     /// before closing anyway.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_LINGER", value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
     linger: Duration,
 
     /// On SIGINT/SIGTERM, wait this many seconds for clients to take their good
     /// bye before exiting.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_SHUTDOWN_GRACE", value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
     shutdown_grace: Duration,
 
     /// Longest name in bytes (the tutorial read names with recv(1024)); longer
     /// input gets an error line and the connection closes. At least 4, so that
     /// `exit` fits.
-    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = max_line)]
+    #[arg(long, env = "GREETER_MAX_LINE", value_name = "BYTES", default_value_t = 1024, value_parser = max_line)]
     max_line: u64,
 
     /// Unsent reply bytes per connection at which the server stops reading from
     /// it until the client has read some (backpressure).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "GREETER_MAX_OUTPUT", value_name = "BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_output: u64,
 
     /// Bytes all connections together may hold in their buffers (unsent
     /// replies, unanswered input); beyond it the largest holders are closed.
-    #[arg(long, value_name = "BYTES", default_value_t = greeter::server::DEFAULT_MAX_BUFFERED as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "GREETER_MAX_BUFFERED", value_name = "BYTES", default_value_t = greeter::server::DEFAULT_MAX_BUFFERED as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_buffered: u64,
 
     /// How a name ends: auto = at a newline, or when the client pauses after
     /// sending (what the tutorial's client needs); line = only at a newline.
-    #[arg(long, value_enum, default_value_t = FramingArg::Auto)]
+    #[arg(long, env = "GREETER_FRAMING", value_enum, default_value_t = FramingArg::Auto)]
     framing: FramingArg,
 
     /// Log level: off, error, warn, info, debug or trace.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        env = "GREETER_LOG_LEVEL",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
     log_level: LevelFilter,
 }
 
