@@ -7,8 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use clap::builder::BoolishValueParser;
+use clap::{CommandFactory, Parser};
 use greeter::client::{Client, Failure, PromptStyle, print_reply};
 use greeter::protocol::NameTerminator;
 
@@ -45,6 +45,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = greeter::generate::generate_if_asked(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

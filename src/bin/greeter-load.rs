@@ -218,6 +218,9 @@ const DEFAULT_SOAK_FAULTS: &str =
     "reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%";
 
 fn main() -> ExitCode {
+    if let Some(code) = greeter::generate::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     let log = match logging::init(log::LevelFilter::Warn) {
         Ok(log) => log,

@@ -132,6 +132,9 @@ fn main() -> ExitCode {
     // the sockets removes the LISTEN_* variables from the environment) and
     // nothing owns a descriptor above stdio.
     let inherited = unsafe { activation::take_from_environment() };
+    if let Some(code) = greeter::generate::generate_if_asked(Args::command) {
+        return code;
+    }
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let listen_given = matches.value_source("listen") != Some(ValueSource::DefaultValue);
