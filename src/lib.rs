@@ -14,10 +14,12 @@
 //! - [`logging`]: the log, written by a thread of its own so it never stalls the loop.
 //!
 //! `src/bin/` only parses arguments (with the shared parsers in [`args`]) and
-//! maps errors to exit codes.
+//! maps errors to exit codes; [`generate`] turns their clap definitions into
+//! shell completions and man pages.
 
 pub mod args;
 pub mod client;
+pub mod generate;
 pub mod limits;
 pub mod load;
 pub mod logging;

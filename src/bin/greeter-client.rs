@@ -7,7 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::BoolishValueParser;
+use clap::{CommandFactory, Parser};
 use greeter::client::{Client, Failure, PromptStyle, print_reply};
 use greeter::protocol::NameTerminator;
 
@@ -25,17 +26,17 @@ use greeter::protocol::NameTerminator;
 #[command(name = "greeter-client", version)]
 struct Args {
     /// Server address, host:port.
-    #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
+    #[arg(long, env = "GREETER_CLIENT_ADDR", value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
     addr: String,
 
     /// Seconds to wait for the connection and for each read or write of a
     /// reply (0: forever).
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_CLIENT_TIMEOUT", value_name = "SECONDS", default_value = "10", value_parser = greeter::args::seconds)]
     timeout: Duration,
 
     /// Send names without a trailing newline, as the tutorial's client does
     /// (for servers that take each recv() as one name).
-    #[arg(long)]
+    #[arg(long, env = "GREETER_CLIENT_NO_NEWLINE", value_parser = BoolishValueParser::new())]
     no_newline: bool,
 
     /// Names to send, in order.
@@ -44,6 +45,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = greeter::generate::generate_if_asked(Args::command) {
+        return code;
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use greeter::load::soak::soak;
 use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
@@ -35,7 +36,7 @@ enum Command {
     Pingpong {
         /// Total exchanges per second across all connections (open loop);
         /// latency is measured from each exchange's intended send time.
-        #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
+        #[arg(long, env = "GREETER_LOAD_RATE", value_name = "PER_SECOND", value_parser = greeter::args::rate)]
         rate: Option<f64>,
         #[command(flatten)]
         run: RunArgs,
@@ -43,7 +44,12 @@ enum Command {
     /// Whole dialogues over and over: connect, greeting, names, exit, close.
     Churn {
         /// Names sent in each dialogue before exit.
-        #[arg(long, value_name = "N", default_value_t = 1)]
+        #[arg(
+            long,
+            env = "GREETER_LOAD_NAMES",
+            value_name = "N",
+            default_value_t = 1
+        )]
         names: u32,
         #[command(flatten)]
         run: RunArgs,
@@ -52,7 +58,7 @@ enum Command {
     /// measures latency; at the end every held connection must still answer.
     Hold {
         /// Exchanges per second on the probe connection.
-        #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0, value_parser = greeter::args::rate)]
+        #[arg(long, env = "GREETER_LOAD_PROBE_RATE", value_name = "PER_SECOND", default_value_t = 100.0, value_parser = greeter::args::rate)]
         probe_rate: f64,
         #[command(flatten)]
         run: RunArgs,
@@ -63,10 +69,10 @@ enum Command {
     Soak {
         /// Total pingpong exchanges per second (open loop); closed loop
         /// without it.
-        #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
+        #[arg(long, env = "GREETER_LOAD_RATE", value_name = "PER_SECOND", value_parser = greeter::args::rate)]
         rate: Option<f64>,
         /// Churn connections (pingpong gets --connections).
-        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, env = "GREETER_LOAD_CHURN_CONNECTIONS", value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
         churn_connections: u64,
         #[command(flatten)]
         run: RunArgs,
@@ -75,7 +81,7 @@ enum Command {
     /// and print their percentiles.
     Merge {
         /// Print JSON instead of text.
-        #[arg(long)]
+        #[arg(long, env = "GREETER_LOAD_JSON", value_parser = BoolishValueParser::new())]
         json: bool,
         /// Histogram files.
         #[arg(required = true, value_name = "FILE")]
@@ -86,44 +92,49 @@ enum Command {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Server address, host:port. Traffic goes to this address only.
-    #[arg(long, value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
+    #[arg(long, env = "GREETER_LOAD_ADDR", value_name = "ADDR", default_value = greeter::server::DEFAULT_LISTEN)]
     addr: String,
     /// Simultaneous connections.
-    #[arg(short, long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short, long, env = "GREETER_LOAD_CONNECTIONS", value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     connections: u64,
     /// Seconds to measure, after the warmup [default: 10; soak: 600].
-    #[arg(long, value_name = "SECONDS", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_LOAD_DURATION", value_name = "SECONDS", value_parser = greeter::args::seconds)]
     duration: Option<Duration>,
     /// Stop after this many measured exchanges (dialogues, in churn), or at
     /// the end of --duration, whichever comes first.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "GREETER_LOAD_COUNT", value_name = "N")]
     count: Option<u64>,
     /// Connections opened per second while building up (default: at once).
-    #[arg(long, value_name = "PER_SECOND", value_parser = greeter::args::rate)]
+    #[arg(long, env = "GREETER_LOAD_RAMP", value_name = "PER_SECOND", value_parser = greeter::args::rate)]
     ramp: Option<f64>,
     /// Seconds at the start that are not counted.
-    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_LOAD_WARMUP", value_name = "SECONDS", default_value = "0", value_parser = greeter::args::seconds)]
     warmup: Duration,
     /// Seconds to wait for a connect or a reply before counting a timeout.
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_LOAD_TIMEOUT", value_name = "SECONDS", default_value = "5", value_parser = greeter::args::seconds)]
     timeout: Duration,
     /// Local addresses to connect from, comma-separated (e.g.
     /// 127.0.0.2,127.0.0.3): each brings its own range of ephemeral ports.
-    #[arg(long, value_name = "IP,...", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "GREETER_LOAD_SOURCE_ADDRS",
+        value_name = "IP,...",
+        value_delimiter = ','
+    )]
     source_addrs: Vec<IpAddr>,
     /// Print the report as one JSON object.
-    #[arg(long)]
+    #[arg(long, env = "GREETER_LOAD_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
     /// Save the latency histogram (HdrHistogram V2 format) for `merge`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "GREETER_LOAD_HIST_OUT", value_name = "FILE")]
     hist_out: Option<PathBuf>,
     /// No live status line on stderr.
-    #[arg(long, short)]
+    #[arg(long, env = "GREETER_LOAD_QUIET", value_parser = BoolishValueParser::new(), short)]
     quiet: bool,
     /// The server's process id: its descriptors and resident memory are read
     /// from /proc before and after the run, and must come back (see
     /// docs/reliability.md).
-    #[arg(long, value_name = "PID")]
+    #[arg(long, env = "GREETER_LOAD_SERVER_PID", value_name = "PID")]
     server_pid: Option<u32>,
     #[command(flatten)]
     faults: FaultArgs,
@@ -137,17 +148,17 @@ struct FaultArgs {
     /// Misbehaving clients, as shares of --connections, e.g.
     /// reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%.
     /// Each kind named gets at least one connection.
-    #[arg(long, value_name = "KIND=PERCENT%,...", value_parser = FaultMix::parse)]
+    #[arg(long, env = "GREETER_LOAD_FAULTS", value_name = "KIND=PERCENT%,...", value_parser = FaultMix::parse)]
     faults: Option<FaultMix>,
     /// The server's --idle-timeout, which stall clients expect in its answer.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_LOAD_IDLE_TIMEOUT", value_name = "SECONDS", default_value = "60", value_parser = greeter::args::seconds)]
     idle_timeout: Duration,
     /// The server's --message-timeout, which slowloris clients expect in its
     /// answer.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
+    #[arg(long, env = "GREETER_LOAD_MESSAGE_TIMEOUT", value_name = "SECONDS", default_value = "30", value_parser = greeter::args::seconds)]
     message_timeout: Duration,
     /// The server's --max-line, which oversize and garbage clients use.
-    #[arg(long, value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "GREETER_LOAD_MAX_LINE", value_name = "BYTES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_line: u64,
 }
 
@@ -207,6 +218,9 @@ const DEFAULT_SOAK_FAULTS: &str =
     "reset=5%,halfclose=5%,stall=5%,slowloris=5%,garbage=5%,oversize=1%";
 
 fn main() -> ExitCode {
+    if let Some(code) = greeter::generate::generate_if_asked(Cli::command) {
+        return code;
+    }
     let cli = Cli::parse();
     let log = match logging::init(log::LevelFilter::Warn) {
         Ok(log) => log,

@@ -236,6 +236,8 @@ impl Acceptor {
 
     /// Stops accepting for good: closing the listeners makes new connects
     /// fail fast instead of waiting in a backlog nobody will accept from.
+    /// (A socket passed by systemd stays open in systemd, and its backlog
+    /// waits for the next server: what socket activation is for.)
     pub fn close(&mut self, registry: &Registry) {
         for mut listener in self.listeners.drain(..) {
             if let Err(err) = registry.deregister(&mut listener.socket) {

@@ -2,8 +2,9 @@
 //!
 //! [`Server::bind`] does everything that can fail at start (raising the
 //! descriptor limit, binding every address, setting up signals) so that errors
-//! surface before the first client; [`Server::run`] then loops until a
-//! shutdown signal.
+//! surface before the first client ([`Server::adopt`] does the same with
+//! sockets passed by socket activation instead of binding); [`Server::run`]
+//! then loops until a shutdown signal.
 //!
 //! - [`reactor`]: the event loop (poll, dispatch, deadlines, freeing slots);
 //! - [`admission`]: who is served and who is turned away (the connection
@@ -11,9 +12,11 @@
 //! - [`connection`]: one client's socket, session and unsent output;
 //! - [`listener`]: binding with a real backlog, accepting (also at EMFILE),
 //!   and the socket options every connection gets;
+//! - [`activation`]: taking listening sockets passed by systemd instead;
 //! - [`timers`]: deadlines that drive the poll timeout;
 //! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged).
 
+pub mod activation;
 mod admission;
 mod connection;
 mod kernel;
@@ -26,6 +29,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mio::net::TcpListener;
+
+use activation::InheritedListener;
 pub use connection::Timeouts;
 pub use listener::ListenError;
 
@@ -150,6 +156,36 @@ impl Server {
         for &addr in &config.listen {
             sockets.push(listener::bind(addr, backlog).map_err(StartError::Listen)?);
         }
+        let origins = vec![format!("accept queue {backlog}"); sockets.len()];
+        Self::start(config, max_connections, sockets, origins)
+    }
+
+    /// Like [`Server::bind`], but serves the listening sockets passed by
+    /// socket activation instead of binding `config.listen`; their accept
+    /// queue is what the supervisor gave them (`Backlog=` in a .socket unit).
+    pub fn adopt(config: &Config, inherited: Vec<InheritedListener>) -> Result<Server, StartError> {
+        let max_connections = resolve_capacity(config.max_connections);
+        let origins = inherited
+            .iter()
+            .map(|socket| {
+                format!(
+                    "inherited by socket activation: descriptor {}, named {:?}",
+                    socket.fd, socket.name
+                )
+            })
+            .collect();
+        let sockets = inherited.into_iter().map(|socket| socket.socket).collect();
+        Self::start(config, max_connections, sockets, origins)
+    }
+
+    /// Prepares the loop around `sockets`; `origins` says, for the log,
+    /// where each came from.
+    fn start(
+        config: &Config,
+        max_connections: usize,
+        sockets: Vec<TcpListener>,
+        origins: Vec<String>,
+    ) -> Result<Server, StartError> {
         let settings = Settings {
             max_connections,
             max_per_ip: config.max_per_ip,
@@ -159,8 +195,8 @@ impl Server {
             max_buffered: config.max_buffered,
         };
         let reactor = Reactor::new(sockets, settings).map_err(StartError::Setup)?;
-        for addr in reactor.local_addrs() {
-            log::info!("listening on {addr} (accept queue {backlog})");
+        for (addr, origin) in reactor.local_addrs().into_iter().zip(origins) {
+            log::info!("listening on {addr} ({origin})");
         }
         log::info!(
             "capacity {max_connections} connections{}; framing {:?}, max line {} bytes, idle timeout {}",

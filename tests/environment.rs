@@ -1,0 +1,161 @@
+//! Every flag of the three binaries can also come from an environment
+//! variable (GREETER_* for the server, GREETER_CLIENT_* and GREETER_LOAD_*
+//! for the others), a flag given on the command line wins, and --help names
+//! each variable.
+
+mod common;
+mod process;
+
+use std::io::Read;
+use std::process::Command;
+
+use common::*;
+use process::run;
+
+const LIMITED: &[u8] =
+    b"Server: Error: too many connections from your address (limit 1); try again later\n";
+
+/// Reads what the server sends a second client from 127.0.0.1 while a first
+/// one is connected: the greeting if it is served, the refusal if not.
+fn second_client_gets(server: &TestServer) -> Vec<u8> {
+    let _first = server.connect_greeted();
+    let mut second = server.connect();
+    let mut got = vec![0; GREETING.len().max(LIMITED.len())];
+    let mut read = 0;
+    // Both answers are shorter than the buffer; stop at the first whole one.
+    while !(got[..read] == *GREETING || got[..read] == *LIMITED) {
+        let n = second
+            .read(&mut got[read..])
+            .expect("read the second client's answer");
+        assert!(
+            n > 0,
+            "closed after {:?}",
+            String::from_utf8_lossy(&got[..read])
+        );
+        read += n;
+    }
+    got.truncate(read);
+    got
+}
+
+#[test]
+fn a_server_setting_comes_from_its_environment_variable() {
+    let mut command = server_command(&[]);
+    command.env("GREETER_MAX_PER_IP", "1");
+    let server = TestServer::start_command(command);
+    assert_eq!(second_client_gets(&server), LIMITED);
+}
+
+#[test]
+fn the_flag_wins_over_the_environment_variable() {
+    let mut command = server_command(&["--max-per-ip", "2"]);
+    command.env("GREETER_MAX_PER_IP", "1");
+    let server = TestServer::start_command(command);
+    assert_eq!(second_client_gets(&server), GREETING);
+}
+
+/// GREETER_LISTEN takes a comma-separated list, as the flag repeated would.
+#[test]
+fn the_listen_variable_takes_several_addresses() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    command.env("GREETER_LISTEN", "127.0.0.1:0,127.0.0.1:0");
+    let server = TestServer::start_command(command);
+    assert!(
+        wait_until(|| server.log().matches("listening on 127.0.0.1:").count() == 2),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_bad_value_in_a_variable_is_reported_like_a_bad_flag() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    command.env("GREETER_IDLE_TIMEOUT", "soon");
+    let finished = run(command, b"");
+    assert_eq!(finished.code(), Some(2), "{}", finished.describe());
+    assert!(
+        finished
+            .stderr_text()
+            .contains("invalid value 'soon' for '--idle-timeout <SECONDS>'"),
+        "{}",
+        finished.describe()
+    );
+}
+
+#[test]
+fn the_client_takes_its_address_from_the_environment() {
+    let server = TestServer::start(&[]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-client"));
+    command
+        .env("GREETER_CLIENT_ADDR", server.addr.to_string())
+        .arg("Ada");
+    let finished = run(command, b"");
+    assert_eq!(finished.code(), Some(0), "{}", finished.describe());
+    assert!(
+        finished.stdout_text().contains("Server: Hello Ada!"),
+        "{}",
+        finished.describe()
+    );
+}
+
+/// Each binary's (and each load workload's) --help shows, for every flag
+/// but --help and --version, the variable that sets it.
+#[test]
+fn help_names_the_variable_of_every_flag() {
+    let helps: [(&str, &[&str], &str); 7] = [
+        (env!("CARGO_BIN_EXE_greeter-server"), &[], "GREETER_"),
+        (env!("CARGO_BIN_EXE_greeter-client"), &[], "GREETER_CLIENT_"),
+        (
+            env!("CARGO_BIN_EXE_greeter-load"),
+            &["pingpong"],
+            "GREETER_LOAD_",
+        ),
+        (
+            env!("CARGO_BIN_EXE_greeter-load"),
+            &["churn"],
+            "GREETER_LOAD_",
+        ),
+        (
+            env!("CARGO_BIN_EXE_greeter-load"),
+            &["hold"],
+            "GREETER_LOAD_",
+        ),
+        (
+            env!("CARGO_BIN_EXE_greeter-load"),
+            &["soak"],
+            "GREETER_LOAD_",
+        ),
+        (
+            env!("CARGO_BIN_EXE_greeter-load"),
+            &["merge"],
+            "GREETER_LOAD_",
+        ),
+    ];
+    for (binary, subcommand, prefix) in helps {
+        let mut command = Command::new(binary);
+        command.args(subcommand).arg("-h");
+        let finished = run(command, b"");
+        assert_eq!(finished.code(), Some(0), "{}", finished.describe());
+        let help = finished.stdout_text();
+        let flags: Vec<&str> = help
+            .lines()
+            .map(str::trim_start)
+            .filter(|line| line.starts_with("--") || line.starts_with('-'))
+            .filter(|line| !line.contains("--help") && !line.contains("--version"))
+            .collect();
+        assert!(!flags.is_empty(), "no flags in:\n{help}");
+        for line in flags {
+            let flag = line
+                .split_whitespace()
+                .find(|word| word.starts_with("--"))
+                .expect("a long flag");
+            let variable = format!(
+                "[env: {prefix}{}=",
+                flag.trim_start_matches("--")
+                    .replace('-', "_")
+                    .to_uppercase()
+            );
+            assert!(line.contains(&variable), "{binary} {subcommand:?}: {line}");
+        }
+    }
+}
