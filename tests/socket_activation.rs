@@ -169,13 +169,19 @@ fn serves_the_sockets_systemd_passes() {
     // The first connect starts the server; it waits in the accept queue.
     dialogue(second, b"Lennart");
     dialogue(first, b"Kay");
-    let log = activated.log();
+    // The log is written by a thread of its own: wait for the lines rather
+    // than read it once.
     for (addr, fd, name) in [(first, 3, "first"), (second, 4, "second")] {
         let line = format!(
             "listening on {addr} (inherited by socket activation: descriptor {fd}, named \"{name}\")"
         );
-        assert!(log.contains(&line), "no {line:?} in:\n{log}");
+        assert!(
+            activated.wait_for_log(&line),
+            "no {line:?} in:\n{}",
+            activated.log()
+        );
     }
+    let log = activated.log();
     assert_eq!(log.matches("listening on ").count(), 2, "{log}");
 }
 
