@@ -1,8 +1,347 @@
-//! What the server exposes for monitoring: Prometheus' text format
-//! ([`exposition`]) over the one HTTP exchange a scrape needs ([`http`]).
+//! What the server exposes for monitoring: its [`Counters`], written in
+//! Prometheus' text format ([`exposition`]) over the one HTTP exchange a
+//! scrape needs ([`http`]).
 //!
-//! Both are pure code, like the protocol core: the reactor owns the counters
-//! and the sockets, and asks these modules what to write.
+//! All of it is pure code, like the protocol core: the reactor owns the
+//! counters (plain integers, bumped on its own thread, never shared while it
+//! runs) and the sockets, and asks these modules what to write.
 
 pub mod exposition;
 pub mod http;
+
+use std::ops::AddAssign;
+use std::time::Duration;
+
+use exposition::{Exposition, Kind};
+
+/// Why a just-accepted connection was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedBecause {
+    /// `--max-connections` were open.
+    Full,
+    /// The address held `--max-per-ip` connections.
+    TooManyFromAddress,
+    /// No file descriptor was left.
+    OutOfDescriptors,
+}
+
+impl RefusedBecause {
+    const ALL: [RefusedBecause; 3] = [
+        RefusedBecause::Full,
+        RefusedBecause::TooManyFromAddress,
+        RefusedBecause::OutOfDescriptors,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RefusedBecause::Full => "full",
+            RefusedBecause::TooManyFromAddress => "too_many_from_address",
+            RefusedBecause::OutOfDescriptors => "out_of_descriptors",
+        }
+    }
+}
+
+/// How a served connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBecause {
+    /// Both sides closed after the last reply: the normal end.
+    Done,
+    /// The client did not close within the linger time after the last reply.
+    LingerExpired,
+    /// A socket error (a reset, say), or the last reply could not be delivered.
+    Failed,
+    /// Closed to keep all connections' buffers within `--max-buffered`.
+    OverBudget,
+}
+
+impl ClosedBecause {
+    const ALL: [ClosedBecause; 4] = [
+        ClosedBecause::Done,
+        ClosedBecause::LingerExpired,
+        ClosedBecause::Failed,
+        ClosedBecause::OverBudget,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ClosedBecause::Done => "done",
+            ClosedBecause::LingerExpired => "linger_expired",
+            ClosedBecause::Failed => "failed",
+            ClosedBecause::OverBudget => "over_budget",
+        }
+    }
+}
+
+/// Which of a connection's clocks ran out (the server then says why and
+/// closes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimedOut {
+    /// `--idle-timeout`: no progress either way.
+    Idle,
+    /// `--message-timeout`: a message started and did not end.
+    Message,
+}
+
+impl TimedOut {
+    const ALL: [TimedOut; 2] = [TimedOut::Idle, TimedOut::Message];
+
+    fn label(self) -> &'static str {
+        match self {
+            TimedOut::Idle => "idle",
+            TimedOut::Message => "message",
+        }
+    }
+}
+
+/// Everything one reactor counts. Counters only grow; several reactors'
+/// counters add up to the server's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections open now (a level, not a counter).
+    pub open: u64,
+    pub accepted: u64,
+    refused: [u64; RefusedBecause::ALL.len()],
+    closed: [u64; ClosedBecause::ALL.len()],
+    timed_out: [u64; TimedOut::ALL.len()],
+    /// Names answered with a greeting.
+    pub exchanges: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Times a connection stopped being read because its unsent output
+    /// reached `--max-output` (the client reads slower than it sends).
+    pub backpressure_pauses: u64,
+    /// Turns of the event loop.
+    pub loop_turns: u64,
+    /// Time spent waiting in `epoll_wait`.
+    pub poll_time: Duration,
+}
+
+impl Counters {
+    pub fn refused(&mut self, why: RefusedBecause) {
+        self.refused[why as usize] += 1;
+    }
+
+    pub fn closed(&mut self, why: ClosedBecause) {
+        self.closed[why as usize] += 1;
+    }
+
+    pub fn timed_out(&mut self, which: TimedOut) {
+        self.timed_out[which as usize] += 1;
+    }
+
+    /// The counters as a Prometheus text page.
+    pub fn render(&self) -> String {
+        let mut page = Exposition::default();
+        let mut single = |name: &str, kind, help: &str, value: u64| {
+            page.family(name, kind, help);
+            page.sample(name, &[], value);
+        };
+        single(
+            "greeter_connections_open",
+            Kind::Gauge,
+            "Connections being served now.",
+            self.open,
+        );
+        single(
+            "greeter_connections_accepted_total",
+            Kind::Counter,
+            "Connections accepted and served (refused ones are not counted here).",
+            self.accepted,
+        );
+        single(
+            "greeter_exchanges_total",
+            Kind::Counter,
+            "Names answered with a greeting.",
+            self.exchanges,
+        );
+        single(
+            "greeter_received_bytes_total",
+            Kind::Counter,
+            "Bytes read from clients.",
+            self.bytes_received,
+        );
+        single(
+            "greeter_sent_bytes_total",
+            Kind::Counter,
+            "Bytes written to clients.",
+            self.bytes_sent,
+        );
+        single(
+            "greeter_backpressure_pauses_total",
+            Kind::Counter,
+            "Times a connection stopped being read because its unsent replies reached --max-output.",
+            self.backpressure_pauses,
+        );
+        single(
+            "greeter_loop_turns_total",
+            Kind::Counter,
+            "Turns of the event loop.",
+            self.loop_turns,
+        );
+        page.family(
+            "greeter_poll_seconds_total",
+            Kind::Counter,
+            "Seconds the event loop spent waiting for events.",
+        );
+        page.sample(
+            "greeter_poll_seconds_total",
+            &[],
+            self.poll_time.as_secs_f64(),
+        );
+        let mut labelled = |name: &str, help: &str, label: &str, values: &[(&str, u64)]| {
+            page.family(name, Kind::Counter, help);
+            for &(label_value, value) in values {
+                page.sample(name, &[(label, label_value)], value);
+            }
+        };
+        labelled(
+            "greeter_connections_refused_total",
+            "Connections turned away at accept, by reason.",
+            "reason",
+            &RefusedBecause::ALL.map(|why| (why.label(), self.refused[why as usize])),
+        );
+        labelled(
+            "greeter_connections_closed_total",
+            "Served connections closed, by how they ended.",
+            "reason",
+            &ClosedBecause::ALL.map(|why| (why.label(), self.closed[why as usize])),
+        );
+        labelled(
+            "greeter_timeouts_total",
+            "Connections closed because a clock ran out, by clock.",
+            "clock",
+            &TimedOut::ALL.map(|which| (which.label(), self.timed_out[which as usize])),
+        );
+        page.into_text()
+    }
+}
+
+impl AddAssign for Counters {
+    fn add_assign(&mut self, other: Counters) {
+        self.open += other.open;
+        self.accepted += other.accepted;
+        for (mine, theirs) in self.refused.iter_mut().zip(other.refused) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.closed.iter_mut().zip(other.closed) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.timed_out.iter_mut().zip(other.timed_out) {
+            *mine += theirs;
+        }
+        self.exchanges += other.exchanges;
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.backpressure_pauses += other.backpressure_pauses;
+        self.loop_turns += other.loop_turns;
+        self.poll_time += other.poll_time;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(page: &str, series: &str) -> Option<String> {
+        page.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn every_counter_appears_under_its_name_and_labels() {
+        let mut counters = Counters {
+            open: 2,
+            accepted: 3,
+            exchanges: 4,
+            bytes_received: 5,
+            bytes_sent: 6,
+            backpressure_pauses: 7,
+            loop_turns: 8,
+            poll_time: Duration::from_millis(1500),
+            ..Counters::default()
+        };
+        counters.refused(RefusedBecause::TooManyFromAddress);
+        counters.closed(ClosedBecause::LingerExpired);
+        counters.closed(ClosedBecause::LingerExpired);
+        counters.timed_out(TimedOut::Message);
+        let page = counters.render();
+        let expected = [
+            ("greeter_connections_open", "2"),
+            ("greeter_connections_accepted_total", "3"),
+            ("greeter_exchanges_total", "4"),
+            ("greeter_received_bytes_total", "5"),
+            ("greeter_sent_bytes_total", "6"),
+            ("greeter_backpressure_pauses_total", "7"),
+            ("greeter_loop_turns_total", "8"),
+            ("greeter_poll_seconds_total", "1.5"),
+            ("greeter_connections_refused_total{reason=\"full\"}", "0"),
+            (
+                "greeter_connections_refused_total{reason=\"too_many_from_address\"}",
+                "1",
+            ),
+            (
+                "greeter_connections_refused_total{reason=\"out_of_descriptors\"}",
+                "0",
+            ),
+            ("greeter_connections_closed_total{reason=\"done\"}", "0"),
+            (
+                "greeter_connections_closed_total{reason=\"linger_expired\"}",
+                "2",
+            ),
+            ("greeter_connections_closed_total{reason=\"failed\"}", "0"),
+            (
+                "greeter_connections_closed_total{reason=\"over_budget\"}",
+                "0",
+            ),
+            ("greeter_timeouts_total{clock=\"idle\"}", "0"),
+            ("greeter_timeouts_total{clock=\"message\"}", "1"),
+        ];
+        for (series, value) in expected {
+            assert_eq!(
+                sample(&page, series).as_deref(),
+                Some(value),
+                "{series} in\n{page}"
+            );
+        }
+        let samples = page.lines().filter(|line| !line.starts_with('#')).count();
+        assert_eq!(samples, expected.len(), "{page}");
+    }
+
+    #[test]
+    fn reactors_counters_add_up() {
+        let mut one = Counters {
+            open: 1,
+            accepted: 10,
+            exchanges: 100,
+            bytes_received: 1000,
+            bytes_sent: 2000,
+            backpressure_pauses: 1,
+            loop_turns: 50,
+            poll_time: Duration::from_secs(1),
+            ..Counters::default()
+        };
+        one.refused(RefusedBecause::Full);
+        one.closed(ClosedBecause::Done);
+        one.timed_out(TimedOut::Idle);
+        let mut sum = one;
+        sum += one;
+        let mut twice = Counters {
+            open: 2,
+            accepted: 20,
+            exchanges: 200,
+            bytes_received: 2000,
+            bytes_sent: 4000,
+            backpressure_pauses: 2,
+            loop_turns: 100,
+            poll_time: Duration::from_secs(2),
+            ..Counters::default()
+        };
+        for _ in 0..2 {
+            twice.refused(RefusedBecause::Full);
+            twice.closed(ClosedBecause::Done);
+            twice.timed_out(TimedOut::Idle);
+        }
+        assert_eq!(sum, twice);
+    }
+}
