@@ -6,22 +6,22 @@
 //! (what state, wants input?), and the reactor knows a connection only through
 //! [`Connection::service`] and what it returns.
 //!
-//! Readiness is edge-triggered: epoll reports a socket once when it *becomes*
-//! readable and not again until new data arrives. So the fact "this socket may
-//! have unread data" is ours to remember (`may_read`) from the event until a
-//! read proves the socket drained. That one flag is what makes pausing safe:
-//! a connection that stops reading (its budget for this turn is spent, or its
-//! output is full) keeps `may_read`, and resumes reading later without waiting
-//! for an edge that already came and went.
+//! Readiness is edge-triggered; what the socket may do without a new event
+//! is kept in a [`Readiness`] (the rules are in `src/readiness.rs`). That is
+//! what makes pausing safe: a connection that stops reading (its budget for
+//! this turn is spent, or its output is full) keeps `may_read`, and resumes
+//! reading later without waiting for an edge that already came and went.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
 use crate::protocol::{CloseReason, ServerSession, SessionLimits, SessionState};
+use crate::readiness::{Readiness, Received};
 
 /// Reads per connection per service call. Bounds the work one busy client
 /// gets before the reactor moves on to the others (fairness); a connection
@@ -117,18 +117,8 @@ pub struct Connection {
     /// Replies produced and not yet accepted by the kernel.
     unsent: Vec<u8>,
     phase: Phase,
-    /// The socket may have unread data: set by a readable event, cleared when
-    /// a read shows it drained.
-    may_read: bool,
-    /// The peer's EOF is pending (epoll said so), so a short read does not
-    /// prove the socket drained: read until the EOF itself.
-    eof_pending: bool,
-    /// TCP urgent data is pending (EPOLLPRI). A read stops short at the
-    /// urgent mark with more data queued behind it, and no new edge comes for
-    /// that data: read until WouldBlock instead of trusting a short read.
-    urgent_pending: bool,
-    /// The last write hit WouldBlock; the next write waits for a writable event.
-    write_blocked: bool,
+    /// What the socket may do without waiting for an event.
+    readiness: Readiness,
     peer_eof: bool,
     /// The last byte read or written: what the idle timeout and the quiet
     /// time measure from.
@@ -156,10 +146,7 @@ impl Connection {
             session,
             unsent,
             phase: Phase::Talking,
-            may_read: false,
-            eof_pending: false,
-            urgent_pending: false,
-            write_blocked: false,
+            readiness: Readiness::new(),
             peer_eof: false,
             last_progress: now,
             message_started: None,
@@ -211,20 +198,16 @@ impl Connection {
         }
         // Only a drained socket shows a pause: with bytes unread, the client
         // may have sent the rest of its name already.
-        if !self.may_read && self.session.awaits_pause() {
+        if !self.readiness.may_read() && self.session.awaits_pause() {
             next = earliest(next, (self.last_progress + timeouts.quiet, Due::Quiet));
         }
         next
     }
 
-    pub fn on_readable(&mut self, read_closed: bool, urgent: bool) {
-        self.may_read = true;
-        self.eof_pending |= read_closed;
-        self.urgent_pending |= urgent;
-    }
-
-    pub fn on_writable(&mut self) {
-        self.write_blocked = false;
+    /// Records what an event says the socket may do; [`Connection::service`]
+    /// acts on it.
+    pub fn on_event(&mut self, event: &Event) {
+        self.readiness.on_event(event);
     }
 
     /// Moves bytes until the connection has to wait: write what is pending,
@@ -254,7 +237,7 @@ impl Connection {
             if let Err(err) = self.flush(now) {
                 return Next::Close(Closed::Failed(err.kind()));
             }
-            if self.session.has_deferred_work() && !self.write_blocked {
+            if self.session.has_deferred_work() && !self.readiness.write_blocked() {
                 let before = self.unsent.len();
                 self.session.resume(&mut self.unsent);
                 if self.unsent.len() != before {
@@ -274,17 +257,15 @@ impl Connection {
                 Phase::Talking => self.session.wants_input(self.unsent.len()),
                 Phase::Draining => true,
             };
-            if !wants_input || !self.may_read {
+            if !wants_input || !self.readiness.may_read() {
                 return Next::Wait;
             }
             if reads_left == 0 {
                 return Next::ServiceAgain;
             }
             reads_left -= 1;
-            match self.read_once(read_buf, now) {
-                Ok(()) => {}
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Next::Close(Closed::Failed(err.kind())),
+            if let Err(err) = self.read_once(read_buf, now) {
+                return Next::Close(Closed::Failed(err.kind()));
             }
             if self.phase == Phase::Draining && self.peer_eof {
                 return Next::Close(Closed::Done);
@@ -355,22 +336,13 @@ impl Connection {
     /// full. A reply is built whole before this runs, so a reply normally
     /// leaves in one write (and with TCP_NODELAY, in one segment at once).
     fn flush(&mut self, now: Instant) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < self.unsent.len() && !self.write_blocked {
-            match self.stream.write(&self.unsent[sent..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => self.write_blocked = true,
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
+        let sent = self.readiness.write(&mut self.stream, &self.unsent)?;
         if sent == 0 {
             return Ok(());
         }
         self.last_progress = now;
         self.bytes_written += sent as u64;
-        if self.write_blocked || sent >= BIG_FLUSH {
+        if self.readiness.write_blocked() || sent >= BIG_FLUSH {
             // The kernel may now hold more than the peer has room for: note
             // how much it has acknowledged, so a later look can tell whether
             // it has read since. Small replies to a reading peer skip this
@@ -394,33 +366,20 @@ impl Connection {
     /// One read into the shared buffer, fed to the session (or discarded
     /// while draining).
     fn read_once(&mut self, read_buf: &mut [u8], now: Instant) -> io::Result<()> {
-        match self.stream.read(read_buf) {
-            Ok(0) => {
-                self.may_read = false;
+        match self.readiness.read(&mut self.stream, read_buf)? {
+            Received::Eof => {
                 self.peer_eof = true;
                 if self.phase == Phase::Talking {
                     self.session.peer_closed(&mut self.unsent);
                 }
             }
-            Ok(n) => {
-                // A short read emptied the socket's receive queue: any byte
-                // arriving later raises a new edge. So stop here instead of
-                // paying one more read() just to see WouldBlock. Not when the
-                // peer's EOF or urgent data is pending: no new edge would
-                // announce the EOF, or the data queued behind the urgent mark.
-                if n < read_buf.len() && !self.eof_pending && !self.urgent_pending {
-                    self.may_read = false;
-                }
+            Received::Bytes(n) => {
                 if self.phase == Phase::Talking {
                     self.session.receive(&read_buf[..n], &mut self.unsent);
                     self.last_progress = now;
                 }
             }
-            Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                self.may_read = false;
-                self.urgent_pending = false;
-            }
-            Err(err) => return Err(err),
+            Received::Nothing => {}
         }
         Ok(())
     }
@@ -449,6 +408,7 @@ fn earliest(current: Option<(Instant, Due)>, other: (Instant, Due)) -> Option<(I
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
 
     const TIMEOUTS: Timeouts = Timeouts {
@@ -482,9 +442,9 @@ mod tests {
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {}
                 Err(err) => panic!("sending names: {err}"),
             }
-            conn.on_readable(false, false);
+            conn.readiness.on_readable(false, false);
             conn.service(&mut read_buf, now);
-            if conn.write_blocked && !conn.unsent.is_empty() {
+            if conn.readiness.write_blocked() && !conn.unsent.is_empty() {
                 client.set_nonblocking(false).unwrap();
                 return (conn, client, read_buf);
             }

@@ -201,14 +201,7 @@ impl Reactor {
         if slot.closed {
             return;
         }
-        let urgent = event.is_priority();
-        if event.is_readable() || event.is_read_closed() || event.is_error() || urgent {
-            slot.conn
-                .on_readable(event.is_read_closed() || event.is_error(), urgent);
-        }
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
-            slot.conn.on_writable();
-        }
+        slot.conn.on_event(event);
         let next = slot.conn.service(&mut self.read_buf, now);
         self.after_service(key, next);
     }
