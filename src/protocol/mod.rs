@@ -28,7 +28,7 @@ mod server;
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
 pub use escape::Escaped;
 pub use framing::Framing;
-pub use server::{CloseReason, ServerSession, SessionLimits, SessionState};
+pub use server::{CloseReason, Input, ServerSession, SessionLimits, SessionState, Unfinished};
 
 /// Sent once, on accept, in the same write as the first [`PROMPT`].
 pub const WELCOME: &[u8] = b"Server: Welcome!\n";

@@ -20,7 +20,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
-use crate::protocol::{CloseReason, ServerSession, SessionLimits, SessionState};
+use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
 
 /// Reads per connection per service call. Bounds the work one busy client
@@ -161,7 +161,7 @@ impl Connection {
     }
 
     /// Bytes of memory held in this connection's own buffers (unsent replies,
-    /// unanswered input): what the server-wide budget counts.
+    /// input not yet answered): what the server-wide budget counts.
     pub fn buffered_bytes(&self) -> usize {
         self.unsent.capacity() + self.session.buffered_bytes()
     }
@@ -198,7 +198,9 @@ impl Connection {
         }
         // Only a drained socket shows a pause: with bytes unread, the client
         // may have sent the rest of its name already.
-        if !self.readiness.may_read() && self.session.awaits_pause() {
+        if !self.readiness.may_read()
+            && (self.session.unfinished_message()).is_some_and(|message| message.pause_ends_it)
+        {
             next = earliest(next, (self.last_progress + timeouts.quiet, Due::Quiet));
         }
         next
@@ -220,7 +222,9 @@ impl Connection {
         // The message clock runs only while the server is reading: not while
         // its own output is full and the rest of the message may be waiting
         // unread in the socket.
-        if self.session.has_unfinished_message() && self.session.wants_input(self.unsent.len()) {
+        if self.session.unfinished_message().is_some()
+            && self.session.wants_input(self.unsent.len())
+        {
             self.message_started.get_or_insert(now);
         } else {
             self.message_started = None;
@@ -237,9 +241,11 @@ impl Connection {
             if let Err(err) = self.flush(now) {
                 return Next::Close(Closed::Failed(err.kind()));
             }
-            if self.session.has_deferred_work() && !self.readiness.write_blocked() {
+            if !self.readiness.write_blocked() {
+                // Room may have been made: the session answers what it
+                // held back (a flag test when it holds nothing back).
                 let before = self.unsent.len();
-                self.session.resume(&mut self.unsent);
+                self.session.output_sent(&mut self.unsent);
                 if self.unsent.len() != before {
                     continue;
                 }
@@ -281,7 +287,7 @@ impl Connection {
         };
         let reason = match due {
             Due::Quiet => {
-                self.session.peer_paused(&mut self.unsent);
+                self.session.receive(Input::Pause, &mut self.unsent);
                 return self.service(read_buf, now);
             }
             Due::Linger => return Next::Close(Closed::LingerExpired),
@@ -370,12 +376,13 @@ impl Connection {
             Received::Eof => {
                 self.peer_eof = true;
                 if self.phase == Phase::Talking {
-                    self.session.peer_closed(&mut self.unsent);
+                    self.session.receive(Input::Eof, &mut self.unsent);
                 }
             }
             Received::Bytes(n) => {
                 if self.phase == Phase::Talking {
-                    self.session.receive(&read_buf[..n], &mut self.unsent);
+                    self.session
+                        .receive(Input::Bytes(&read_buf[..n]), &mut self.unsent);
                     self.last_progress = now;
                 }
             }
@@ -492,14 +499,14 @@ mod tests {
         // The output is full, and the last message has begun: its end may be
         // waiting unread in the socket, where the server does not look.
         conn.unsent.resize(1 << 20, b'.');
-        conn.session.resume(&mut conn.unsent);
+        conn.session.output_sent(&mut conn.unsent);
         let mut held = Vec::new();
-        while conn.session.has_deferred_work() {
+        while conn.session.holds_back_input() {
             held.clear();
-            conn.session.resume(&mut held);
+            conn.session.output_sent(&mut held);
         }
-        conn.session.receive(b"Tra", &mut conn.unsent);
-        assert!(conn.session.has_unfinished_message());
+        conn.session.receive(Input::Bytes(b"Tra"), &mut conn.unsent);
+        assert!(conn.session.unfinished_message().is_some());
         assert_eq!(conn.service(&mut read_buf, start), Next::Wait);
         assert!(!conn.session.wants_input(conn.unsent.len()));
         assert_eq!(
