@@ -53,7 +53,8 @@ pub struct Timeouts {
     pub quiet: Duration,
 }
 
-/// What the reactor should do with a connection after servicing it.
+/// What the reactor should do with a connection next, returned by every
+/// call that services it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     /// Nothing until its next event or deadline.
@@ -63,12 +64,12 @@ pub enum Next {
     /// an event (none will come).
     ServiceAgain,
     /// Close it and free its slot.
-    Close(Closed),
+    Close(CloseCause),
 }
 
 /// Why a connection was closed, for the log.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Closed {
+pub enum CloseCause {
     /// The dialogue ended normally.
     Done,
     /// The peer never sent EOF within the linger time.
@@ -80,9 +81,11 @@ pub enum Closed {
     OverBudget { held: usize },
 }
 
-/// Where the connection is in its graceful close.
+/// Where the socket is in its graceful close. A second state machine beside
+/// the session's `SessionState`: the session decides what is said, this
+/// decides when the socket may close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum SocketPhase {
     /// Reading messages and writing replies.
     Talking,
     /// Our last byte is sent and our side is shut (FIN sent); reading and
@@ -116,7 +119,7 @@ pub struct Connection {
     session: ServerSession,
     /// Replies produced and not yet accepted by the kernel.
     unsent: Vec<u8>,
-    phase: Phase,
+    phase: SocketPhase,
     /// What the socket may do without waiting for an event.
     readiness: Readiness,
     peer_eof: bool,
@@ -145,7 +148,7 @@ impl Connection {
             peer,
             session,
             unsent,
-            phase: Phase::Talking,
+            phase: SocketPhase::Talking,
             readiness: Readiness::new(),
             peer_eof: false,
             last_progress: now,
@@ -173,7 +176,7 @@ impl Connection {
 
     /// The earliest of the clocks that apply in the connection's state.
     fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Due)> {
-        if self.phase == Phase::Draining {
+        if self.phase == SocketPhase::Draining {
             return Some((self.last_progress + timeouts.linger, Due::Linger));
         }
         if self.session.state() == SessionState::Closing {
@@ -239,7 +242,7 @@ impl Connection {
         let mut reads_left = READS_PER_SERVICE;
         loop {
             if let Err(err) = self.flush(now) {
-                return Next::Close(Closed::Failed(err.kind()));
+                return Next::Close(CloseCause::Failed(err.kind()));
             }
             if !self.readiness.write_blocked() {
                 // Room may have been made: the session answers what it
@@ -250,18 +253,18 @@ impl Connection {
                     continue;
                 }
             }
-            if self.phase == Phase::Talking
+            if self.phase == SocketPhase::Talking
                 && self.session.state() == SessionState::Closing
                 && self.unsent.is_empty()
             {
                 if self.peer_eof {
-                    return Next::Close(Closed::Done);
+                    return Next::Close(CloseCause::Done);
                 }
                 self.start_draining(now);
             }
             let wants_input = match self.phase {
-                Phase::Talking => self.session.wants_input(self.unsent.len()),
-                Phase::Draining => true,
+                SocketPhase::Talking => self.session.wants_input(self.unsent.len()),
+                SocketPhase::Draining => true,
             };
             if !wants_input || !self.readiness.may_read() {
                 return Next::Wait;
@@ -271,10 +274,10 @@ impl Connection {
             }
             reads_left -= 1;
             if let Err(err) = self.read_once(read_buf, now) {
-                return Next::Close(Closed::Failed(err.kind()));
+                return Next::Close(CloseCause::Failed(err.kind()));
             }
-            if self.phase == Phase::Draining && self.peer_eof {
-                return Next::Close(Closed::Done);
+            if self.phase == SocketPhase::Draining && self.peer_eof {
+                return Next::Close(CloseCause::Done);
             }
         }
     }
@@ -290,14 +293,14 @@ impl Connection {
                 self.session.receive(Input::Pause, &mut self.unsent);
                 return self.service(read_buf, now);
             }
-            Due::Linger => return Next::Close(Closed::LingerExpired),
+            Due::Linger => return Next::Close(CloseCause::LingerExpired),
             Due::LastReply | Due::Idle if self.peer_took_output() => {
                 self.last_progress = now;
                 return Next::Wait;
             }
             // The last reply could not be delivered in time: the peer is not
             // reading. Nothing more can be done gracefully.
-            Due::LastReply => return Next::Close(Closed::Failed(ErrorKind::TimedOut)),
+            Due::LastReply => return Next::Close(CloseCause::Failed(ErrorKind::TimedOut)),
             Due::Idle => {
                 let after = timeouts.idle.unwrap_or_default();
                 log::info!(
@@ -375,12 +378,12 @@ impl Connection {
         match self.readiness.read(&mut self.stream, read_buf)? {
             Received::Eof => {
                 self.peer_eof = true;
-                if self.phase == Phase::Talking {
+                if self.phase == SocketPhase::Talking {
                     self.session.receive(Input::Eof, &mut self.unsent);
                 }
             }
             Received::Bytes(n) => {
-                if self.phase == Phase::Talking {
+                if self.phase == SocketPhase::Talking {
                     self.session
                         .receive(Input::Bytes(&read_buf[..n]), &mut self.unsent);
                     self.last_progress = now;
@@ -398,7 +401,7 @@ impl Connection {
     /// yet handed to the application; some systems drop even data already
     /// received. Draining first means the goodbye always arrives intact.
     fn start_draining(&mut self, now: Instant) {
-        self.phase = Phase::Draining;
+        self.phase = SocketPhase::Draining;
         self.last_progress = now;
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);

@@ -28,10 +28,11 @@ use std::time::Duration;
 
 pub use connection::Timeouts;
 pub use listener::ListenError;
+pub use reactor::Stopped;
 
 use crate::limits;
 use crate::protocol::SessionLimits;
-use reactor::Reactor;
+use reactor::{Reactor, Settings};
 
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -95,26 +96,6 @@ impl Default for Config {
             max_buffered: DEFAULT_MAX_BUFFERED,
         }
     }
-}
-
-/// The settings the running reactor uses, resolved from a [`Config`].
-#[derive(Clone, Copy, Debug)]
-struct Settings {
-    max_connections: usize,
-    max_per_ip: Option<usize>,
-    timeouts: Timeouts,
-    shutdown_grace: Duration,
-    limits: SessionLimits,
-    max_buffered: usize,
-}
-
-/// How the server stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// A signal, good byes sent, connections closed (or the grace ran out).
-    Graceful,
-    /// A second signal during the shutdown: exited at once.
-    Forced,
 }
 
 /// The server could not start.
