@@ -104,6 +104,7 @@ impl Readiness {
 
     /// One read into `buf`, and what it proves about the socket. Call it only
     /// while [`Readiness::may_read`]; `Interrupted` is retried.
+    #[inline]
     pub fn read(&mut self, source: &mut impl Read, buf: &mut [u8]) -> io::Result<Received> {
         loop {
             return match source.read(buf) {
@@ -132,6 +133,7 @@ impl Readiness {
 
     /// Writes `bytes` until all are taken or the send buffer is full; returns
     /// how many were taken (zero while writes are blocked).
+    #[inline]
     pub fn write(&mut self, sink: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
         let mut sent = 0;
         while sent < bytes.len() && !self.write_blocked {

@@ -171,11 +171,24 @@ impl Connection {
 
     /// When this connection next needs attention without an event.
     pub fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
-        self.next_deadline(timeouts).map(|(at, _)| at)
+        self.next_deadline(timeouts, true).map(|(at, _)| at)
     }
 
-    /// The earliest of the clocks that apply in the connection's state.
-    fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Due)> {
+    /// The connection's deadline if it is earlier than `queued`, the earliest
+    /// one already queued for it (`None`: none is). This runs after every
+    /// exchange, and usually finds nothing earlier, so it skips what cannot
+    /// be: the idle clock only ever moves later (`last_progress` only
+    /// grows), and a queued entry was at or before it when it was queued.
+    /// So with an entry queued, the idle clock is not even computed; the
+    /// entry, when it comes due, finds the current one.
+    pub fn deadline_before(&self, queued: Option<Instant>, timeouts: &Timeouts) -> Option<Instant> {
+        let (at, _) = self.next_deadline(timeouts, queued.is_none())?;
+        queued.is_none_or(|queued| at < queued).then_some(at)
+    }
+
+    /// The earliest of the clocks that apply in the connection's state; the
+    /// idle clock only `with_idle`.
+    fn next_deadline(&self, timeouts: &Timeouts, with_idle: bool) -> Option<(Instant, Due)> {
         if self.phase == SocketPhase::Draining {
             return Some((self.last_progress + timeouts.linger, Due::Linger));
         }
@@ -191,10 +204,9 @@ impl Connection {
                 .max(self.last_progress + timeouts.idle.unwrap_or(timeouts.linger));
             return Some((at, Due::LastReply));
         }
-        // This runs after every exchange, so the common case (only the idle
-        // clock applies) costs one addition and no more.
         let mut next = timeouts
             .idle
+            .filter(|_| with_idle)
             .map(|idle| (self.last_progress + idle, Due::Idle));
         if let (Some(limit), Some(started)) = (timeouts.message, self.message_started) {
             next = earliest(next, (started + limit, Due::Message));
@@ -284,7 +296,7 @@ impl Connection {
 
     /// A deadline may have come due. Returns what to do next.
     pub fn on_deadline(&mut self, read_buf: &mut [u8], now: Instant, timeouts: &Timeouts) -> Next {
-        let due = match self.next_deadline(timeouts) {
+        let due = match self.next_deadline(timeouts, true) {
             Some((at, due)) if at <= now => due,
             _ => return Next::Wait,
         };
@@ -428,19 +440,57 @@ mod tests {
         quiet: Duration::from_millis(50),
     };
 
-    /// A connection whose client has sent thousands of names and read no
-    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
-    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+    /// A new connection on loopback (greeting queued, not yet sent), and
+    /// its client.
+    fn connected(now: Instant) -> (Connection, StdStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let mut client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
         let (server, peer) = listener.accept().expect("accept");
         server.set_nonblocking(true).unwrap();
-        let mut conn = Connection::new(
+        let conn = Connection::new(
             TcpStream::from_std(server),
             peer,
             SessionLimits::default(),
             now,
         );
+        (conn, client)
+    }
+
+    /// After every exchange the reactor asks only for a deadline earlier
+    /// than the one queued: the idle clock, which only moves later, is not
+    /// one, and a clock that starts (here a bare name's quiet time) is.
+    #[test]
+    fn only_a_deadline_earlier_than_the_queued_one_is_reported() {
+        let start = Instant::now();
+        let (mut conn, _client) = connected(start);
+        let idle = start + Duration::from_secs(3);
+        assert_eq!(conn.deadline_before(None, &TIMEOUTS), Some(idle));
+        assert_eq!(conn.deadline_before(Some(idle), &TIMEOUTS), None);
+
+        let later = start + Duration::from_secs(1);
+        conn.last_progress = later;
+        assert_eq!(
+            conn.deadline_before(Some(idle), &TIMEOUTS),
+            None,
+            "the idle clock moved later: the queued entry finds it"
+        );
+        assert_eq!(
+            conn.deadline_before(None, &TIMEOUTS),
+            Some(later + Duration::from_secs(3))
+        );
+
+        conn.session.receive(Input::Bytes(b"Tra"), &mut conn.unsent);
+        assert_eq!(
+            conn.deadline_before(Some(idle), &TIMEOUTS),
+            Some(later + TIMEOUTS.quiet),
+            "the quiet time starts, earlier than the queued entry"
+        );
+    }
+
+    /// A connection whose client has sent thousands of names and read no
+    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
+    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+        let (mut conn, mut client) = connected(now);
         // Names without end, as fast as the server takes them, until its
         // replies back up.
         client.set_nonblocking(true).unwrap();

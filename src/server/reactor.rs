@@ -226,12 +226,11 @@ impl Reactor {
         }
         // Queue the connection's deadline only if it is earlier than the one
         // already queued; a later one is found when that entry comes due.
-        if let Some(deadline) = slot.conn.deadline(&self.settings.timeouts) {
-            if slot.queued_deadline.is_none_or(|queued| deadline < queued) {
-                slot.queued_deadline = Some(deadline);
-                self.timers
-                    .schedule(deadline, ConnectionRef { key, id: slot.id });
-            }
+        let timeouts = &self.settings.timeouts;
+        if let Some(deadline) = slot.conn.deadline_before(slot.queued_deadline, timeouts) {
+            slot.queued_deadline = Some(deadline);
+            self.timers
+                .schedule(deadline, ConnectionRef { key, id: slot.id });
         }
     }
 
