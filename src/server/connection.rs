@@ -20,6 +20,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
+use super::socket_io::Socket;
 use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
 
@@ -357,7 +358,9 @@ impl Connection {
     /// full. A reply is built whole before this runs, so a reply normally
     /// leaves in one write (and with TCP_NODELAY, in one segment at once).
     fn flush(&mut self, now: Instant) -> io::Result<()> {
-        let sent = self.readiness.write(&mut self.stream, &self.unsent)?;
+        let sent = self
+            .readiness
+            .write(&mut Socket(&self.stream), &self.unsent)?;
         if sent == 0 {
             return Ok(());
         }
@@ -387,7 +390,7 @@ impl Connection {
     /// One read into the shared buffer, fed to the session (or discarded
     /// while draining).
     fn read_once(&mut self, read_buf: &mut [u8], now: Instant) -> io::Result<()> {
-        match self.readiness.read(&mut self.stream, read_buf)? {
+        match self.readiness.read(&mut Socket(&self.stream), read_buf)? {
             Received::Eof => {
                 self.peer_eof = true;
                 if self.phase == SocketPhase::Talking {

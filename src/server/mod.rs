@@ -12,13 +12,16 @@
 //! - [`listener`]: binding with a real backlog, accepting (also at EMFILE),
 //!   and the socket options every connection gets;
 //! - [`timers`]: deadlines that drive the poll timeout;
-//! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged).
+//! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged);
+//! - [`socket_io`]: the read and write system calls, without glibc's
+//!   cancellation bracket.
 
 mod admission;
 mod connection;
 mod kernel;
 mod listener;
 mod reactor;
+mod socket_io;
 mod timers;
 
 use std::fmt;
