@@ -265,7 +265,7 @@ impl ServerSession {
             // The common case: answer straight from the shell's read buffer
             // and copy only what is left over.
             let used = self.answer_lines(bytes, out);
-            if self.state == SessionState::AwaitingName {
+            if self.state == SessionState::AwaitingName && used < bytes.len() {
                 self.input.extend_from_slice(&bytes[used..]);
             }
         } else {
@@ -336,6 +336,11 @@ impl ServerSession {
         let mut used = 0;
         while self.state == SessionState::AwaitingName {
             let rest = &buf[used..];
+            if rest.is_empty() {
+                // Every byte answered (the usual end): nothing to scan.
+                self.lines_held_back = false;
+                break;
+            }
             let Some((line, len)) = split_line(rest) else {
                 // No line left: `rest` is an unfinished message.
                 self.lines_held_back = false;

@@ -254,17 +254,18 @@ impl Connection {
     fn move_bytes(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         let mut reads_left = READS_PER_SERVICE;
         loop {
-            if let Err(err) = self.flush(now) {
-                return Next::Close(CloseCause::Failed(err.kind()));
-            }
-            if !self.readiness.write_blocked() {
-                // Room may have been made: the session answers what it
-                // held back (a flag test when it holds nothing back).
-                let before = self.unsent.len();
-                self.session.output_sent(&mut self.unsent);
-                if self.unsent.len() != before {
-                    continue;
+            // Only sending makes output room, so only a flush that sent
+            // something can let the session answer input it held back.
+            match self.flush(now) {
+                Err(err) => return Next::Close(CloseCause::Failed(err.kind())),
+                Ok(sent) if sent > 0 && !self.readiness.write_blocked() => {
+                    let before = self.unsent.len();
+                    self.session.output_sent(&mut self.unsent);
+                    if self.unsent.len() != before {
+                        continue;
+                    }
                 }
+                Ok(_) => {}
             }
             if self.phase == SocketPhase::Talking
                 && self.session.state() == SessionState::Closing
@@ -357,12 +358,13 @@ impl Connection {
     /// Writes pending output until it is all sent or the kernel's buffer is
     /// full. A reply is built whole before this runs, so a reply normally
     /// leaves in one write (and with TCP_NODELAY, in one segment at once).
-    fn flush(&mut self, now: Instant) -> io::Result<()> {
+    /// Returns how many bytes were sent.
+    fn flush(&mut self, now: Instant) -> io::Result<usize> {
         let sent = self
             .readiness
             .write(&mut Socket(&self.stream), &self.unsent)?;
         if sent == 0 {
-            return Ok(());
+            return Ok(0);
         }
         self.last_progress = now;
         self.bytes_written += sent as u64;
@@ -384,7 +386,7 @@ impl Connection {
         } else {
             self.unsent.drain(..sent);
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// One read into the shared buffer, fed to the session (or discarded
