@@ -77,6 +77,7 @@ pub const OUT_OF_DESCRIPTORS_REPLY: &[u8] =
 
 /// Appends the reply to one name: greeting line and the next prompt together, so
 /// the shell can send both in one write.
+#[inline]
 pub fn write_hello(name: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(HELLO_PREFIX);
     out.extend_from_slice(name);

@@ -360,6 +360,7 @@ impl ServerSession {
         used
     }
 
+    #[inline]
     fn answer(&mut self, message: &[u8], out: &mut Vec<u8>) {
         if message.len() > self.limits.max_line {
             self.reject_long_line(out);
