@@ -182,9 +182,34 @@ impl Connection {
     /// grows), and a queued entry was at or before it when it was queued.
     /// So with an entry queued, the idle clock is not even computed; the
     /// entry, when it comes due, finds the current one.
+    /// Usually only the idle clock runs, and the answer is known from a few
+    /// flags, without computing a deadline.
+    #[inline]
     pub fn deadline_before(&self, queued: Option<Instant>, timeouts: &Timeouts) -> Option<Instant> {
+        if queued.is_some() && !self.runs_a_clock_besides_idle() {
+            debug_assert_eq!(self.next_deadline(timeouts, false), None);
+            return None;
+        }
         let (at, _) = self.next_deadline(timeouts, queued.is_none())?;
         queued.is_none_or(|queued| at < queued).then_some(at)
+    }
+
+    /// Whether a clock other than the idle one runs: linger (draining), the
+    /// last reply (closing), a message's, or the quiet time; the states
+    /// `next_deadline` derives those clocks from.
+    fn runs_a_clock_besides_idle(&self) -> bool {
+        self.phase == SocketPhase::Draining
+            || self.session.state() == SessionState::Closing
+            || self.message_started.is_some()
+            || self.quiet_clock_runs()
+    }
+
+    /// Whether the quiet time runs: a pause would end the message the peer
+    /// has started, and its socket is drained (only a drained socket shows a
+    /// pause: with bytes unread, the client may have sent the rest already).
+    fn quiet_clock_runs(&self) -> bool {
+        !self.readiness.may_read()
+            && (self.session.unfinished_message()).is_some_and(|message| message.pause_ends_it)
     }
 
     /// The earliest of the clocks that apply in the connection's state; the
@@ -212,11 +237,7 @@ impl Connection {
         if let (Some(limit), Some(started)) = (timeouts.message, self.message_started) {
             next = earliest(next, (started + limit, Due::Message));
         }
-        // Only a drained socket shows a pause: with bytes unread, the client
-        // may have sent the rest of its name already.
-        if !self.readiness.may_read()
-            && (self.session.unfinished_message()).is_some_and(|message| message.pause_ends_it)
-        {
+        if self.quiet_clock_runs() {
             next = earliest(next, (self.last_progress + timeouts.quiet, Due::Quiet));
         }
         next
