@@ -6,7 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use greeter::protocol::{ClientSession, Framing, NameTerminator, ServerSession, SessionLimits};
+use greeter::protocol::{
+    ClientSession, Framing, Input, NameTerminator, ServerSession, SessionLimits,
+};
 
 fn greeted_server(framing: Framing) -> ServerSession {
     let mut session = ServerSession::new(SessionLimits {
@@ -26,7 +28,7 @@ fn server_core(c: &mut Criterion) {
     group.bench_function("one name line", |b| {
         b.iter(|| {
             out.clear();
-            session.receive(black_box(b"Michael\n"), &mut out);
+            session.receive(Input::Bytes(black_box(b"Michael\n")), &mut out);
             black_box(out.len())
         })
     });
@@ -35,8 +37,8 @@ fn server_core(c: &mut Criterion) {
     group.bench_function("one bare name and a pause (auto framing)", |b| {
         b.iter(|| {
             out.clear();
-            session.receive(black_box(b"Michael"), &mut out);
-            session.peer_paused(&mut out);
+            session.receive(Input::Bytes(black_box(b"Michael")), &mut out);
+            session.receive(Input::Pause, &mut out);
             black_box(out.len())
         })
     });
@@ -45,8 +47,8 @@ fn server_core(c: &mut Criterion) {
     group.bench_function("a name split over two reads", |b| {
         b.iter(|| {
             out.clear();
-            session.receive(black_box(b"Mich"), &mut out);
-            session.receive(black_box(b"ael\n"), &mut out);
+            session.receive(Input::Bytes(black_box(b"Mich")), &mut out);
+            session.receive(Input::Bytes(black_box(b"ael\n")), &mut out);
             black_box(out.len())
         })
     });
@@ -58,7 +60,7 @@ fn server_core(c: &mut Criterion) {
     group.bench_function("100 pipelined names in one read", |b| {
         b.iter(|| {
             big_out.clear();
-            session.receive(black_box(&pipelined), &mut big_out);
+            session.receive(Input::Bytes(black_box(&pipelined)), &mut big_out);
             black_box(big_out.len())
         })
     });

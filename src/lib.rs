@@ -9,6 +9,8 @@
 //!   deadlines; it moves bytes between sockets and the core.
 //! - [`client`]: a blocking `std::net` client driving the core's client side.
 //! - [`load`]: the load generator, a reactor of simulated clients.
+//! - [`readiness`]: edge-triggered readiness remembered, and the read and
+//!   write loops that keep it true: one rule for every event loop here.
 //! - [`limits`]: the file descriptor limit, which caps connections on both sides.
 //! - [`metrics`]: what the server exposes for Prometheus, as pure code.
 //! - [`logging`]: the log, written by a thread of its own so it never stalls the loop.
@@ -25,4 +27,5 @@ pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod readiness;
 pub mod server;

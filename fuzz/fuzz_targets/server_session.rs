@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use greeter::protocol::{
-    CloseReason, Framing, GOODBYE, HELLO_PREFIX, HELLO_SUFFIX, PROMPT, ServerSession,
+    CloseReason, Framing, GOODBYE, HELLO_PREFIX, HELLO_SUFFIX, Input, PROMPT, ServerSession,
     SessionLimits, SessionState, WELCOME,
 };
 use libfuzzer_sys::fuzz_target;
@@ -67,7 +67,7 @@ fn run(mut program: Program) {
             1 => {
                 let read = program.chunk();
                 if session.wants_input(out.len()) {
-                    session.receive(read, &mut out);
+                    session.receive(Input::Bytes(read), &mut out);
                 }
             }
             // A message took too long (the shell's --message-timeout).
@@ -78,16 +78,16 @@ fn run(mut program: Program) {
                 &mut out,
             ),
             // The client stayed quiet for the quiet time.
-            3 => session.peer_paused(&mut out),
-            4 => session.peer_closed(&mut out),
-            // The client read some output: the shell sent it, then resumes.
+            3 => session.receive(Input::Pause, &mut out),
+            4 => session.receive(Input::Eof, &mut out),
+            // The client read some output: the shell sent it, and says so.
             5 => {
                 let sent = usize::from(program.byte().unwrap_or(0)) * 16;
                 out.drain(..sent.min(out.len()));
                 out_before = out.len();
-                session.resume(&mut out);
+                session.output_sent(&mut out);
             }
-            6 => session.resume(&mut out),
+            6 => session.output_sent(&mut out),
             _ => {
                 let reason = match program.byte() {
                     Some(millis @ 1..) => CloseReason::IdleTimeout {
@@ -100,8 +100,8 @@ fn run(mut program: Program) {
         }
 
         assert!(
-            !session.awaits_pause() || session.has_unfinished_message(),
-            "a pause is awaited only for an unfinished message: op {op}"
+            session.unfinished_message().is_none() || !session.holds_back_input(),
+            "a message is awaited only while nothing is held back: op {op}"
         );
         if was_closing {
             assert_eq!(out.len(), out_before, "output after Closing: op {op}");

@@ -253,7 +253,7 @@ impl ClientSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ServerSession, SessionLimits};
+    use crate::protocol::{Input, ServerSession, SessionLimits};
 
     #[test]
     fn greeting_may_arrive_in_pieces() {
@@ -439,7 +439,7 @@ mod tests {
     fn a_name_ending_in_a_carriage_return_is_refused() {
         let mut server = ServerSession::new(SessionLimits::default());
         let mut reply = Vec::new();
-        server.receive(b"Bob\r\n", &mut reply);
+        server.receive(Input::Bytes(b"Bob\r\n"), &mut reply);
         assert!(reply.ends_with(b"Server: Hello Bob!\nServer: What's your name?"));
 
         for terminator in [NameTerminator::Newline, NameTerminator::Nothing] {
@@ -479,8 +479,8 @@ mod tests {
                 transcript.extend_from_slice(client.last_reply());
                 to_client.clear();
                 client.send_name(message, &mut to_server).unwrap();
-                server.receive(&to_server, &mut to_client);
-                server.peer_paused(&mut to_client);
+                server.receive(Input::Bytes(&to_server), &mut to_client);
+                server.receive(Input::Pause, &mut to_client);
                 to_server.clear();
             }
             assert_eq!(client.receive(&to_client), Ok(Some(Turn::Goodbye)));

@@ -25,10 +25,37 @@ pub enum Framing {
 /// without a `\r` before it), and how many bytes it used. `None` when `buf`
 /// holds no `\n` yet.
 pub fn split_line(buf: &[u8]) -> Option<(&[u8], usize)> {
-    let newline = buf.iter().position(|&b| b == b'\n')?;
+    let newline = find_newline(buf)?;
     let line = &buf[..newline];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     Some((line, newline + 1))
+}
+
+/// The index of the first `\n` in `buf`. Eight bytes at a time: this scan
+/// runs on every byte the server receives, and a byte-by-byte search costs
+/// about as much as the rest of answering a name.
+///
+/// The word trick (as in memchr's fallback): XOR with eight `\n` bytes
+/// turns each `\n` into a zero byte; `(x - 0x01..01) & !x & 0x80..80` then
+/// sets the top bit of each zero byte. A borrow can also flag a byte *above*
+/// a zero byte, never below it, so read little-endian the lowest flag is the
+/// first `\n`, exactly.
+pub fn find_newline(buf: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut words = buf.chunks_exact(8);
+    let mut offset = 0;
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("chunks of 8")) ^ NEWLINES;
+        let zero_bytes = word.wrapping_sub(ONES) & !word & HIGHS;
+        if zero_bytes != 0 {
+            return Some(offset + (zero_bytes.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    let tail = words.remainder();
+    tail.iter().position(|&b| b == b'\n').map(|at| offset + at)
 }
 
 /// Whether an unterminated remainder can still become a message of at most
@@ -39,7 +66,8 @@ pub fn remainder_fits(remainder: &[u8], max_line: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{remainder_fits, split_line};
+    use super::{find_newline, remainder_fits, split_line};
+    use proptest::prelude::*;
 
     #[test]
     fn splits_at_newline_and_drops_carriage_return() {
@@ -60,5 +88,39 @@ mod tests {
         assert!(remainder_fits(b"abc\r", 3));
         assert!(!remainder_fits(b"abcd", 3));
         assert!(!remainder_fits(b"abc\r\r", 3));
+    }
+
+    #[test]
+    fn finds_the_first_newline_in_every_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut buf = vec![b'a'; len];
+                buf[at] = b'\n';
+                // Bytes the word trick could confuse, around and after it.
+                if at + 1 < len {
+                    buf[at + 1] = b'\n';
+                }
+                if at > 0 {
+                    buf[at - 1] = b'\x0b';
+                }
+                assert_eq!(find_newline(&buf), Some(at), "len {len}, at {at}");
+            }
+            assert_eq!(find_newline(&vec![b'a'; len]), None);
+        }
+    }
+
+    proptest! {
+        /// The word-at-a-time search agrees with a byte-by-byte one on any
+        /// bytes: every value next to a `\n`, at every alignment.
+        #[test]
+        fn find_newline_agrees_with_a_plain_search(buf in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(find_newline(&buf), buf.iter().position(|&b| b == b'\n'));
+        }
+
+        #[test]
+        fn find_newline_agrees_on_lines(buf in proptest::collection::vec(
+            prop_oneof![Just(b'\n'), Just(b'\x0b'), Just(b'\t'), any::<u8>()], 0..64)) {
+            prop_assert_eq!(find_newline(&buf), buf.iter().position(|&b| b == b'\n'));
+        }
     }
 }

@@ -29,17 +29,26 @@ mod server;
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
 pub use escape::Escaped;
 pub use framing::Framing;
-pub use server::{CloseReason, ServerSession, SessionLimits, SessionState};
+pub use server::{CloseReason, Input, ServerSession, SessionLimits, SessionState, Unfinished};
 
 /// Sent once, on accept, in the same write as the first [`PROMPT`].
 pub const WELCOME: &[u8] = b"Server: Welcome!\n";
+/// The prompt's text, for the constants built from it.
+macro_rules! prompt {
+    () => {
+        "Server: What's your name?"
+    };
+}
 /// Asks for the next name. It has no newline: the tutorial's client prints
 /// whatever one `recv()` returned, so the prompt ends its output "line".
-pub const PROMPT: &[u8] = b"Server: What's your name?";
+pub const PROMPT: &[u8] = prompt!().as_bytes();
 /// A name is answered with `HELLO_PREFIX name HELLO_SUFFIX` and then the prompt.
 pub const HELLO_PREFIX: &[u8] = b"Server: Hello ";
 /// See [`HELLO_PREFIX`].
 pub const HELLO_SUFFIX: &[u8] = b"!\n";
+/// [`HELLO_SUFFIX`] and [`PROMPT`] as one constant, so a hello is three
+/// appends.
+const HELLO_SUFFIX_AND_PROMPT: &[u8] = concat!("!\n", prompt!()).as_bytes();
 /// The last thing the server says on a connection that ends normally.
 pub const GOODBYE: &[u8] = b"Server: Good bye!\n";
 /// The message that ends a dialogue.
@@ -69,12 +78,11 @@ pub const OUT_OF_DESCRIPTORS_REPLY: &[u8] =
 
 /// Appends the reply to one name: greeting line and the next prompt together, so
 /// the shell can send both in one write.
+#[inline]
 pub fn write_hello(name: &[u8], out: &mut Vec<u8>) {
-    out.reserve(HELLO_PREFIX.len() + name.len() + HELLO_SUFFIX.len() + PROMPT.len());
     out.extend_from_slice(HELLO_PREFIX);
     out.extend_from_slice(name);
-    out.extend_from_slice(HELLO_SUFFIX);
-    out.extend_from_slice(PROMPT);
+    out.extend_from_slice(HELLO_SUFFIX_AND_PROMPT);
 }
 
 #[cfg(test)]
@@ -91,6 +99,11 @@ mod tests {
             too_many_from_address_reply(2),
             b"Server: Error: too many connections from your address (limit 2); try again later\n"
         );
+    }
+
+    #[test]
+    fn the_joined_constant_is_the_suffix_then_the_prompt() {
+        assert_eq!(HELLO_SUFFIX_AND_PROMPT, [HELLO_SUFFIX, PROMPT].concat());
     }
 
     #[test]

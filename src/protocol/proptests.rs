@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::{
-    ClientSession, CloseReason, Framing, GOODBYE, NameTerminator, PROMPT, ServerSession,
+    ClientSession, CloseReason, Framing, GOODBYE, Input, NameTerminator, PROMPT, ServerSession,
     SessionLimits, SessionState, Turn, WELCOME, write_hello,
 };
 
@@ -30,7 +30,7 @@ use super::{
 /// `PROPTEST_CASES` overrides it for a longer search (docs/testing.md).
 const CASES: u32 = 96;
 
-/// Shell rounds (writes and resumes) after which a test calls it a livelock.
+/// Shell rounds (writes, each followed by `output_sent`) after which a test calls it a livelock.
 /// Far above what any generated case needs: every round sends a byte or
 /// answers a held-back line.
 const MAX_ROUNDS: usize = 100_000;
@@ -118,7 +118,8 @@ fn write_size() -> impl Strategy<Value = usize> {
 
 /// The server shell reduced to what the core sees: it reads only while the
 /// session wants input, writes at most `write_size` unsent bytes at a time,
-/// and after each write resumes a session that has deferred work.
+/// and after each write reports it (`output_sent`), which answers input
+/// held back.
 struct Shell {
     session: ServerSession,
     unsent: Vec<u8>,
@@ -142,19 +143,19 @@ impl Shell {
     fn write_some(&mut self) {
         let n = self.write_size.min(self.unsent.len());
         self.sent.extend(self.unsent.drain(..n));
-        if self.session.has_deferred_work() {
-            self.session.resume(&mut self.unsent);
+        if self.session.holds_back_input() {
+            self.session.output_sent(&mut self.unsent);
         }
     }
 
-    /// Writes and resumes until the session wants input; false when it never
+    /// Writes until the session wants input; false when it never
     /// will (the dialogue is over and everything is sent).
     fn make_room(&mut self) -> bool {
         for _ in 0..MAX_ROUNDS {
             if self.session.wants_input(self.unsent.len()) {
                 return true;
             }
-            if self.unsent.is_empty() && !self.session.has_deferred_work() {
+            if self.unsent.is_empty() && !self.session.holds_back_input() {
                 return false;
             }
             self.write_some();
@@ -164,20 +165,20 @@ impl Shell {
 
     fn read(&mut self, chunk: &[u8]) {
         if self.make_room() {
-            self.session.receive(chunk, &mut self.unsent);
+            self.session.receive(Input::Bytes(chunk), &mut self.unsent);
         }
     }
 
     fn read_eof(&mut self) {
         if self.make_room() {
-            self.session.peer_closed(&mut self.unsent);
+            self.session.receive(Input::Eof, &mut self.unsent);
         }
     }
 
-    /// Sends everything, answering all deferred work; returns the transcript.
+    /// Sends everything, answering all held-back input; returns the transcript.
     fn flush(&mut self) -> &[u8] {
         for _ in 0..MAX_ROUNDS {
-            if self.unsent.is_empty() && !self.session.has_deferred_work() {
+            if self.unsent.is_empty() && !self.session.holds_back_input() {
                 return &self.sent;
             }
             self.write_some();
@@ -192,7 +193,7 @@ fn outcome(shell: &mut Shell) -> (Vec<u8>, SessionState, bool) {
     (
         sent,
         shell.session.state(),
-        shell.session.has_unfinished_message(),
+        shell.session.unfinished_message().is_some(),
     )
 }
 
@@ -256,7 +257,7 @@ proptest! {
         let mut chunked = Shell::new(limits, write_size);
         for piece in split_at_cuts(&stream, &cuts, first_line.len() + 1) {
             chunked.read(piece);
-            chunked.session.peer_paused(&mut chunked.unsent);
+            chunked.session.receive(Input::Pause, &mut chunked.unsent);
         }
         if eof {
             chunked.read_eof();
@@ -274,14 +275,14 @@ enum Call {
     PeerClosed,
     /// The shell wrote this many unsent bytes.
     Write(usize),
-    /// The shell wrote all unsent bytes, then resumed.
-    Resume,
+    /// The shell wrote all unsent bytes, and said so (`output_sent`).
+    SentAll,
     Close(CloseReason),
 }
 
 /// Reads are stream pieces; now and then a long run without a newline,
 /// longer than any generated `max_line`; or a burst of pipelined names, which
-/// backpressure holds back and resumes answer a few at a time.
+/// backpressure holds back and `output_sent` answers a few at a time.
 fn receive_chunk() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         4 => stream(),
@@ -308,7 +309,7 @@ fn call() -> impl Strategy<Value = Call> {
         2 => Just(Call::Pause),
         1 => Just(Call::PeerClosed),
         2 => (0usize..100).prop_map(Call::Write),
-        2 => Just(Call::Resume),
+        2 => Just(Call::SentAll),
         1 => close_reason().prop_map(Call::Close),
     ]
 }
@@ -327,16 +328,16 @@ fn longest_reply(max_line: usize) -> usize {
 fn apply(session: &mut ServerSession, unsent: &mut Vec<u8>, call: &Call, disciplined: bool) {
     let may_read = !disciplined || session.wants_input(unsent.len());
     match call {
-        Call::Receive(chunk) if may_read => session.receive(chunk, unsent),
-        Call::PeerClosed if may_read => session.peer_closed(unsent),
+        Call::Receive(chunk) if may_read => session.receive(Input::Bytes(chunk), unsent),
+        Call::PeerClosed if may_read => session.receive(Input::Eof, unsent),
         Call::Receive(_) | Call::PeerClosed => {}
-        Call::Pause => session.peer_paused(unsent),
+        Call::Pause => session.receive(Input::Pause, unsent),
         Call::Write(n) => {
             unsent.drain(..(*n).min(unsent.len()));
         }
-        Call::Resume => {
+        Call::SentAll => {
             unsent.clear();
-            session.resume(unsent);
+            session.output_sent(unsent);
         }
         Call::Close(reason) => session.close(*reason, unsent),
     }
@@ -382,7 +383,7 @@ fn check_calls(
         // What is left unsent of the earlier output after this call.
         let base = match call {
             Call::Write(n) => before.saturating_sub(*n),
-            Call::Resume => 0,
+            Call::SentAll => 0,
             _ => before,
         };
         if was_closing {
@@ -411,16 +412,20 @@ fn check_calls(
                 "a closing session holds no input"
             );
             prop_assert!(!session.wants_input(0));
-            prop_assert!(!session.has_deferred_work());
-            prop_assert!(!session.has_unfinished_message());
-            prop_assert!(!session.awaits_pause());
+            prop_assert!(!session.holds_back_input());
+            prop_assert!(session.unfinished_message().is_none());
         } else {
             prop_assert_eq!(session.state(), SessionState::AwaitingName);
         }
+        prop_assert!(
+            session.lines_held_back_is_accurate(),
+            "the held-back flag disagrees with the input after {:?}",
+            call
+        );
         // The memory follows what is held: a first copy allocates what it
         // needs, and a held-back buffer is shrunk once it is more than twice
         // its contents plus KEEP_INPUT_CAPACITY (256).
-        let held = session.unanswered_len();
+        let held = session.input_len();
         prop_assert!(
             session.buffered_bytes() <= 2 * held + 256,
             "{} bytes of memory for {} bytes held, after {:?}",
@@ -462,7 +467,7 @@ proptest! {
     }
 
     /// A burst of pipelined names, held back by backpressure and answered a
-    /// few at a time as the shell resumes: the memory held shrinks with what
+    /// few at a time as the shell sends output: the memory held shrinks with what
     /// is left to answer (the general sequences above rarely get that far).
     #[test]
     fn a_held_back_burst_gives_its_memory_back(
@@ -471,8 +476,8 @@ proptest! {
         tail in stream(),
     ) {
         let burst = [b"x\n".repeat(names), tail].concat();
-        let mut calls = vec![Call::Resume, Call::Receive(burst)];
-        calls.extend(std::iter::repeat_n(Call::Resume, names + 1));
+        let mut calls = vec![Call::SentAll, Call::Receive(burst)];
+        calls.extend(std::iter::repeat_n(Call::SentAll, names + 1));
         check_calls(limits, &calls, true)?;
     }
 
@@ -569,10 +574,10 @@ proptest! {
             let mut to_server = Vec::new();
             client.send_name(message, &mut to_server).expect("the client is ready");
             for piece in split_at_cuts(&to_server, &to_server_cuts, 0) {
-                server.receive(piece, &mut to_client);
+                server.receive(Input::Bytes(piece), &mut to_client);
             }
             // Only now, with the whole message sent, does the client wait.
-            server.peer_paused(&mut to_client);
+            server.receive(Input::Pause, &mut to_client);
             awaited = if message == b"exit" {
                 Turn::Goodbye
             } else if message.is_empty() {

@@ -1,37 +1,72 @@
 //! The server side of a dialogue: one [`ServerSession`] per connection.
 //!
 //! ```text
-//!            greet()               "exit", peer closed, error, close()
+//!            greet()               "exit", Input::Eof, error, close()
 //! Greeting ----------> AwaitingName -----------------------------------> Closing
 //! ```
 //!
-//! The session owns only the bytes received but not yet answered (an unfinished
-//! line, or lines held back by backpressure). Output goes into a buffer the
-//! caller owns and drains at its own pace; the session looks at its length to
-//! apply backpressure: once the caller holds `max_output` unsent bytes, the
-//! session stops answering and tells the caller to stop reading
-//! ([`ServerSession::wants_input`]). That is what bounds a connection's memory
-//! when a client sends names but never reads the replies.
+//! # The calls a shell makes
 //!
-//! The session has no clock. Two of its rules depend on time, and the shell,
-//! which owns every deadline, tells it when their time has come:
+//! The session is sans-IO: it never touches a socket or a clock. A shell
+//! (the server's `Connection`, a test, a fuzzer) owns the socket, the output
+//! buffer `out` and every deadline, and makes these calls, in this order:
 //!
-//! - In auto framing an unterminated remainder is a whole message once the
-//!   peer has been quiet for a while ([`ServerSession::awaits_pause`] says a
-//!   remainder is waiting for that; [`ServerSession::peer_paused`] says it
-//!   happened). A peer that has ended a message with `\n` is a *line client*
-//!   from then on, and its remainders wait for their `\n` however long it
-//!   pauses, so a name that arrives in pieces is never split.
-//! - A message that has started must end in time
-//!   ([`ServerSession::has_unfinished_message`], [`CloseReason::MessageTimeout`]).
+//! 1. [`ServerSession::new`], then [`ServerSession::greet`] once, before
+//!    anything else: the welcome and the first prompt go into `out`.
+//! 2. While [`ServerSession::wants_input`]`(out.len())` is true, read from the
+//!    peer and report what happened with [`ServerSession::receive`]:
+//!    - [`Input::Bytes`]: bytes read, cut anywhere; every complete message
+//!      is answered into `out`, as far as the output room allows.
+//!    - [`Input::Eof`]: the peer closed its side. What it sent is still
+//!      answered (an unterminated last message included), then good bye.
+//!    - [`Input::Pause`]: the peer has sent nothing for the quiet time and
+//!      its socket is drained. In auto framing that ends a message the peer
+//!      has not ended with `\n`; otherwise it changes nothing.
+//!
+//!    When `wants_input` is false the shell stops reading: the kernel's
+//!    receive buffer fills and TCP slows the client down.
+//! 3. After sending bytes from the front of `out`, the shell calls
+//!    [`ServerSession::output_sent`]: input held back (see below) is answered
+//!    as the new room allows. It costs a flag test when nothing is held back.
+//! 4. [`ServerSession::close`] ends the dialogue from the server's side (a
+//!    shutdown, a timeout), with the reply that says why.
+//! 5. Once [`ServerSession::state`] is [`SessionState::Closing`], nothing more
+//!    is said: the shell sends what is in `out` and closes the connection.
+//!
+//! Two more questions feed the shell's clocks, which are its own:
+//! [`ServerSession::unfinished_message`] says that the peer has started a
+//! message and the session waits for its end (bound it with a message
+//! timeout) and whether a pause would end it (start the quiet time);
+//! [`ServerSession::buffered_bytes`] is the input memory a server-wide budget
+//! counts.
+//!
+//! # What the session promises
+//!
+//! - Output is only ever appended to `out`; nothing is appended once closing.
+//! - **Held back**: once `out` holds `max_output` unsent bytes the session
+//!   stops answering. Input it has received whole by then (complete lines, a
+//!   remainder a pause ended, the peer's EOF) is *held back*:
+//!   [`ServerSession::holds_back_input`] is true, `wants_input` is false, and
+//!   `output_sent` answers it once the shell has made room. That is what
+//!   bounds a connection's memory when a client sends names but never reads
+//!   the replies: about `max_output` plus one reply of output, and at most
+//!   one read plus one unfinished line of input.
+//! - How the input is cut into reads, and how slowly the shell drains `out`,
+//!   never changes what is answered (the split-invariance properties in
+//!   proptests.rs).
+//! - A peer that has ended a message with `\n` is a *line client* from then on
+//!   (auto framing): its messages end only at `\n`, so a name that arrives in
+//!   pieces is never split by a pause.
+//! - A message longer than `max_line` is answered with an error line, and the
+//!   session closes, as soon as it can no longer fit, whatever the output room.
 
 use std::time::Duration;
 
 use super::framing::{Framing, remainder_fits, split_line};
 use super::{ERROR_PREFIX, EXIT, Escaped, GOODBYE, PROMPT, WELCOME, write_hello};
 
-/// Spare capacity an unanswered remainder may keep: a buffer larger than
-/// twice its contents plus this is shrunk, so memory follows what is held.
+/// Spare capacity a held remainder may keep: a buffer larger than twice its
+/// contents plus this is shrunk, so memory follows what is held.
 const KEEP_INPUT_CAPACITY: usize = 256;
 
 /// The limits and framing every session of a server shares.
@@ -70,6 +105,27 @@ pub enum SessionState {
     Closing,
 }
 
+/// What the shell learned from the peer's side: the one input call's
+/// argument ([`ServerSession::receive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Bytes read from the peer.
+    Bytes(&'a [u8]),
+    /// The peer has been quiet for the quiet time, its socket drained.
+    Pause,
+    /// The peer closed its side: it will send nothing more.
+    Eof,
+}
+
+/// A message the peer has started and not finished, while the session waits
+/// for the rest ([`ServerSession::unfinished_message`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unfinished {
+    /// A pause would end it (auto framing, from a peer that has not ended a
+    /// message with `\n`): the shell then reports one after the quiet time.
+    pub pause_ends_it: bool,
+}
+
 /// Why the shell ends a dialogue the client did not end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
@@ -83,17 +139,20 @@ pub enum CloseReason {
     MessageTimeout { after: Duration },
 }
 
-/// One connection's dialogue, fed bytes by the shell.
+/// One connection's dialogue, fed input by the shell.
 #[derive(Debug)]
 pub struct ServerSession {
     state: SessionState,
     limits: SessionLimits,
-    /// Received bytes not yet answered: an unfinished line, or whole lines held
-    /// back while the output is full. Empty (and unallocated) when idle.
-    unanswered: Vec<u8>,
+    /// Received bytes not yet answered: an unfinished message, or input held
+    /// back behind full output. Empty (and unallocated) when idle.
+    input: Vec<u8>,
+    /// `input` holds complete lines, held back because the output is full.
+    /// Kept up to date by `answer_lines`, so that nobody scans for them.
+    lines_held_back: bool,
     /// The peer paused after an unterminated remainder (auto framing) while
-    /// the output was full: the remainder is a message, answered on resume.
-    pause_deferred: bool,
+    /// the output was full: the remainder is a message, held back.
+    pause_held_back: bool,
     /// The peer has ended a message with `\n`: in auto framing its messages
     /// now end only at `\n`, never at a pause.
     line_client: bool,
@@ -105,8 +164,9 @@ impl ServerSession {
         ServerSession {
             state: SessionState::Greeting,
             limits,
-            unanswered: Vec::new(),
-            pause_deferred: false,
+            input: Vec::new(),
+            lines_held_back: false,
+            pause_held_back: false,
             line_client: false,
             peer_closed: false,
         }
@@ -126,108 +186,104 @@ impl ServerSession {
     }
 
     /// Whether the shell should read more from the peer: the dialogue is open,
-    /// nothing is held back, and the unsent output (`unsent` bytes) is below the
-    /// limit. When this turns false the shell stops reading, the kernel's
-    /// receive buffer fills, and TCP flow control slows the client down.
+    /// no input is held back, the peer has not closed, and the unsent output
+    /// (`unsent` bytes) is below the limit.
     pub fn wants_input(&self, unsent: usize) -> bool {
         self.state == SessionState::AwaitingName
             && !self.peer_closed
-            && !self.pause_deferred
+            && !self.pause_held_back
+            && !self.lines_held_back
             && unsent < self.limits.max_output
-            && !self.has_held_back_lines()
     }
 
-    /// Whether input already received still waits for output room (whole
-    /// lines, a remainder ended by a pause, or the peer's EOF):
-    /// [`ServerSession::resume`] answers it once the shell has sent some output.
-    pub fn has_deferred_work(&self) -> bool {
+    /// Whether input received whole (lines, a remainder a pause ended, the
+    /// EOF) waits for output room: [`ServerSession::output_sent`] answers it.
+    pub fn holds_back_input(&self) -> bool {
         self.state == SessionState::AwaitingName
-            && (self.pause_deferred || self.peer_closed || self.has_held_back_lines())
+            && (self.lines_held_back || self.pause_held_back || self.peer_closed)
     }
 
-    fn has_held_back_lines(&self) -> bool {
-        // Asked several times per read; usually nothing is held, and the
-        // emptiness check spares a call into memchr.
-        !self.unanswered.is_empty() && self.unanswered.contains(&b'\n')
+    /// The message the peer has started and not finished, while the session
+    /// waits for the rest of it (not while input is held back, nor after the
+    /// peer's EOF, which ends it). The shell bounds how long that may last,
+    /// and reports a pause when one would end it.
+    pub fn unfinished_message(&self) -> Option<Unfinished> {
+        let waiting = self.state == SessionState::AwaitingName
+            && !self.input.is_empty()
+            && !self.lines_held_back
+            && !self.pause_held_back
+            && !self.peer_closed;
+        waiting.then(|| Unfinished {
+            pause_ends_it: self.limits.framing == Framing::Auto && !self.line_client,
+        })
     }
 
-    /// Feeds bytes read from the peer and appends the replies to `out`.
-    pub fn receive(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        self.greet(out);
-        if self.state != SessionState::AwaitingName {
-            return;
-        }
-        if self.unanswered.is_empty() {
-            // The common case: answer straight from the shell's read buffer
-            // and copy only what is left over.
-            let used = self.answer_lines(input, out);
-            if self.state == SessionState::AwaitingName {
-                self.unanswered.extend_from_slice(&input[used..]);
-            }
-        } else {
-            self.unanswered.extend_from_slice(input);
-            self.answer_held_back(out);
-        }
-    }
-
-    /// Whether an unterminated remainder would become a whole message if
-    /// the peer stayed quiet: auto framing, a peer not (yet) known to end
-    /// its messages with `\n`, and nothing else pending. The shell then
-    /// measures the quiet time from the connection's last activity.
-    pub fn awaits_pause(&self) -> bool {
-        self.limits.framing == Framing::Auto && !self.line_client && self.has_unfinished_message()
-    }
-
-    /// Whether the peer has started a message and not finished it, while
-    /// the session is waiting for more of it (not held back by backpressure).
-    /// The shell bounds how long that may last.
-    pub fn has_unfinished_message(&self) -> bool {
-        self.state == SessionState::AwaitingName
-            && !self.pause_deferred
-            && !self.peer_closed
-            && !self.unanswered.is_empty()
-            && !self.has_held_back_lines()
-    }
-
-    /// The peer has sent nothing for the quiet time and its socket is
-    /// drained: in auto framing, an unterminated remainder from a peer that
-    /// is not a line client is now a whole message.
-    pub fn peer_paused(&mut self, out: &mut Vec<u8>) {
-        if self.awaits_pause() {
-            self.pause_deferred = true;
-            self.answer_ended_remainder(out);
-        }
-    }
-
-    /// Bytes of memory this session holds for input (an unfinished line, or
-    /// lines held back): what a server-wide memory budget must count.
+    /// Bytes of memory this session holds for input (an unfinished message,
+    /// or input held back): what a server-wide memory budget must count.
     pub fn buffered_bytes(&self) -> usize {
-        self.unanswered.capacity()
+        self.input.capacity()
     }
 
     /// Bytes received and not yet answered, for the memory properties in
     /// proptests.rs (buffered_bytes is their capacity).
     #[cfg(test)]
-    pub(super) fn unanswered_len(&self) -> usize {
-        self.unanswered.len()
+    pub(super) fn input_len(&self) -> usize {
+        self.input.len()
     }
 
-    /// The peer has closed its side: it will send nothing more. What it sent is
-    /// still answered (an unterminated last line included), then good bye.
-    pub fn peer_closed(&mut self, out: &mut Vec<u8>) {
-        self.peer_closed = true;
-        self.finish_if_answered(out);
+    /// Whether the `lines_held_back` flag says what a scan of the input
+    /// would: the flag stands in for that scan on every call.
+    #[cfg(test)]
+    pub(super) fn lines_held_back_is_accurate(&self) -> bool {
+        self.lines_held_back == self.input.contains(&b'\n')
     }
 
-    /// Answers lines held back by backpressure, as far as output room allows.
-    /// The shell calls this after it has written some output.
-    pub fn resume(&mut self, out: &mut Vec<u8>) {
-        // Held-back lines exist only while awaiting names: greeting comes
-        // before the first read, and closing drops all unanswered input.
-        if self.has_held_back_lines() {
-            self.answer_held_back(out);
+    /// Reports what the peer did (sent bytes, paused, closed) and appends the
+    /// replies to `out`.
+    pub fn receive(&mut self, input: Input<'_>, out: &mut Vec<u8>) {
+        match input {
+            Input::Bytes(bytes) => self.receive_bytes(bytes, out),
+            Input::Pause => {
+                if self.unfinished_message().is_some_and(|m| m.pause_ends_it) {
+                    self.pause_held_back = true;
+                    self.answer_ended_remainder(out);
+                }
+            }
+            Input::Eof => {
+                self.peer_closed = true;
+                self.finish_if_answered(out);
+            }
         }
-        if self.pause_deferred {
+    }
+
+    fn receive_bytes(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.greet(out);
+        if self.state != SessionState::AwaitingName {
+            return;
+        }
+        if self.input.is_empty() {
+            // The common case: answer straight from the shell's read buffer
+            // and copy only what is left over.
+            let used = self.answer_lines(bytes, out);
+            if self.state == SessionState::AwaitingName && used < bytes.len() {
+                self.input.extend_from_slice(&bytes[used..]);
+            }
+        } else {
+            self.input.extend_from_slice(bytes);
+            self.answer_held_input(out);
+        }
+    }
+
+    /// The shell has sent some output: answers held-back input as far as the
+    /// room now allows, and says good bye after an EOF once all is answered.
+    pub fn output_sent(&mut self, out: &mut Vec<u8>) {
+        if !self.holds_back_input() {
+            return;
+        }
+        if self.lines_held_back {
+            self.answer_held_input(out);
+        }
+        if self.pause_held_back {
             self.answer_ended_remainder(out);
         }
         self.finish_if_answered(out);
@@ -255,8 +311,9 @@ impl ServerSession {
         self.enter_closing();
     }
 
-    fn answer_held_back(&mut self, out: &mut Vec<u8>) {
-        let mut held = std::mem::take(&mut self.unanswered);
+    /// Answers what `input` holds, as far as the output room allows.
+    fn answer_held_input(&mut self, out: &mut Vec<u8>) {
+        let mut held = std::mem::take(&mut self.input);
         let used = self.answer_lines(&held, out);
         if self.state == SessionState::AwaitingName && used < held.len() {
             held.drain(..used);
@@ -266,36 +323,44 @@ impl ServerSession {
             if held.capacity() > 2 * held.len() + KEEP_INPUT_CAPACITY {
                 held.shrink_to_fit();
             }
-            self.unanswered = held;
+            self.input = held;
         }
     }
 
     /// Answers complete lines from the front of `buf` while output room lasts;
-    /// returns the bytes used. Rejects a remainder that can no longer fit,
-    /// even when the output is full: whether it is rejected now must not
-    /// depend on how fast the peer reads.
+    /// returns the bytes used, and notes whether lines are left (held back).
+    /// Rejects a remainder that can no longer fit, even when the output is
+    /// full: whether it is rejected now must not depend on how fast the peer
+    /// reads.
     fn answer_lines(&mut self, buf: &[u8], out: &mut Vec<u8>) -> usize {
         let mut used = 0;
-        while self.state == SessionState::AwaitingName && out.len() < self.limits.max_output {
-            let Some((line, len)) = split_line(&buf[used..]) else {
+        while self.state == SessionState::AwaitingName {
+            let rest = &buf[used..];
+            if rest.is_empty() {
+                // Every byte answered (the usual end): nothing to scan.
+                self.lines_held_back = false;
+                break;
+            }
+            let Some((line, len)) = split_line(rest) else {
+                // No line left: `rest` is an unfinished message.
+                self.lines_held_back = false;
+                if !remainder_fits(rest, self.limits.max_line) {
+                    self.reject_long_line(out);
+                }
                 break;
             };
+            if out.len() >= self.limits.max_output {
+                self.lines_held_back = true;
+                break;
+            }
             used += len;
             self.line_client = true;
             self.answer(line, out);
         }
-        let remainder = &buf[used..];
-        // The length test first: held-back lines are scanned for a newline
-        // only when they are too long to be one message.
-        if self.state == SessionState::AwaitingName
-            && !remainder_fits(remainder, self.limits.max_line)
-            && !remainder.contains(&b'\n')
-        {
-            self.reject_long_line(out);
-        }
         used
     }
 
+    #[inline]
     fn answer(&mut self, message: &[u8], out: &mut Vec<u8>) {
         if message.len() > self.limits.max_line {
             self.reject_long_line(out);
@@ -316,23 +381,23 @@ impl ServerSession {
     fn answer_ended_remainder(&mut self, out: &mut Vec<u8>) {
         if self.state != SessionState::AwaitingName
             || out.len() >= self.limits.max_output
-            || self.has_held_back_lines()
+            || self.lines_held_back
         {
             return;
         }
-        self.pause_deferred = false;
-        let remainder = std::mem::take(&mut self.unanswered);
+        self.pause_held_back = false;
+        let remainder = std::mem::take(&mut self.input);
         if !remainder.is_empty() {
             self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
         }
     }
 
     fn finish_if_answered(&mut self, out: &mut Vec<u8>) {
-        if !self.peer_closed || self.has_held_back_lines() {
+        if !self.peer_closed || self.lines_held_back {
             return;
         }
         self.answer_ended_remainder(out);
-        if self.state == SessionState::AwaitingName && self.unanswered.is_empty() {
+        if self.state == SessionState::AwaitingName && self.input.is_empty() {
             out.extend_from_slice(GOODBYE);
             self.enter_closing();
         }
@@ -346,7 +411,8 @@ impl ServerSession {
 
     fn enter_closing(&mut self) {
         self.state = SessionState::Closing;
-        self.unanswered = Vec::new();
+        self.input = Vec::new();
+        self.lines_held_back = false;
     }
 }
 
@@ -377,9 +443,16 @@ mod tests {
         session
     }
 
+    /// Whether a pause would end what the peer has sent so far.
+    fn awaits_pause(session: &ServerSession) -> bool {
+        session
+            .unfinished_message()
+            .is_some_and(|message| message.pause_ends_it)
+    }
+
     fn feed(session: &mut ServerSession, input: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        session.receive(input, &mut out);
+        session.receive(Input::Bytes(input), &mut out);
         out
     }
 
@@ -459,37 +532,37 @@ mod tests {
         let mut session = greeted(limits(Framing::Auto));
         assert_eq!(feed(&mut session, b"Michael"), b"");
         let mut out = Vec::new();
-        session.peer_paused(&mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, b"Server: Hello Michael!\nServer: What's your name?");
         out.clear();
-        session.receive(b"exit", &mut out);
-        session.peer_paused(&mut out);
+        session.receive(Input::Bytes(b"exit"), &mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, GOODBYE);
     }
 
     #[test]
     fn a_line_client_is_never_split_by_a_pause() {
         let mut session = greeted(limits(Framing::Auto));
-        assert!(!session.awaits_pause());
+        assert!(!awaits_pause(&session));
         assert_eq!(feed(&mut session, b"Tra"), b"");
         assert!(
-            session.awaits_pause(),
+            awaits_pause(&session),
             "a fresh client may be a bare-name client"
         );
         assert_eq!(
             feed(&mut session, b"cy\nMich"),
             b"Server: Hello Tracy!\nServer: What's your name?"
         );
-        assert!(!session.awaits_pause(), "it ended a message with a newline");
-        assert!(session.has_unfinished_message());
+        assert!(!awaits_pause(&session), "it ended a message with a newline");
+        assert!(session.unfinished_message().is_some());
         let mut out = Vec::new();
-        session.peer_paused(&mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, b"", "a pause does not end a line client's message");
         assert_eq!(
             feed(&mut session, b"ael\n"),
             b"Server: Hello Michael!\nServer: What's your name?"
         );
-        assert!(!session.has_unfinished_message());
+        assert!(session.unfinished_message().is_none());
     }
 
     #[test]
@@ -497,12 +570,12 @@ mod tests {
         let mut session = greeted(limits(Framing::Auto));
         for name in [&b"Michael"[..], b"Tracy\r"] {
             assert_eq!(feed(&mut session, name), b"");
-            assert!(session.awaits_pause());
+            assert!(awaits_pause(&session));
             let mut out = Vec::new();
-            session.peer_paused(&mut out);
+            session.receive(Input::Pause, &mut out);
             let bare = name.strip_suffix(b"\r").unwrap_or(name);
             assert_eq!(out, [b"Server: Hello ", bare, b"!\n", PROMPT].concat());
-            assert!(!session.awaits_pause());
+            assert!(!awaits_pause(&session));
         }
     }
 
@@ -510,8 +583,8 @@ mod tests {
     fn only_auto_framing_awaits_a_pause() {
         let mut session = greeted(limits(Framing::Line));
         feed(&mut session, b"Mich");
-        assert!(session.has_unfinished_message());
-        assert!(!session.awaits_pause());
+        assert!(session.unfinished_message().is_some());
+        assert!(!awaits_pause(&session));
     }
 
     #[test]
@@ -520,18 +593,18 @@ mod tests {
             max_output: 10,
             ..limits(Framing::Line)
         });
-        assert!(!session.has_unfinished_message(), "nothing received");
+        assert!(session.unfinished_message().is_none(), "nothing received");
         let mut out = Vec::new();
-        session.receive(b"a\nb\nTra", &mut out);
+        session.receive(Input::Bytes(b"a\nb\nTra"), &mut out);
         assert!(
-            !session.has_unfinished_message(),
+            session.unfinished_message().is_none(),
             "held back by backpressure: the server is not waiting for the client"
         );
         out.clear();
-        session.resume(&mut out);
-        assert!(session.has_unfinished_message());
-        session.peer_closed(&mut out);
-        assert!(!session.has_unfinished_message(), "the EOF ended it");
+        session.output_sent(&mut out);
+        assert!(session.unfinished_message().is_some());
+        session.receive(Input::Eof, &mut out);
+        assert!(session.unfinished_message().is_none(), "the EOF ended it");
     }
 
     #[test]
@@ -539,7 +612,7 @@ mod tests {
         let mut session = greeted(limits(Framing::Auto));
         feed(&mut session, b"a\n");
         let mut out = Vec::new();
-        session.peer_paused(&mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, b"");
         assert!(session.wants_input(0));
     }
@@ -549,7 +622,7 @@ mod tests {
         let mut session = greeted(limits(Framing::Line));
         assert_eq!(feed(&mut session, b"Mich"), b"");
         let mut out = Vec::new();
-        session.peer_paused(&mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, b"");
         assert_eq!(
             feed(&mut session, b"ael\n"),
@@ -561,7 +634,7 @@ mod tests {
     fn a_pause_with_nothing_pending_says_nothing() {
         let mut session = greeted(limits(Framing::Auto));
         let mut out = Vec::new();
-        session.peer_paused(&mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, b"");
     }
 
@@ -581,7 +654,7 @@ mod tests {
             b"Server: Error: line too long (limit 8 bytes)\n"
         );
         assert_eq!(session.state(), SessionState::Closing);
-        assert!(session.unanswered.is_empty());
+        assert!(session.input.is_empty());
     }
 
     #[test]
@@ -613,42 +686,38 @@ mod tests {
             framing: Framing::Line,
         });
         let mut out = Vec::new();
-        session.receive(
-            b"a
-longer",
-            &mut out,
-        );
+        session.receive(Input::Bytes(b"a\nlonger"), &mut out);
         assert_eq!(
             out,
             b"Server: Hello a!\nServer: What's your name?Server: Error: line too long (limit 4 bytes)\n"
         );
         assert_eq!(session.state(), SessionState::Closing);
-        assert!(!session.has_unfinished_message());
+        assert!(session.unfinished_message().is_none());
     }
 
     #[test]
-    fn backpressure_holds_lines_back_until_resumed() {
+    fn backpressure_holds_lines_back_until_output_is_sent() {
         let limit = 100;
         let mut session = greeted(SessionLimits {
             max_output: limit,
             ..SessionLimits::default()
         });
         let mut out = Vec::new();
-        session.receive(&b"x\n".repeat(50), &mut out);
+        session.receive(Input::Bytes(&b"x\n".repeat(50)), &mut out);
         assert!(
             out.len() >= limit && out.len() < limit + 40,
             "stops near the limit"
         );
         assert!(!session.wants_input(out.len()));
-        assert!(session.has_deferred_work());
+        assert!(session.holds_back_input());
 
         let mut answered = out.len();
         let mut rounds = 0;
-        while session.has_deferred_work() {
+        while session.holds_back_input() {
             rounds += 1;
-            assert!(rounds < 100, "resume makes progress");
+            assert!(rounds < 100, "output_sent makes progress");
             out.clear();
-            session.resume(&mut out);
+            session.output_sent(&mut out);
             answered += out.len();
         }
         let one_reply = b"Server: Hello x!\nServer: What's your name?".len();
@@ -676,11 +745,11 @@ longer",
             ..SessionLimits::default()
         });
         let mut out = Vec::new();
-        session.receive(b"a\nb\n", &mut out);
+        session.receive(Input::Bytes(b"a\nb\n"), &mut out);
         assert_eq!(out.len(), ONE_REPLY, "the first reply fills the output");
-        assert!(session.has_deferred_work(), "the second line waits");
+        assert!(session.holds_back_input(), "the second line waits");
         out.clear();
-        session.resume(&mut out);
+        session.output_sent(&mut out);
         assert_eq!(out, b"Server: Hello b!\nServer: What's your name?");
     }
 
@@ -701,14 +770,14 @@ longer",
             ..SessionLimits::default()
         });
         let mut out = Vec::new();
-        session.receive(b"a\nb\nc\n", &mut out);
+        session.receive(Input::Bytes(b"a\nb\nc\n"), &mut out);
         assert!(session.buffered_bytes() > 0, "b and c are held back");
         for _ in 0..2 {
             out.clear();
-            session.resume(&mut out);
+            session.output_sent(&mut out);
         }
         assert_eq!(out, b"Server: Hello c!\nServer: What's your name?");
-        assert!(!session.has_deferred_work());
+        assert!(!session.holds_back_input());
         assert_eq!(session.buffered_bytes(), 0);
     }
 
@@ -729,12 +798,14 @@ longer",
             held.extend_from_slice(b"a\n");
             held.extend_from_slice(remainder);
             assert_eq!(held.capacity(), capacity, "the test controls the capacity");
-            session.unanswered = held;
+            // As answer_lines leaves it when the output was full.
+            session.input = held;
+            session.lines_held_back = true;
 
             let mut out = Vec::new();
-            session.resume(&mut out);
+            session.output_sent(&mut out);
             assert_eq!(out, b"Server: Hello a!\nServer: What's your name?");
-            assert_eq!(session.unanswered, remainder);
+            assert_eq!(session.input, remainder);
             if shrunk {
                 assert!(session.buffered_bytes() < capacity, "capacity {capacity}");
             } else {
@@ -744,7 +815,7 @@ longer",
     }
 
     #[test]
-    fn a_pause_while_the_output_is_full_is_answered_on_resume() {
+    fn a_pause_while_the_output_is_full_is_answered_once_output_is_sent() {
         let mut session = greeted(SessionLimits {
             max_output: 10,
             ..SessionLimits::default()
@@ -752,18 +823,18 @@ longer",
         // The greeting is still unsent: the output is full when the pause
         // of a bare-name client comes.
         let mut out = GREETING.to_vec();
-        session.receive(b"Tracy", &mut out);
-        session.peer_paused(&mut out);
+        session.receive(Input::Bytes(b"Tracy"), &mut out);
+        session.receive(Input::Pause, &mut out);
         assert_eq!(out, GREETING);
         assert!(
             !session.wants_input(0),
             "more bytes must not join the ended message"
         );
-        assert!(session.has_deferred_work());
+        assert!(session.holds_back_input());
         out.clear();
-        session.resume(&mut out);
+        session.output_sent(&mut out);
         assert_eq!(out, b"Server: Hello Tracy!\nServer: What's your name?");
-        assert!(!session.has_deferred_work());
+        assert!(!session.holds_back_input());
         assert!(session.wants_input(0));
     }
 
@@ -774,12 +845,12 @@ longer",
             ..SessionLimits::default()
         });
         let mut out = Vec::new();
-        session.receive(b"a\nlast", &mut out);
-        session.peer_closed(&mut out);
+        session.receive(Input::Bytes(b"a\nlast"), &mut out);
+        session.receive(Input::Eof, &mut out);
         assert_eq!(session.state(), SessionState::AwaitingName);
-        assert!(session.has_deferred_work());
+        assert!(session.holds_back_input());
         out.clear();
-        session.resume(&mut out);
+        session.output_sent(&mut out);
         assert_eq!(
             out,
             b"Server: Hello last!\nServer: What's your name?Server: Good bye!\n"
@@ -791,8 +862,8 @@ longer",
     fn peer_close_answers_everything_then_says_good_bye() {
         let mut session = greeted(limits(Framing::Line));
         let mut out = Vec::new();
-        session.receive(b"Sarah\nlast", &mut out);
-        session.peer_closed(&mut out);
+        session.receive(Input::Bytes(b"Sarah\nlast"), &mut out);
+        session.receive(Input::Eof, &mut out);
         assert_eq!(
             out,
             b"Server: Hello Sarah!\nServer: What's your name?Server: Hello last!\nServer: What's your name?Server: Good bye!\n"
@@ -807,11 +878,11 @@ longer",
             ..SessionLimits::default()
         });
         let mut out = Vec::new();
-        session.receive(b"a\nb\n", &mut out);
-        session.peer_closed(&mut out);
+        session.receive(Input::Bytes(b"a\nb\n"), &mut out);
+        session.receive(Input::Eof, &mut out);
         assert_eq!(session.state(), SessionState::AwaitingName);
         out.clear();
-        session.resume(&mut out);
+        session.output_sent(&mut out);
         assert_eq!(
             out,
             b"Server: Hello b!\nServer: What's your name?Server: Good bye!\n"

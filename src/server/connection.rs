@@ -6,22 +6,23 @@
 //! (what state, wants input?), and the reactor knows a connection only through
 //! [`Connection::service`] and what it returns.
 //!
-//! Readiness is edge-triggered: epoll reports a socket once when it *becomes*
-//! readable and not again until new data arrives. So the fact "this socket may
-//! have unread data" is ours to remember (`may_read`) from the event until a
-//! read proves the socket drained. That one flag is what makes pausing safe:
-//! a connection that stops reading (its budget for this turn is spent, or its
-//! output is full) keeps `may_read`, and resumes reading later without waiting
-//! for an edge that already came and went.
+//! Readiness is edge-triggered; what the socket may do without a new event
+//! is kept in a [`Readiness`] (the rules are in `src/readiness.rs`). That is
+//! what makes pausing safe: a connection that stops reading (its budget for
+//! this turn is spent, or its output is full) keeps `may_read`, and resumes
+//! reading later without waiting for an edge that already came and went.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
-use crate::protocol::{CloseReason, ServerSession, SessionLimits, SessionState};
+use super::socket_io::Socket;
+use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
+use crate::readiness::{Readiness, Received};
 
 /// Reads per connection per service call. Bounds the work one busy client
 /// gets before the reactor moves on to the others (fairness); a connection
@@ -53,7 +54,8 @@ pub struct Timeouts {
     pub quiet: Duration,
 }
 
-/// What the reactor should do with a connection after servicing it.
+/// What the reactor should do with a connection next, returned by every
+/// call that services it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     /// Nothing until its next event or deadline.
@@ -63,12 +65,12 @@ pub enum Next {
     /// an event (none will come).
     ServiceAgain,
     /// Close it and free its slot.
-    Close(Closed),
+    Close(CloseCause),
 }
 
 /// Why a connection was closed, for the log.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Closed {
+pub enum CloseCause {
     /// The dialogue ended normally.
     Done,
     /// The peer never sent EOF within the linger time.
@@ -80,9 +82,11 @@ pub enum Closed {
     OverBudget { held: usize },
 }
 
-/// Where the connection is in its graceful close.
+/// Where the socket is in its graceful close. A second state machine beside
+/// the session's `SessionState`: the session decides what is said, this
+/// decides when the socket may close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum SocketPhase {
     /// Reading messages and writing replies.
     Talking,
     /// Our last byte is sent and our side is shut (FIN sent); reading and
@@ -116,19 +120,9 @@ pub struct Connection {
     session: ServerSession,
     /// Replies produced and not yet accepted by the kernel.
     unsent: Vec<u8>,
-    phase: Phase,
-    /// The socket may have unread data: set by a readable event, cleared when
-    /// a read shows it drained.
-    may_read: bool,
-    /// The peer's EOF is pending (epoll said so), so a short read does not
-    /// prove the socket drained: read until the EOF itself.
-    eof_pending: bool,
-    /// TCP urgent data is pending (EPOLLPRI). A read stops short at the
-    /// urgent mark with more data queued behind it, and no new edge comes for
-    /// that data: read until WouldBlock instead of trusting a short read.
-    urgent_pending: bool,
-    /// The last write hit WouldBlock; the next write waits for a writable event.
-    write_blocked: bool,
+    phase: SocketPhase,
+    /// What the socket may do without waiting for an event.
+    readiness: Readiness,
     peer_eof: bool,
     /// The last byte read or written: what the idle timeout and the quiet
     /// time measure from.
@@ -155,11 +149,8 @@ impl Connection {
             peer,
             session,
             unsent,
-            phase: Phase::Talking,
-            may_read: false,
-            eof_pending: false,
-            urgent_pending: false,
-            write_blocked: false,
+            phase: SocketPhase::Talking,
+            readiness: Readiness::new(),
             peer_eof: false,
             last_progress: now,
             message_started: None,
@@ -174,19 +165,57 @@ impl Connection {
     }
 
     /// Bytes of memory held in this connection's own buffers (unsent replies,
-    /// unanswered input): what the server-wide budget counts.
+    /// input not yet answered): what the server-wide budget counts.
     pub fn buffered_bytes(&self) -> usize {
         self.unsent.capacity() + self.session.buffered_bytes()
     }
 
     /// When this connection next needs attention without an event.
     pub fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
-        self.next_deadline(timeouts).map(|(at, _)| at)
+        self.next_deadline(timeouts, true).map(|(at, _)| at)
     }
 
-    /// The earliest of the clocks that apply in the connection's state.
-    fn next_deadline(&self, timeouts: &Timeouts) -> Option<(Instant, Due)> {
-        if self.phase == Phase::Draining {
+    /// The connection's deadline if it is earlier than `queued`, the earliest
+    /// one already queued for it (`None`: none is). This runs after every
+    /// exchange, and usually finds nothing earlier, so it skips what cannot
+    /// be: the idle clock only ever moves later (`last_progress` only
+    /// grows), and a queued entry was at or before it when it was queued.
+    /// So with an entry queued, the idle clock is not even computed; the
+    /// entry, when it comes due, finds the current one.
+    /// Usually only the idle clock runs, and the answer is known from a few
+    /// flags, without computing a deadline.
+    #[inline]
+    pub fn deadline_before(&self, queued: Option<Instant>, timeouts: &Timeouts) -> Option<Instant> {
+        if queued.is_some() && !self.runs_a_clock_besides_idle() {
+            debug_assert_eq!(self.next_deadline(timeouts, false), None);
+            return None;
+        }
+        let (at, _) = self.next_deadline(timeouts, queued.is_none())?;
+        queued.is_none_or(|queued| at < queued).then_some(at)
+    }
+
+    /// Whether a clock other than the idle one runs: linger (draining), the
+    /// last reply (closing), a message's, or the quiet time; the states
+    /// `next_deadline` derives those clocks from.
+    fn runs_a_clock_besides_idle(&self) -> bool {
+        self.phase == SocketPhase::Draining
+            || self.session.state() == SessionState::Closing
+            || self.message_started.is_some()
+            || self.quiet_clock_runs()
+    }
+
+    /// Whether the quiet time runs: a pause would end the message the peer
+    /// has started, and its socket is drained (only a drained socket shows a
+    /// pause: with bytes unread, the client may have sent the rest already).
+    fn quiet_clock_runs(&self) -> bool {
+        !self.readiness.may_read()
+            && (self.session.unfinished_message()).is_some_and(|message| message.pause_ends_it)
+    }
+
+    /// The earliest of the clocks that apply in the connection's state; the
+    /// idle clock only `with_idle`.
+    fn next_deadline(&self, timeouts: &Timeouts, with_idle: bool) -> Option<(Instant, Due)> {
+        if self.phase == SocketPhase::Draining {
             return Some((self.last_progress + timeouts.linger, Due::Linger));
         }
         if self.session.state() == SessionState::Closing {
@@ -201,30 +230,23 @@ impl Connection {
                 .max(self.last_progress + timeouts.idle.unwrap_or(timeouts.linger));
             return Some((at, Due::LastReply));
         }
-        // This runs after every exchange, so the common case (only the idle
-        // clock applies) costs one addition and no more.
         let mut next = timeouts
             .idle
+            .filter(|_| with_idle)
             .map(|idle| (self.last_progress + idle, Due::Idle));
         if let (Some(limit), Some(started)) = (timeouts.message, self.message_started) {
             next = earliest(next, (started + limit, Due::Message));
         }
-        // Only a drained socket shows a pause: with bytes unread, the client
-        // may have sent the rest of its name already.
-        if !self.may_read && self.session.awaits_pause() {
+        if self.quiet_clock_runs() {
             next = earliest(next, (self.last_progress + timeouts.quiet, Due::Quiet));
         }
         next
     }
 
-    pub fn on_readable(&mut self, read_closed: bool, urgent: bool) {
-        self.may_read = true;
-        self.eof_pending |= read_closed;
-        self.urgent_pending |= urgent;
-    }
-
-    pub fn on_writable(&mut self) {
-        self.write_blocked = false;
+    /// Records what an event says the socket may do; [`Connection::service`]
+    /// acts on it.
+    pub fn on_event(&mut self, event: &Event) {
+        self.readiness.on_event(event);
     }
 
     /// Moves bytes until the connection has to wait: write what is pending,
@@ -237,7 +259,9 @@ impl Connection {
         // The message clock runs only while the server is reading: not while
         // its own output is full and the rest of the message may be waiting
         // unread in the socket.
-        if self.session.has_unfinished_message() && self.session.wants_input(self.unsent.len()) {
+        if self.session.unfinished_message().is_some()
+            && self.session.wants_input(self.unsent.len())
+        {
             self.message_started.get_or_insert(now);
         } else {
             self.message_started = None;
@@ -251,66 +275,67 @@ impl Connection {
     fn move_bytes(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         let mut reads_left = READS_PER_SERVICE;
         loop {
-            if let Err(err) = self.flush(now) {
-                return Next::Close(Closed::Failed(err.kind()));
-            }
-            if self.session.has_deferred_work() && !self.write_blocked {
-                let before = self.unsent.len();
-                self.session.resume(&mut self.unsent);
-                if self.unsent.len() != before {
-                    continue;
+            // Only sending makes output room, so only a flush that sent
+            // something can let the session answer input it held back.
+            match self.flush(now) {
+                Err(err) => return Next::Close(CloseCause::Failed(err.kind())),
+                Ok(sent) if sent > 0 && !self.readiness.write_blocked() => {
+                    let before = self.unsent.len();
+                    self.session.output_sent(&mut self.unsent);
+                    if self.unsent.len() != before {
+                        continue;
+                    }
                 }
+                Ok(_) => {}
             }
-            if self.phase == Phase::Talking
+            if self.phase == SocketPhase::Talking
                 && self.session.state() == SessionState::Closing
                 && self.unsent.is_empty()
             {
                 if self.peer_eof {
-                    return Next::Close(Closed::Done);
+                    return Next::Close(CloseCause::Done);
                 }
                 self.start_draining(now);
             }
             let wants_input = match self.phase {
-                Phase::Talking => self.session.wants_input(self.unsent.len()),
-                Phase::Draining => true,
+                SocketPhase::Talking => self.session.wants_input(self.unsent.len()),
+                SocketPhase::Draining => true,
             };
-            if !wants_input || !self.may_read {
+            if !wants_input || !self.readiness.may_read() {
                 return Next::Wait;
             }
             if reads_left == 0 {
                 return Next::ServiceAgain;
             }
             reads_left -= 1;
-            match self.read_once(read_buf, now) {
-                Ok(()) => {}
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Next::Close(Closed::Failed(err.kind())),
+            if let Err(err) = self.read_once(read_buf, now) {
+                return Next::Close(CloseCause::Failed(err.kind()));
             }
-            if self.phase == Phase::Draining && self.peer_eof {
-                return Next::Close(Closed::Done);
+            if self.phase == SocketPhase::Draining && self.peer_eof {
+                return Next::Close(CloseCause::Done);
             }
         }
     }
 
     /// A deadline may have come due. Returns what to do next.
     pub fn on_deadline(&mut self, read_buf: &mut [u8], now: Instant, timeouts: &Timeouts) -> Next {
-        let due = match self.next_deadline(timeouts) {
+        let due = match self.next_deadline(timeouts, true) {
             Some((at, due)) if at <= now => due,
             _ => return Next::Wait,
         };
         let reason = match due {
             Due::Quiet => {
-                self.session.peer_paused(&mut self.unsent);
+                self.session.receive(Input::Pause, &mut self.unsent);
                 return self.service(read_buf, now);
             }
-            Due::Linger => return Next::Close(Closed::LingerExpired),
+            Due::Linger => return Next::Close(CloseCause::LingerExpired),
             Due::LastReply | Due::Idle if self.peer_took_output() => {
                 self.last_progress = now;
                 return Next::Wait;
             }
             // The last reply could not be delivered in time: the peer is not
             // reading. Nothing more can be done gracefully.
-            Due::LastReply => return Next::Close(Closed::Failed(ErrorKind::TimedOut)),
+            Due::LastReply => return Next::Close(CloseCause::Failed(ErrorKind::TimedOut)),
             Due::Idle => {
                 let after = timeouts.idle.unwrap_or_default();
                 log::info!(
@@ -354,23 +379,17 @@ impl Connection {
     /// Writes pending output until it is all sent or the kernel's buffer is
     /// full. A reply is built whole before this runs, so a reply normally
     /// leaves in one write (and with TCP_NODELAY, in one segment at once).
-    fn flush(&mut self, now: Instant) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < self.unsent.len() && !self.write_blocked {
-            match self.stream.write(&self.unsent[sent..]) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => self.write_blocked = true,
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
+    /// Returns how many bytes were sent.
+    fn flush(&mut self, now: Instant) -> io::Result<usize> {
+        let sent = self
+            .readiness
+            .write(&mut Socket(&self.stream), &self.unsent)?;
         if sent == 0 {
-            return Ok(());
+            return Ok(0);
         }
         self.last_progress = now;
         self.bytes_written += sent as u64;
-        if self.write_blocked || sent >= BIG_FLUSH {
+        if self.readiness.write_blocked() || sent >= BIG_FLUSH {
             // The kernel may now hold more than the peer has room for: note
             // how much it has acknowledged, so a later look can tell whether
             // it has read since. Small replies to a reading peer skip this
@@ -388,39 +407,27 @@ impl Connection {
         } else {
             self.unsent.drain(..sent);
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// One read into the shared buffer, fed to the session (or discarded
     /// while draining).
     fn read_once(&mut self, read_buf: &mut [u8], now: Instant) -> io::Result<()> {
-        match self.stream.read(read_buf) {
-            Ok(0) => {
-                self.may_read = false;
+        match self.readiness.read(&mut Socket(&self.stream), read_buf)? {
+            Received::Eof => {
                 self.peer_eof = true;
-                if self.phase == Phase::Talking {
-                    self.session.peer_closed(&mut self.unsent);
+                if self.phase == SocketPhase::Talking {
+                    self.session.receive(Input::Eof, &mut self.unsent);
                 }
             }
-            Ok(n) => {
-                // A short read emptied the socket's receive queue: any byte
-                // arriving later raises a new edge. So stop here instead of
-                // paying one more read() just to see WouldBlock. Not when the
-                // peer's EOF or urgent data is pending: no new edge would
-                // announce the EOF, or the data queued behind the urgent mark.
-                if n < read_buf.len() && !self.eof_pending && !self.urgent_pending {
-                    self.may_read = false;
-                }
-                if self.phase == Phase::Talking {
-                    self.session.receive(&read_buf[..n], &mut self.unsent);
+            Received::Bytes(n) => {
+                if self.phase == SocketPhase::Talking {
+                    self.session
+                        .receive(Input::Bytes(&read_buf[..n]), &mut self.unsent);
                     self.last_progress = now;
                 }
             }
-            Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                self.may_read = false;
-                self.urgent_pending = false;
-            }
-            Err(err) => return Err(err),
+            Received::Nothing => {}
         }
         Ok(())
     }
@@ -432,7 +439,7 @@ impl Connection {
     /// yet handed to the application; some systems drop even data already
     /// received. Draining first means the goodbye always arrives intact.
     fn start_draining(&mut self, now: Instant) {
-        self.phase = Phase::Draining;
+        self.phase = SocketPhase::Draining;
         self.last_progress = now;
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
@@ -449,6 +456,7 @@ fn earliest(current: Option<(Instant, Due)>, other: (Instant, Due)) -> Option<(I
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream as StdStream};
 
     const TIMEOUTS: Timeouts = Timeouts {
@@ -458,19 +466,57 @@ mod tests {
         quiet: Duration::from_millis(50),
     };
 
-    /// A connection whose client has sent thousands of names and read no
-    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
-    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+    /// A new connection on loopback (greeting queued, not yet sent), and
+    /// its client.
+    fn connected(now: Instant) -> (Connection, StdStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let mut client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
         let (server, peer) = listener.accept().expect("accept");
         server.set_nonblocking(true).unwrap();
-        let mut conn = Connection::new(
+        let conn = Connection::new(
             TcpStream::from_std(server),
             peer,
             SessionLimits::default(),
             now,
         );
+        (conn, client)
+    }
+
+    /// After every exchange the reactor asks only for a deadline earlier
+    /// than the one queued: the idle clock, which only moves later, is not
+    /// one, and a clock that starts (here a bare name's quiet time) is.
+    #[test]
+    fn only_a_deadline_earlier_than_the_queued_one_is_reported() {
+        let start = Instant::now();
+        let (mut conn, _client) = connected(start);
+        let idle = start + Duration::from_secs(3);
+        assert_eq!(conn.deadline_before(None, &TIMEOUTS), Some(idle));
+        assert_eq!(conn.deadline_before(Some(idle), &TIMEOUTS), None);
+
+        let later = start + Duration::from_secs(1);
+        conn.last_progress = later;
+        assert_eq!(
+            conn.deadline_before(Some(idle), &TIMEOUTS),
+            None,
+            "the idle clock moved later: the queued entry finds it"
+        );
+        assert_eq!(
+            conn.deadline_before(None, &TIMEOUTS),
+            Some(later + Duration::from_secs(3))
+        );
+
+        conn.session.receive(Input::Bytes(b"Tra"), &mut conn.unsent);
+        assert_eq!(
+            conn.deadline_before(Some(idle), &TIMEOUTS),
+            Some(later + TIMEOUTS.quiet),
+            "the quiet time starts, earlier than the queued entry"
+        );
+    }
+
+    /// A connection whose client has sent thousands of names and read no
+    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
+    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+        let (mut conn, mut client) = connected(now);
         // Names without end, as fast as the server takes them, until its
         // replies back up.
         client.set_nonblocking(true).unwrap();
@@ -482,9 +528,9 @@ mod tests {
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {}
                 Err(err) => panic!("sending names: {err}"),
             }
-            conn.on_readable(false, false);
+            conn.readiness.on_readable(false, false);
             conn.service(&mut read_buf, now);
-            if conn.write_blocked && !conn.unsent.is_empty() {
+            if conn.readiness.write_blocked() && !conn.unsent.is_empty() {
                 client.set_nonblocking(false).unwrap();
                 return (conn, client, read_buf);
             }
@@ -532,14 +578,14 @@ mod tests {
         // The output is full, and the last message has begun: its end may be
         // waiting unread in the socket, where the server does not look.
         conn.unsent.resize(1 << 20, b'.');
-        conn.session.resume(&mut conn.unsent);
+        conn.session.output_sent(&mut conn.unsent);
         let mut held = Vec::new();
-        while conn.session.has_deferred_work() {
+        while conn.session.holds_back_input() {
             held.clear();
-            conn.session.resume(&mut held);
+            conn.session.output_sent(&mut held);
         }
-        conn.session.receive(b"Tra", &mut conn.unsent);
-        assert!(conn.session.has_unfinished_message());
+        conn.session.receive(Input::Bytes(b"Tra"), &mut conn.unsent);
+        assert!(conn.session.unfinished_message().is_some());
         assert_eq!(conn.service(&mut read_buf, start), Next::Wait);
         assert!(!conn.session.wants_input(conn.unsent.len()));
         assert_eq!(

@@ -14,7 +14,9 @@
 //!   and the socket options every connection gets;
 //! - [`activation`]: taking listening sockets passed by systemd instead;
 //! - [`timers`]: deadlines that drive the poll timeout;
-//! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged).
+//! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged);
+//! - [`socket_io`]: the read and write system calls, without glibc's
+//!   cancellation bracket.
 
 pub mod activation;
 mod admission;
@@ -22,6 +24,7 @@ mod connection;
 mod kernel;
 mod listener;
 mod reactor;
+mod socket_io;
 mod timers;
 
 use std::fmt;
@@ -34,10 +37,11 @@ use mio::net::TcpListener;
 use activation::InheritedListener;
 pub use connection::Timeouts;
 pub use listener::ListenError;
+pub use reactor::Stopped;
 
 use crate::limits;
 use crate::protocol::SessionLimits;
-use reactor::Reactor;
+use reactor::{Reactor, Settings};
 
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -101,26 +105,6 @@ impl Default for Config {
             max_buffered: DEFAULT_MAX_BUFFERED,
         }
     }
-}
-
-/// The settings the running reactor uses, resolved from a [`Config`].
-#[derive(Clone, Copy, Debug)]
-struct Settings {
-    max_connections: usize,
-    max_per_ip: Option<usize>,
-    timeouts: Timeouts,
-    shutdown_grace: Duration,
-    limits: SessionLimits,
-    max_buffered: usize,
-}
-
-/// How the server stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// A signal, good byes sent, connections closed (or the grace ran out).
-    Graceful,
-    /// A second signal during the shutdown: exited at once.
-    Forced,
 }
 
 /// The server could not start.

@@ -6,26 +6,12 @@
 //! name or a greeting is; [`Connection`] does the per-client work and the
 //! protocol core decides every reply.
 //!
-//! One turn of the loop:
-//!
-//! 1. compute the poll timeout from the nearest deadline (zero if some work is
-//!    already known to be waiting);
-//! 2. `poll` (epoll_wait);
-//! 3. dispatch each event by token: a connection is serviced at once (reads
-//!    until drained, within a budget, feeding the core and writing its
-//!    replies); a listener or the signal pipe is only marked ready;
-//! 4. act on signals (the first starts a graceful shutdown);
-//! 5. accept from ready listeners, a bounded number each, for fairness;
-//!    [`Admission`] admits or refuses each client as it is accepted;
-//! 6. service again the connections whose read budget ran out in step 3;
-//! 7. run due deadlines (quiet time, message and idle timeouts, last reply,
-//!    linger), then close the largest buffer holders while all buffers
-//!    together exceed `--max-buffered`;
-//! 8. free the slab slots of connections closed during this turn, only now,
-//!    so a stale event later in the same batch can never reach a new
-//!    connection that reused the slot;
-//! 9. while shutting down: exit once every connection is gone or the grace
-//!    period is over.
+//! One turn of the loop is [`Reactor::run`], read top to bottom: poll
+//! (sleeping until the nearest deadline), dispatch each event, act on
+//! signals, accept, service again what ran out of read budget, run due
+//! deadlines and the buffer budget, free what closed, and check the
+//! shutdown. docs/architecture.md ("One turn of the loop") walks through
+//! each phase and why it comes where it does.
 //!
 //! Tokens: a connection's token is its slab key; listeners and the signal pipe
 //! use tokens from the top of the range, which the slab never reaches.
@@ -41,11 +27,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use super::Timeouts;
 use super::admission::Admission;
-use super::connection::{Closed, Connection, Next};
+use super::connection::{CloseCause, Connection, Next};
 use super::listener::Acceptor;
 use super::timers::{ConnectionRef, Timers};
-use super::{Settings, Stopped};
+use crate::protocol::SessionLimits;
 
 /// Listener `i` has token `LISTENER_TOKENS + i`; every smaller token is a slab
 /// key. A slab of connections never grows anywhere near this.
@@ -60,12 +47,32 @@ const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Timer entries of closed connections tolerated before the heap is rebuilt.
 const STALE_TIMERS_ALLOWED: usize = 1024;
 
+/// What the running reactor is told, resolved from the server's `Config`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Settings {
+    pub max_connections: usize,
+    pub max_per_ip: Option<usize>,
+    pub timeouts: Timeouts,
+    pub shutdown_grace: Duration,
+    pub limits: SessionLimits,
+    pub max_buffered: usize,
+}
+
+/// How the server stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// A signal, good byes sent, connections closed (or the grace ran out).
+    Graceful,
+    /// A second signal during the shutdown: exited at once.
+    Forced,
+}
+
 /// A connection in its slab slot.
 struct Slot {
     /// Unique for the life of the process, unlike the slab key.
     id: u64,
     conn: Connection,
-    /// Closed during this turn; the slot is freed at the end of the turn.
+    /// CloseCause during this turn; the slot is freed at the end of the turn.
     closed: bool,
     /// The earliest deadline queued in the timer heap for this slot.
     queued_deadline: Option<Instant>,
@@ -85,7 +92,7 @@ pub struct Reactor {
     timers: Timers,
     read_buf: Box<[u8]>,
     /// Connections that stopped reading only because their budget ran out.
-    service_again: Vec<ConnectionRef>,
+    budget_spent: Vec<ConnectionRef>,
     /// Slab keys to free at the end of this turn.
     to_free: Vec<usize>,
     signals: Signals,
@@ -113,7 +120,7 @@ impl Reactor {
             slots: Slab::with_capacity(settings.max_connections.min(1024)),
             timers: Timers::default(),
             read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
-            service_again: Vec::new(),
+            budget_spent: Vec::new(),
             to_free: Vec::new(),
             signals,
             next_id: 0,
@@ -176,7 +183,7 @@ impl Reactor {
     /// How long the next poll may sleep: until the nearest deadline, or not at
     /// all if work is already known to be waiting.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.service_again.is_empty() || self.acceptor.has_waiting(now) {
+        if !self.budget_spent.is_empty() || self.acceptor.has_waiting(now) {
             return Some(Duration::ZERO);
         }
         [
@@ -201,14 +208,7 @@ impl Reactor {
         if slot.closed {
             return;
         }
-        let urgent = event.is_priority();
-        if event.is_readable() || event.is_read_closed() || event.is_error() || urgent {
-            slot.conn
-                .on_readable(event.is_read_closed() || event.is_error(), urgent);
-        }
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
-            slot.conn.on_writable();
-        }
+        slot.conn.on_event(event);
         let next = slot.conn.service(&mut self.read_buf, now);
         self.after_service(key, next);
     }
@@ -221,34 +221,35 @@ impl Reactor {
         slot.buffered = buffered;
         match next {
             Next::Wait => {}
-            Next::ServiceAgain => self.service_again.push(ConnectionRef { key, id: slot.id }),
-            Next::Close(why) => return self.close(key, why),
+            Next::ServiceAgain => self.budget_spent.push(ConnectionRef { key, id: slot.id }),
+            Next::Close(why) => return self.mark_closed(key, why),
         }
         // Queue the connection's deadline only if it is earlier than the one
         // already queued; a later one is found when that entry comes due.
-        if let Some(deadline) = slot.conn.deadline(&self.settings.timeouts) {
-            if slot.queued_deadline.is_none_or(|queued| deadline < queued) {
-                slot.queued_deadline = Some(deadline);
-                self.timers
-                    .schedule(deadline, ConnectionRef { key, id: slot.id });
-            }
+        let timeouts = &self.settings.timeouts;
+        if let Some(deadline) = slot.conn.deadline_before(slot.queued_deadline, timeouts) {
+            slot.queued_deadline = Some(deadline);
+            self.timers
+                .schedule(deadline, ConnectionRef { key, id: slot.id });
         }
     }
 
-    fn close(&mut self, key: usize, why: Closed) {
+    /// Marks a connection closed and logs why; its slot (and socket) is
+    /// freed at the end of the turn, in `free_closed`.
+    fn mark_closed(&mut self, key: usize, why: CloseCause) {
         let slot = &mut self.slots[key];
         slot.closed = true;
         self.buffered -= std::mem::take(&mut slot.buffered);
         let peer = slot.conn.peer();
         match why {
-            Closed::Done => log::info!("Connection from {peer} is closed"),
-            Closed::LingerExpired => {
+            CloseCause::Done => log::info!("Connection from {peer} is closed"),
+            CloseCause::LingerExpired => {
                 log::info!(
                     "Connection from {peer} is closed (no EOF from the client within the linger time)"
                 )
             }
-            Closed::Failed(kind) => log::info!("Connection from {peer} is closed ({kind})"),
-            Closed::OverBudget { held } => log::warn!(
+            CloseCause::Failed(kind) => log::info!("Connection from {peer} is closed ({kind})"),
+            CloseCause::OverBudget { held } => log::warn!(
                 "Connection from {peer} is closed: it held {held} bytes of buffers, the most of \
                  any, while all connections together held more than --max-buffered {} bytes \
                  (raise --max-buffered, or lower --max-output)",
@@ -278,7 +279,7 @@ impl Reactor {
             let Some((key, held)) = largest.filter(|&(_, held)| held > 0) else {
                 return;
             };
-            self.close(key, Closed::OverBudget { held });
+            self.mark_closed(key, CloseCause::OverBudget { held });
         }
     }
 
@@ -309,7 +310,7 @@ impl Reactor {
     }
 
     fn service_again(&mut self, now: Instant) {
-        let mut pending = std::mem::take(&mut self.service_again);
+        let mut pending = std::mem::take(&mut self.budget_spent);
         for conn in pending.drain(..) {
             let Some(slot) = self.slots.get_mut(conn.key) else {
                 continue;
@@ -320,8 +321,8 @@ impl Reactor {
             let next = slot.conn.service(&mut self.read_buf, now);
             self.after_service(conn.key, next);
         }
-        if self.service_again.is_empty() {
-            self.service_again = pending;
+        if self.budget_spent.is_empty() {
+            self.budget_spent = pending;
         }
     }
 
