@@ -93,6 +93,19 @@ struct Args {
     #[arg(long, env = "GREETER_FRAMING", value_enum, default_value_t = FramingArg::Auto)]
     framing: FramingArg,
 
+    /// Event loops to run, each a single thread with its own connections and
+    /// its own listening socket on every address (SO_REUSEPORT: the kernel
+    /// spreads new connections over them). Limits are the server's total.
+    #[arg(long, env = "GREETER_REACTORS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    reactors: u64,
+
+    /// Listen with SO_REUSEPORT, so that a new server can start on the same
+    /// address before this one is stopped (a restart that turns no client
+    /// away). Set net.ipv4.tcp_migrate_req=1 too, or clients waiting to be
+    /// accepted when this server stops are reset.
+    #[arg(long, env = "GREETER_REUSE_PORT")]
+    reuse_port: bool,
+
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(
         long,
@@ -228,6 +241,8 @@ fn config(args: &Args) -> Config {
         },
         shutdown_grace: args.shutdown_grace,
         max_buffered: to_usize(args.max_buffered),
+        reactors: to_usize(args.reactors),
+        reuse_port: args.reuse_port,
         limits: SessionLimits {
             max_line: to_usize(args.max_line),
             max_output: to_usize(args.max_output),

@@ -24,10 +24,18 @@
 //! ([`Admission::release`]), however it closed. Counts per address are kept
 //! only with `--max-per-ip`, and an address whose last connection closed is
 //! forgotten: the table never holds more entries than there are connections.
+//!
+//! With `--reactors N` the limits are the server's, not each reactor's: the
+//! reactors' admissions share one [`Occupancy`] (an atomic count, and the
+//! table per address behind a mutex). They are touched once when a client is
+//! accepted and once when it is freed, never per message, so the exchanges
+//! of one reactor never wait for another. Each reactor logs its own bursts.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::net::TcpStream;
 
@@ -95,16 +103,22 @@ impl Burst {
     }
 }
 
-/// Who is connected, and who was turned away.
+/// Who is connected, shared by every reactor of the server.
 #[derive(Debug)]
-pub struct Admission {
+struct Occupancy {
     max_connections: usize,
     max_per_address: Option<usize>,
     /// Admitted and not yet released.
-    open: usize,
+    open: AtomicUsize,
     /// Connections per address; only with `max_per_address`, and only
     /// addresses with a connection open.
-    per_address: HashMap<IpAddr, AddressShare>,
+    per_address: Mutex<HashMap<IpAddr, AddressShare>>,
+}
+
+/// Who is connected, and who was turned away: one per reactor.
+#[derive(Debug)]
+pub struct Admission {
+    occupancy: Arc<Occupancy>,
     full: Burst,
     out_of_descriptors: Burst,
 }
@@ -112,11 +126,24 @@ pub struct Admission {
 impl Admission {
     /// A per-address limit of 0 would refuse everyone; it counts as 1.
     pub fn new(max_connections: usize, max_per_address: Option<usize>) -> Self {
-        Admission {
+        let occupancy = Occupancy {
             max_connections,
             max_per_address: max_per_address.map(|limit| limit.max(1)),
-            open: 0,
-            per_address: HashMap::new(),
+            open: AtomicUsize::new(0),
+            per_address: Mutex::new(HashMap::new()),
+        };
+        Admission {
+            occupancy: Arc::new(occupancy),
+            full: Burst::default(),
+            out_of_descriptors: Burst::default(),
+        }
+    }
+
+    /// An admission for another reactor of the same server: the same limits
+    /// and counts, its own log of bursts.
+    pub fn sharing(&self) -> Self {
+        Admission {
+            occupancy: Arc::clone(&self.occupancy),
             full: Burst::default(),
             out_of_descriptors: Burst::default(),
         }
@@ -126,8 +153,12 @@ impl Admission {
     /// connected until [`Admission::release`]; a refusal is logged (once per
     /// burst) and the caller passes it to [`refuse`].
     pub fn admit(&mut self, peer: SocketAddr) -> Result<(), Refusal> {
-        let limit = self.max_connections;
-        if self.open >= limit {
+        let occupancy = &*self.occupancy;
+        let limit = occupancy.max_connections;
+        // Counted first, taken back if over: two reactors admitting at
+        // once can then never both take the last place.
+        if occupancy.open.fetch_add(1, Ordering::Relaxed) >= limit {
+            occupancy.open.fetch_sub(1, Ordering::Relaxed);
             if self.full.start() {
                 log::warn!(
                     "connection limit reached ({limit}); turning new clients away until some close \
@@ -137,29 +168,12 @@ impl Admission {
             self.full.turned_away += 1;
             return Err(Refusal::Full { limit });
         }
-        if let Some(per_address) = self.max_per_address {
-            let address = counted_address(peer);
-            let share = self.per_address.entry(address).or_default();
-            if share.open >= per_address {
-                if share.turned_away == 0 {
-                    log::warn!(
-                        "{address} holds {per_address} connections, its limit; turning its new \
-                         clients away until some close (raise --max-per-ip)"
-                    );
-                }
-                share.turned_away += 1;
-                return Err(Refusal::TooManyFromAddress { limit: per_address });
-            }
-            share.open += 1;
-            if share.turned_away > 0 {
-                log::info!(
-                    "accepting from {address} again; {} of its clients were turned away \
-                     (--max-per-ip {per_address})",
-                    std::mem::take(&mut share.turned_away)
-                );
+        if let Some(per_address) = occupancy.max_per_address {
+            if let Err(refusal) = occupancy.admit_from(peer, per_address) {
+                occupancy.open.fetch_sub(1, Ordering::Relaxed);
+                return Err(refusal);
             }
         }
-        self.open += 1;
         if let Some(count) = self.full.end() {
             log::info!(
                 "accepting again; {count} clients were turned away at the connection limit ({limit})"
@@ -188,12 +202,72 @@ impl Admission {
 
     /// A connection admitted from `peer` is closed (its descriptor freed).
     pub fn release(&mut self, peer: SocketAddr) {
-        self.open = self.open.saturating_sub(1);
-        if self.max_per_address.is_none() {
-            return;
+        let occupancy = &*self.occupancy;
+        // Never below zero, even if a release came without its admission.
+        let _ = occupancy
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                open.checked_sub(1)
+            });
+        if occupancy.max_per_address.is_some() {
+            occupancy.release_from(peer);
         }
+    }
+
+    /// Clients admitted and not yet released.
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.occupancy.open.load(Ordering::Relaxed)
+    }
+
+    /// Addresses with a connection open (when counted per address).
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.occupancy.table().len()
+    }
+}
+
+impl Occupancy {
+    /// The table per address. A reactor that panicked while holding it
+    /// left it consistent (each update is one entry), so a poisoned lock is
+    /// taken as it is.
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, AddressShare>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a client from `peer` against its address's share, or refuses
+    /// it (logging the first refusal since the address was last admitted).
+    fn admit_from(&self, peer: SocketAddr, per_address: usize) -> Result<(), Refusal> {
         let address = counted_address(peer);
-        let Some(share) = self.per_address.get_mut(&address) else {
+        let mut table = self.table();
+        let share = table.entry(address).or_default();
+        if share.open >= per_address {
+            if share.turned_away == 0 {
+                log::warn!(
+                    "{address} holds {per_address} connections, its limit; turning its new \
+                     clients away until some close (raise --max-per-ip)"
+                );
+            }
+            share.turned_away += 1;
+            return Err(Refusal::TooManyFromAddress { limit: per_address });
+        }
+        share.open += 1;
+        if share.turned_away > 0 {
+            log::info!(
+                "accepting from {address} again; {} of its clients were turned away \
+                 (--max-per-ip {per_address})",
+                std::mem::take(&mut share.turned_away)
+            );
+        }
+        Ok(())
+    }
+
+    fn release_from(&self, peer: SocketAddr) {
+        let address = counted_address(peer);
+        let mut table = self.table();
+        let Some(share) = table.get_mut(&address) else {
             return;
         };
         share.open = share.open.saturating_sub(1);
@@ -205,20 +279,8 @@ impl Admission {
                     share.turned_away
                 );
             }
-            self.per_address.remove(&address);
+            table.remove(&address);
         }
-    }
-
-    /// Clients admitted and not yet released.
-    #[cfg(test)]
-    fn open(&self) -> usize {
-        self.open
-    }
-
-    /// Addresses with a connection open (when counted per address).
-    #[cfg(test)]
-    fn addresses(&self) -> usize {
-        self.per_address.len()
     }
 }
 
@@ -243,6 +305,29 @@ mod tests {
         assert_eq!(admission.admit(peer("10.0.0.3:1000")), Ok(()));
         assert_eq!(admission.open(), 2);
         assert_eq!(admission.addresses(), 0, "no table without --max-per-ip");
+    }
+
+    /// With several reactors the limits are the server's: what one
+    /// reactor admits counts against the other's clients too.
+    #[test]
+    fn reactors_sharing_an_admission_share_its_limits() {
+        let mut first = Admission::new(3, Some(2));
+        let mut second = first.sharing();
+        assert_eq!(first.admit(peer("10.0.0.1:1")), Ok(()));
+        assert_eq!(second.admit(peer("10.0.0.1:2")), Ok(()));
+        assert_eq!(
+            second.admit(peer("10.0.0.1:3")),
+            Err(Refusal::TooManyFromAddress { limit: 2 })
+        );
+        assert_eq!(first.admit(peer("10.0.0.2:1")), Ok(()));
+        assert_eq!(
+            second.admit(peer("10.0.0.3:1")),
+            Err(Refusal::Full { limit: 3 })
+        );
+        first.release(peer("10.0.0.1:1"));
+        assert_eq!(second.admit(peer("10.0.0.1:4")), Ok(()));
+        assert_eq!(first.open(), 3);
+        assert_eq!(second.addresses(), 2);
     }
 
     #[test]

@@ -61,14 +61,46 @@ pub fn kernel_max_backlog() -> Option<u32> {
         .ok()
 }
 
+/// Whether the kernel hands the connections waiting in a closing listener's
+/// accept queue to another listener of its SO_REUSEPORT group (Linux 5.14+).
+const MIGRATE_REQUESTS_PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// With `--reuse-port` a restart is: start the new server, then stop the
+/// old one. When the old one closes its listeners, clients that have
+/// connected but are not yet accepted wait in their queues; the kernel
+/// resets them unless `net.ipv4.tcp_migrate_req` is 1, which moves them to
+/// the new server's queue instead. Warns if that is not so.
+pub fn warn_unless_requests_migrate() {
+    match std::fs::read_to_string(MIGRATE_REQUESTS_PATH) {
+        Ok(value) if value.trim() == "1" => {}
+        Ok(_) => log::warn!(
+            "--reuse-port: net.ipv4.tcp_migrate_req is 0, so when this server stops, clients \
+             waiting in its accept queue are reset instead of handed to the server taking over \
+             (set it: sysctl -w net.ipv4.tcp_migrate_req=1)"
+        ),
+        Err(_) => log::warn!(
+            "--reuse-port: this kernel cannot hand the clients waiting in a stopping server's \
+             accept queue to the server taking over ({MIGRATE_REQUESTS_PATH} is missing; \
+             Linux 5.14 and later have it); a restart may reset a few of them"
+        ),
+    }
+}
+
 /// Binds a listening socket with the given backlog. IPv6 addresses listen on
 /// IPv6 only, so `--listen [::]:6000 --listen 0.0.0.0:6000` works as expected.
-pub fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, ListenError> {
+pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<TcpListener, ListenError> {
     let fail = |source| ListenError { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     // A restarted server can bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true).map_err(fail)?;
+    // Several sockets on one address, each with its own accept queue; the
+    // kernel spreads new connections over them by a hash of their
+    // addresses. Only when asked: without it, a second server on the same
+    // address is an error, as it should be.
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }

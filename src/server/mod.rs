@@ -30,6 +30,8 @@ mod timers;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::thread;
 use std::time::Duration;
 
 use mio::net::TcpListener;
@@ -41,6 +43,7 @@ pub use reactor::Stopped;
 
 use crate::limits;
 use crate::protocol::SessionLimits;
+use admission::Admission;
 use reactor::{Reactor, Settings};
 
 /// The tutorial's address.
@@ -76,6 +79,12 @@ pub struct Config {
     /// Bytes all connections together may hold in their buffers before the
     /// largest holders are closed.
     pub max_buffered: usize,
+    /// Independent event loops, each on a thread of its own with its own
+    /// listening sockets (at least 1). Limits are the server's total.
+    pub reactors: usize,
+    /// Listen with `SO_REUSEPORT`, so that another server (the next version,
+    /// during a restart) can listen on the same addresses at the same time.
+    pub reuse_port: bool,
 }
 
 /// Default of `--max-buffered`: room for about 2,000 clients that send but
@@ -103,6 +112,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             limits: SessionLimits::default(),
             max_buffered: DEFAULT_MAX_BUFFERED,
+            reactors: 1,
+            reuse_port: false,
         }
     }
 }
@@ -126,27 +137,55 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// A bound server, ready to run.
+/// A bound server, ready to run: one reactor per `--reactors`.
 pub struct Server {
-    reactor: Reactor,
+    reactors: Vec<Reactor>,
 }
 
 impl Server {
-    /// Raises the descriptor limit, binds every address and prepares the loop.
+    /// Raises the descriptor limit, binds every address (once per reactor)
+    /// and prepares the loops.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let max_connections = resolve_capacity(config.max_connections);
         let backlog = resolve_backlog(config.backlog);
-        let mut sockets = Vec::with_capacity(config.listen.len());
-        for &addr in &config.listen {
-            sockets.push(listener::bind(addr, backlog).map_err(StartError::Listen)?);
+        // Each reactor has its own listening socket on every address, all in
+        // one SO_REUSEPORT group: the kernel picks the socket for each new
+        // connection by a hash of its addresses, so the reactors never touch
+        // each other's queues.
+        let reuse_port = config.reuse_port || config.reactors > 1;
+        if config.reuse_port {
+            listener::warn_unless_requests_migrate();
         }
-        let origins = vec![format!("accept queue {backlog}"); sockets.len()];
-        Self::start(config, max_connections, sockets, origins)
+        let mut first = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            first.push(listener::bind(addr, backlog, reuse_port).map_err(StartError::Listen)?);
+        }
+        // The other reactors bind where the first did: the same ports, also
+        // when --listen asked for port 0.
+        let bound: Vec<SocketAddr> = first
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<io::Result<_>>()
+            .map_err(StartError::Setup)?;
+        let mut socket_sets = vec![first];
+        for _ in 1..config.reactors {
+            let sockets = bound
+                .iter()
+                .map(|&addr| listener::bind(addr, backlog, true))
+                .collect::<Result<_, _>>()
+                .map_err(StartError::Listen)?;
+            socket_sets.push(sockets);
+        }
+        let origins = vec![format!("accept queue {backlog}"); bound.len()];
+        Self::start(config, max_connections, socket_sets, origins)
     }
 
     /// Like [`Server::bind`], but serves the listening sockets passed by
     /// socket activation instead of binding `config.listen`; their accept
     /// queue is what the supervisor gave them (`Backlog=` in a .socket unit).
+    /// The supervisor passes one socket per address, so with several
+    /// reactors each serves a duplicate of it: a new connection wakes them
+    /// all, and the first to accept it serves it.
     pub fn adopt(config: &Config, inherited: Vec<InheritedListener>) -> Result<Server, StartError> {
         let max_connections = resolve_capacity(config.max_connections);
         let origins = inherited
@@ -158,35 +197,57 @@ impl Server {
                 )
             })
             .collect();
-        let sockets = inherited.into_iter().map(|socket| socket.socket).collect();
-        Self::start(config, max_connections, sockets, origins)
+        let first: Vec<TcpListener> = inherited.into_iter().map(|socket| socket.socket).collect();
+        let mut socket_sets = Vec::with_capacity(config.reactors);
+        for _ in 1..config.reactors {
+            let duplicates = first
+                .iter()
+                .map(duplicate)
+                .collect::<io::Result<_>>()
+                .map_err(StartError::Setup)?;
+            socket_sets.push(duplicates);
+        }
+        socket_sets.insert(0, first);
+        Self::start(config, max_connections, socket_sets, origins)
     }
 
-    /// Prepares the loop around `sockets`; `origins` says, for the log,
-    /// where each came from.
+    /// Prepares one loop around each set of sockets; `origins` says, for the
+    /// log, where each of the first set's came from.
     fn start(
         config: &Config,
         max_connections: usize,
-        sockets: Vec<TcpListener>,
+        socket_sets: Vec<Vec<TcpListener>>,
         origins: Vec<String>,
     ) -> Result<Server, StartError> {
-        let settings = Settings {
-            max_connections,
-            max_per_ip: config.max_per_ip,
-            timeouts: config.timeouts,
-            shutdown_grace: config.shutdown_grace,
-            limits: config.limits,
-            max_buffered: config.max_buffered,
-        };
-        let reactor = Reactor::new(sockets, settings).map_err(StartError::Setup)?;
-        for (addr, origin) in reactor.local_addrs().into_iter().zip(origins) {
+        let reactors = socket_sets.len();
+        let admission = Admission::new(max_connections, config.max_per_ip);
+        let mut loops = Vec::with_capacity(reactors);
+        for (index, sockets) in socket_sets.into_iter().enumerate() {
+            let settings = Settings {
+                max_connections,
+                timeouts: config.timeouts,
+                shutdown_grace: config.shutdown_grace,
+                limits: config.limits,
+                max_buffered: config.max_buffered,
+                reactor: (reactors > 1).then_some((index + 1, reactors)),
+            };
+            let reactor =
+                Reactor::new(sockets, settings, admission.sharing()).map_err(StartError::Setup)?;
+            loops.push(reactor);
+        }
+        for (addr, origin) in loops[0].local_addrs().into_iter().zip(origins) {
             log::info!("listening on {addr} ({origin})");
         }
         log::info!(
-            "capacity {max_connections} connections{}; framing {:?}, max line {} bytes, idle timeout {}",
+            "capacity {max_connections} connections{}; {}framing {:?}, max line {} bytes, idle timeout {}",
             config
                 .max_per_ip
                 .map_or(String::new(), |limit| format!(", {limit} per address")),
+            if reactors > 1 {
+                format!("{reactors} reactors; ")
+            } else {
+                String::new()
+            },
             config.limits.framing,
             config.limits.max_line,
             config
@@ -194,13 +255,45 @@ impl Server {
                 .idle
                 .map_or("off".to_string(), |idle| format!("{idle:?}"))
         );
-        Ok(Server { reactor })
+        Ok(Server { reactors: loops })
     }
 
-    /// Serves until SIGINT or SIGTERM.
+    /// Serves until SIGINT or SIGTERM: the first reactor on this thread,
+    /// each other one on a thread of its own. Every reactor gets every
+    /// signal and shuts down by itself; this returns when all have stopped.
     pub fn run(self) -> io::Result<Stopped> {
-        self.reactor.run()
+        let mut reactors = self.reactors.into_iter();
+        let Some(first) = reactors.next() else {
+            return Ok(Stopped::Graceful);
+        };
+        let mut others = Vec::new();
+        for (index, reactor) in reactors.enumerate() {
+            let thread = thread::Builder::new()
+                .name(format!("reactor-{}", index + 2))
+                .spawn(move || reactor.run())?;
+            others.push(thread);
+        }
+        let mut outcome = first.run();
+        for thread in others {
+            let stopped = thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a reactor thread panicked")));
+            outcome = match (outcome, stopped) {
+                (Err(err), _) | (_, Err(err)) => Err(err),
+                (Ok(Stopped::Forced), _) | (_, Ok(Stopped::Forced)) => Ok(Stopped::Forced),
+                _ => Ok(Stopped::Graceful),
+            };
+        }
+        outcome
     }
+}
+
+/// Another descriptor for the same listening socket.
+fn duplicate(socket: &TcpListener) -> io::Result<TcpListener> {
+    let descriptor = socket.as_fd().try_clone_to_owned()?;
+    Ok(TcpListener::from_std(std::net::TcpListener::from(
+        descriptor,
+    )))
 }
 
 /// The backlog the listeners really get: the kernel silently cuts a larger

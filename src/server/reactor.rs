@@ -32,6 +32,7 @@ use super::admission::Admission;
 use super::connection::{CloseCause, Connection, Next};
 use super::listener::Acceptor;
 use super::timers::{ConnectionRef, Timers};
+use crate::metrics::{ClosedBecause, Counters};
 use crate::protocol::SessionLimits;
 
 /// Listener `i` has token `LISTENER_TOKENS + i`; every smaller token is a slab
@@ -51,11 +52,12 @@ const STALE_TIMERS_ALLOWED: usize = 1024;
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Settings {
     pub max_connections: usize,
-    pub max_per_ip: Option<usize>,
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
     pub limits: SessionLimits,
     pub max_buffered: usize,
+    /// Which reactor this is, and of how many, when there are several.
+    pub reactor: Option<(usize, usize)>,
 }
 
 /// How the server stopped.
@@ -103,10 +105,16 @@ pub struct Reactor {
     settings: Settings,
     /// Set when a shutdown signal arrives: the grace period's end.
     shutdown_deadline: Option<Instant>,
+    /// What this reactor has done, for metrics and its stop line.
+    counters: Counters,
 }
 
 impl Reactor {
-    pub fn new(sockets: Vec<TcpListener>, settings: Settings) -> io::Result<Reactor> {
+    pub fn new(
+        sockets: Vec<TcpListener>,
+        settings: Settings,
+        admission: Admission,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let acceptor = Acceptor::new(sockets, poll.registry(), LISTENER_TOKENS)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -115,7 +123,7 @@ impl Reactor {
         Ok(Reactor {
             poll,
             acceptor,
-            admission: Admission::new(settings.max_connections, settings.max_per_ip),
+            admission,
             accepted: Vec::new(),
             slots: Slab::with_capacity(settings.max_connections.min(1024)),
             timers: Timers::default(),
@@ -127,6 +135,7 @@ impl Reactor {
             buffered: 0,
             settings,
             shutdown_deadline: None,
+            counters: Counters::default(),
         })
     }
 
@@ -136,9 +145,29 @@ impl Reactor {
 
     /// Runs until a shutdown signal has been handled.
     pub fn run(mut self) -> io::Result<Stopped> {
+        let stopped = self.turn_until_stopped();
+        if self.settings.reactor.is_some() {
+            log::info!(
+                "{}stopped (connections served: {})",
+                self.name(),
+                self.counters.accepted
+            );
+        }
+        stopped
+    }
+
+    /// "reactor 2 of 4: " when there are several, to start its log lines.
+    fn name(&self) -> String {
+        self.settings.reactor.map_or(String::new(), |(index, of)| {
+            format!("reactor {index} of {of}: ")
+        })
+    }
+
+    fn turn_until_stopped(&mut self) -> io::Result<Stopped> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let before_poll = Instant::now();
+            let timeout = self.poll_timeout(before_poll);
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == ErrorKind::Interrupted {
                     continue;
@@ -146,6 +175,8 @@ impl Reactor {
                 return Err(err);
             }
             let now = Instant::now();
+            self.counters.loop_turns += 1;
+            self.counters.poll_time += now - before_poll;
             let mut signalled = false;
             for event in events.iter() {
                 match event.token() {
@@ -166,12 +197,13 @@ impl Reactor {
             self.free_closed();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.slots.is_empty() {
-                    log::info!("all connections closed; exiting");
+                    log::info!("{}all connections closed; exiting", self.name());
                     return Ok(Stopped::Graceful);
                 }
                 if now >= deadline {
                     log::warn!(
-                        "{} connections still open at the end of the shutdown grace period; closing them",
+                        "{}{} connections still open at the end of the shutdown grace period; closing them",
+                        self.name(),
                         self.slots.len()
                     );
                     return Ok(Stopped::Graceful);
@@ -241,6 +273,12 @@ impl Reactor {
         slot.closed = true;
         self.buffered -= std::mem::take(&mut slot.buffered);
         let peer = slot.conn.peer();
+        self.counters.closed(match why {
+            CloseCause::Done => ClosedBecause::Done,
+            CloseCause::LingerExpired => ClosedBecause::LingerExpired,
+            CloseCause::Failed(_) => ClosedBecause::Failed,
+            CloseCause::OverBudget { .. } => ClosedBecause::OverBudget,
+        });
         match why {
             CloseCause::Done => log::info!("Connection from {peer} is closed"),
             CloseCause::LingerExpired => {
@@ -378,6 +416,7 @@ impl Reactor {
             return;
         }
         log::info!("Accept new connection from {peer}");
+        self.counters.accepted += 1;
         let id = self.next_id;
         self.next_id += 1;
         let mut conn = Connection::new(stream, peer, self.settings.limits, now);
@@ -400,12 +439,13 @@ impl Reactor {
             return None;
         }
         if self.shutdown_deadline.is_some() || count > 1 {
-            log::warn!("second shutdown signal; exiting now");
+            log::warn!("{}second shutdown signal; exiting now", self.name());
             return Some(Stopped::Forced);
         }
         let grace = self.settings.shutdown_grace;
         log::info!(
-            "shutting down: no new connections, good bye to {} clients (grace {grace:?}; signal again to exit now)",
+            "{}shutting down: no new connections, good bye to {} clients (grace {grace:?}; signal again to exit now)",
+            self.name(),
             self.slots.len()
         );
         self.acceptor.close(self.poll.registry());

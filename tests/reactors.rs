@@ -1,0 +1,93 @@
+//! `--reactors N`: several single-threaded loops in one server, each with
+//! its own listening socket on the same address (SO_REUSEPORT), sharing the
+//! server's limits, all stopped by one signal.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+
+use common::{
+    GOODBYE, GREETING, TestServer, connect, exchange, expect_bytes, hello, read_to_close,
+};
+
+/// How many connections the log says reactor `index` served when it stopped.
+fn served_by(server: &TestServer, index: usize, of: usize) -> Option<u64> {
+    let prefix = format!("reactor {index} of {of}: stopped (connections served: ");
+    let log = server.log();
+    let at = log.find(&prefix)? + prefix.len();
+    log[at..].split(')').next()?.parse().ok()
+}
+
+fn dialogue(stream: &mut TcpStream, name: &[u8]) {
+    exchange(stream, &[name, b"\n"].concat(), &hello(name));
+    exchange(stream, b"exit\n", GOODBYE);
+    assert_eq!(read_to_close(stream), b"");
+}
+
+/// Connections spread over both reactors (the kernel hashes each one's
+/// addresses), both bound to the port the first one got for port 0, and one
+/// SIGTERM stops them all.
+#[test]
+fn every_reactor_serves_and_one_signal_stops_them_all() {
+    let mut server = TestServer::start(&["--reactors", "2"]);
+    const CLIENTS: u64 = 64;
+    for i in 0..CLIENTS {
+        let mut client = server.connect_greeted();
+        dialogue(&mut client, format!("client{i}").as_bytes());
+    }
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    let served: Vec<u64> = (1..=2)
+        .map(|index| {
+            served_by(&server, index, 2)
+                .unwrap_or_else(|| panic!("no stop line of reactor {index}:\n{}", server.log()))
+        })
+        .collect();
+    assert_eq!(served.iter().sum::<u64>(), CLIENTS, "{served:?}");
+    // 64 connections all hashed to one socket would happen once in 2^63
+    // runs; a reactor that never gets a connection is bound elsewhere.
+    assert!(served.iter().all(|&count| count > 0), "{served:?}");
+}
+
+/// `--max-connections` is the server's total, not each reactor's: wherever
+/// the kernel puts them, the connection past the limit is turned away.
+#[test]
+fn the_connection_limit_is_the_servers_total() {
+    let server = TestServer::start(&["--reactors", "2", "--max-connections", "4"]);
+    let held: Vec<TcpStream> = (0..4).map(|_| server.connect_greeted()).collect();
+    for _ in 0..4 {
+        let mut refused = connect(server.addr);
+        let mut reply = Vec::new();
+        // The refusal is one line and a close (a reset may follow it).
+        let _ = refused.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("Server: Error: too many connections (limit 4)"),
+            "got {reply:?}\n{}",
+            server.log()
+        );
+    }
+    drop(held);
+}
+
+/// Without --reuse-port (or --reactors), a second server on a port in use
+/// fails as before; with it on both, both listen.
+#[test]
+fn only_servers_that_ask_for_it_share_a_port() {
+    let first = TestServer::start(&["--reuse-port"]);
+    let listen = first.addr.to_string();
+    let refused = common::server_command(&["--listen", &listen])
+        .output()
+        .expect("greeter-server runs");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("address in use"),
+        "{refused:?}"
+    );
+    let second = TestServer::start(&["--reuse-port", "--listen", &listen]);
+    assert_eq!(second.addr, first.addr);
+    let mut client = connect(second.addr);
+    expect_bytes(&mut client, GREETING);
+}
