@@ -24,6 +24,7 @@ mod connection;
 mod kernel;
 mod listener;
 mod reactor;
+mod scrape;
 mod socket_io;
 mod timers;
 

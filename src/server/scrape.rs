@@ -1,0 +1,288 @@
+//! The metrics endpoint's connections (`--metrics-listen`): a scraper sends
+//! one HTTP request, gets one response, and the connection closes.
+//!
+//! A scraper is served by the same loop as every greeter client, so it is
+//! held to the same rules: its socket is non-blocking and edge-triggered
+//! ([`Readiness`]), its request head is bounded
+//! ([`crate::metrics::http::MAX_REQUEST_HEAD`]), it has a deadline for the
+//! whole exchange, and at most [`MAX_SCRAPES`] are served at once. A scraper
+//! that sends nothing, sends forever or never reads costs one bounded slot
+//! until its deadline, and never makes the loop wait. What to answer is
+//! decided by the pure code in [`crate::metrics`].
+
+use std::io;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+
+use crate::metrics::http::{self, Answer, MAX_REQUEST_HEAD};
+use crate::readiness::{Readiness, Received};
+
+/// Scrapes served at once; more are closed as soon as they are accepted.
+/// Prometheus scrapes a target with one connection at a time.
+pub const MAX_SCRAPES: usize = 16;
+
+/// Where a scrape stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Reading the request head.
+    Reading,
+    /// Writing the response.
+    Answering,
+    /// The response is out and our side shut: waiting for the scraper's EOF,
+    /// so that closing never resets a response it has not read yet.
+    Draining,
+}
+
+/// What the loop should do with a scrape after servicing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScrapeNext {
+    Wait,
+    Close,
+}
+
+/// One scraper's connection.
+pub struct Scrape {
+    stream: TcpStream,
+    readiness: Readiness,
+    stage: Stage,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    sent: usize,
+    deadline: Instant,
+    linger: Duration,
+}
+
+impl Scrape {
+    /// A scrape accepted at `now`: it must have sent its request and read
+    /// the response within `timeout`, and then closed within `linger`.
+    pub fn new(stream: TcpStream, now: Instant, timeout: Duration, linger: Duration) -> Self {
+        Scrape {
+            stream,
+            readiness: Readiness::new(),
+            stage: Stage::Reading,
+            request: Vec::new(),
+            response: Vec::new(),
+            sent: 0,
+            deadline: now + timeout,
+            linger,
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// When the scrape is closed if it has not finished.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn on_event(&mut self, event: &Event) {
+        self.readiness.on_event(event);
+    }
+
+    /// Moves bytes until the scrape must wait: reads the request head,
+    /// answers it (`page` renders the metrics when they are asked for),
+    /// writes the response, and waits for the scraper to close.
+    pub fn service(
+        &mut self,
+        read_buf: &mut [u8],
+        now: Instant,
+        page: impl FnOnce() -> String,
+    ) -> ScrapeNext {
+        match self.move_bytes(read_buf, now, page) {
+            Ok(next) => next,
+            Err(err) => {
+                log::debug!("metrics scrape failed: {err}");
+                ScrapeNext::Close
+            }
+        }
+    }
+
+    fn move_bytes(
+        &mut self,
+        read_buf: &mut [u8],
+        now: Instant,
+        page: impl FnOnce() -> String,
+    ) -> io::Result<ScrapeNext> {
+        if self.stage == Stage::Reading {
+            let Some(answer) = self.read_request(read_buf)? else {
+                return Ok(ScrapeNext::Wait);
+            };
+            match answer {
+                Answer::Metrics { with_body } => {
+                    http::write_metrics(&page(), with_body, &mut self.response)
+                }
+                Answer::Error(why) => http::write_refusal(why, &mut self.response),
+            }
+            self.request = Vec::new();
+            self.stage = Stage::Answering;
+        }
+        if self.stage == Stage::Answering {
+            self.sent += self
+                .readiness
+                .write(&mut self.stream, &self.response[self.sent..])?;
+            if self.sent < self.response.len() {
+                return Ok(ScrapeNext::Wait);
+            }
+            self.stream.shutdown(Shutdown::Write)?;
+            self.response = Vec::new();
+            self.stage = Stage::Draining;
+            self.deadline = self.deadline.min(now + self.linger);
+        }
+        // Draining: whatever the scraper still sends is read and dropped
+        // until its EOF.
+        while self.readiness.may_read() {
+            if self.readiness.read(&mut self.stream, read_buf)? == Received::Eof {
+                return Ok(ScrapeNext::Close);
+            }
+        }
+        Ok(ScrapeNext::Wait)
+    }
+
+    /// Reads until the request head is decided, the socket is drained, or
+    /// the peer closed; at most [`MAX_REQUEST_HEAD`] bytes are kept.
+    fn read_request(&mut self, read_buf: &mut [u8]) -> io::Result<Option<Answer>> {
+        while self.readiness.may_read() {
+            // Never empty: a head of MAX_REQUEST_HEAD bytes is decided
+            // (refused as too large) before the loop comes back here.
+            let room = (MAX_REQUEST_HEAD - self.request.len()).min(read_buf.len());
+            let buf = &mut read_buf[..room];
+            match self.readiness.read(&mut self.stream, buf)? {
+                Received::Bytes(n) => {
+                    self.request.extend_from_slice(&buf[..n]);
+                    if let Some(answer) = http::decide(&self.request) {
+                        return Ok(Some(answer));
+                    }
+                }
+                Received::Eof => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the scraper closed before its request was complete",
+                    ));
+                }
+                Received::Nothing => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    use mio::{Events, Interest, Poll, Token};
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A scrape over a real loopback pair, driven by its own poll; and the
+    /// scraper's blocking end.
+    struct Harness {
+        poll: Poll,
+        events: Events,
+        scrape: Scrape,
+        scraper: StdStream,
+        read_buf: Vec<u8>,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let scraper = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+            scraper.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let (ours, _) = listener.accept().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            let poll = Poll::new().unwrap();
+            let mut scrape = Scrape::new(
+                TcpStream::from_std(ours),
+                Instant::now(),
+                TIMEOUT,
+                TIMEOUT,
+            );
+            poll.registry()
+                .register(
+                    scrape.stream(),
+                    Token(0),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .unwrap();
+            Harness {
+                poll,
+                events: Events::with_capacity(8),
+                scrape,
+                scraper,
+                read_buf: vec![0; 64 * 1024],
+            }
+        }
+
+        /// Waits for events (up to the timeout) and services the scrape.
+        fn turn(&mut self, page: &str) -> ScrapeNext {
+            self.poll.poll(&mut self.events, Some(TIMEOUT)).unwrap();
+            for event in self.events.iter() {
+                self.scrape.on_event(event);
+            }
+            self.scrape
+                .service(&mut self.read_buf, Instant::now(), || page.to_string())
+        }
+
+        /// Turns until the scrape asks to be closed (bounded).
+        fn run_to_close(&mut self, page: &str) {
+            for _ in 0..100 {
+                if self.turn(page) == ScrapeNext::Close {
+                    return;
+                }
+            }
+            panic!("the scrape never finished");
+        }
+    }
+
+    #[test]
+    fn a_request_in_pieces_gets_the_page_and_a_clean_close() {
+        let mut harness = Harness::new();
+        harness.scraper.write_all(b"GET /metr").unwrap();
+        assert_eq!(harness.turn("m 1\n"), ScrapeNext::Wait);
+        harness.scraper.write_all(b"ics HTTP/1.1\r\n\r\n").unwrap();
+        // Answered, and our side shut: the scraper reads to our EOF.
+        assert_eq!(harness.turn("m 1\n"), ScrapeNext::Wait);
+        let mut response = String::new();
+        harness.scraper.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("\r\n\r\nm 1\n"), "{response}");
+        // Closed only once the scraper has closed too.
+        harness.scraper.shutdown(Shutdown::Write).unwrap();
+        harness.run_to_close("m 1\n");
+    }
+
+    #[test]
+    fn an_endless_head_is_refused_at_its_limit() {
+        let mut harness = Harness::new();
+        let mut head = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(MAX_REQUEST_HEAD + 100, b'a');
+        harness.scraper.write_all(&head).unwrap();
+        harness.scraper.shutdown(Shutdown::Write).unwrap();
+        harness.run_to_close("unused");
+        let mut response = String::new();
+        harness.scraper.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{response}"
+        );
+    }
+
+    #[test]
+    fn a_scraper_that_closes_without_a_request_is_closed() {
+        let mut harness = Harness::new();
+        harness.scraper.write_all(b"GET / HT").unwrap();
+        harness.scraper.shutdown(Shutdown::Write).unwrap();
+        harness.run_to_close("unused");
+        let mut response = Vec::new();
+        harness.scraper.read_to_end(&mut response).unwrap_or(0);
+        assert!(response.is_empty(), "{response:?}");
+    }
+}
