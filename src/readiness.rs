@@ -69,12 +69,13 @@ impl Readiness {
     /// read-closed, so that the next read returns it (or the EOF), and as
     /// writable, so that a write waiting for room learns of it too.
     pub fn on_event(&mut self, event: &Event) {
+        let error = event.is_error();
         let urgent = event.is_priority();
-        let read_closed = event.is_read_closed() || event.is_error();
+        let read_closed = error || event.is_read_closed();
         if event.is_readable() || read_closed || urgent {
             self.on_readable(read_closed, urgent);
         }
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
+        if event.is_writable() || error || event.is_write_closed() {
             self.on_writable();
         }
     }

@@ -297,11 +297,16 @@ impl Connection {
                 }
                 self.start_draining(now);
             }
+            // The socket first: after the read of an exchange it is drained,
+            // and the session need not be asked.
+            if !self.readiness.may_read() {
+                return Next::Wait;
+            }
             let wants_input = match self.phase {
                 SocketPhase::Talking => self.session.wants_input(self.unsent.len()),
                 SocketPhase::Draining => true,
             };
-            if !wants_input || !self.readiness.may_read() {
+            if !wants_input {
                 return Next::Wait;
             }
             if reads_left == 0 {
