@@ -72,7 +72,7 @@ struct Slot {
     /// Unique for the life of the process, unlike the slab key.
     id: u64,
     conn: Connection,
-    /// CloseCause during this turn; the slot is freed at the end of the turn.
+    /// Closed during this turn; the slot is freed at the end of the turn.
     closed: bool,
     /// The earliest deadline queued in the timer heap for this slot.
     queued_deadline: Option<Instant>,
