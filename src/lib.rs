@@ -25,3 +25,5 @@ pub mod logging;
 pub mod protocol;
 pub mod readiness;
 pub mod server;
+#[cfg(test)]
+mod test_support;

@@ -192,7 +192,9 @@ mod tests {
     use crate::protocol::SessionLimits;
     use mio::net::TcpStream;
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream as StdStream};
+    use std::net::TcpStream as StdStream;
+
+    use crate::test_support::loopback_pair;
 
     const TIMEOUTS: Timeouts = Timeouts {
         idle: Some(Duration::from_secs(3)),
@@ -204,10 +206,8 @@ mod tests {
     /// A new connection on loopback (greeting queued, not yet sent), and
     /// its client.
     fn connected(now: Instant) -> (Connection, StdStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let client = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
-        let (server, peer) = listener.accept().expect("accept");
-        server.set_nonblocking(true).unwrap();
+        let (server, client) = loopback_pair();
+        let peer = client.local_addr().unwrap();
         let conn = Connection::new(
             TcpStream::from_std(server),
             peer,
