@@ -29,3 +29,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod readiness;
 pub mod server;
+#[cfg(test)]
+mod test_support;

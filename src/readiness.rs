@@ -69,12 +69,13 @@ impl Readiness {
     /// read-closed, so that the next read returns it (or the EOF), and as
     /// writable, so that a write waiting for room learns of it too.
     pub fn on_event(&mut self, event: &Event) {
+        let error = event.is_error();
         let urgent = event.is_priority();
-        let read_closed = event.is_read_closed() || event.is_error();
+        let read_closed = error || event.is_read_closed();
         if event.is_readable() || read_closed || urgent {
             self.on_readable(read_closed, urgent);
         }
-        if event.is_writable() || event.is_write_closed() || event.is_error() {
+        if event.is_writable() || error || event.is_write_closed() {
             self.on_writable();
         }
     }
@@ -153,20 +154,12 @@ impl Readiness {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::{Shutdown, TcpStream};
     use std::time::Duration;
 
     use mio::{Events, Interest, Poll, Token};
 
-    /// A connected pair on loopback: (the side under test, non-blocking;
-    /// its blocking peer).
-    fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let peer = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
-        let (ours, _) = listener.accept().expect("accept");
-        ours.set_nonblocking(true).unwrap();
-        (ours, peer)
-    }
+    use crate::test_support::loopback_pair;
 
     /// Reads on `ours` until `want` bytes have come, however TCP cuts them
     /// (bounded: loopback delivers a few bytes within milliseconds).
@@ -189,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_short_read_proves_the_socket_drained() {
-        let (mut ours, mut peer) = socket_pair();
+        let (mut ours, mut peer) = loopback_pair();
         peer.write_all(b"Michael\n").unwrap();
         wait_readable(&ours, 8);
         let mut readiness = readable();
@@ -203,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_full_read_may_have_left_more() {
-        let (mut ours, mut peer) = socket_pair();
+        let (mut ours, mut peer) = loopback_pair();
         peer.write_all(b"Michael\nTracy\n").unwrap();
         wait_readable(&ours, 14);
         let mut readiness = readable();
@@ -224,7 +217,7 @@ mod tests {
     /// behind it, and no new edge will announce it.
     #[test]
     fn with_an_eof_pending_a_short_read_reads_on_to_the_eof() {
-        let (mut ours, mut peer) = socket_pair();
+        let (mut ours, mut peer) = loopback_pair();
         peer.write_all(b"Tracy").unwrap();
         peer.shutdown(Shutdown::Write).unwrap();
         wait_readable(&ours, 5);
@@ -255,7 +248,7 @@ mod tests {
 
     #[test]
     fn with_urgent_data_pending_only_would_block_proves_drained() {
-        let (mut ours, mut peer) = socket_pair();
+        let (mut ours, mut peer) = loopback_pair();
         peer.write_all(b"ab").unwrap();
         wait_readable(&ours, 2);
         let mut readiness = Readiness::new();
@@ -285,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_read_that_would_block_clears_may_read() {
-        let (mut ours, _peer) = socket_pair();
+        let (mut ours, _peer) = loopback_pair();
         let mut readiness = readable();
         let mut buf = [0; 64];
         assert_eq!(
@@ -297,7 +290,7 @@ mod tests {
 
     #[test]
     fn writes_stop_at_a_full_send_buffer_until_writable() {
-        let (mut ours, mut peer) = socket_pair();
+        let (mut ours, mut peer) = loopback_pair();
         let mut readiness = Readiness::new();
         let chunk = vec![b'x'; 1 << 20];
         let mut written = 0;
@@ -391,7 +384,7 @@ mod tests {
     /// peer's EOF, then urgent data, each recorded as the rules need.
     #[test]
     fn events_are_recorded_as_the_read_rules_need() {
-        let (ours, mut peer) = socket_pair();
+        let (ours, mut peer) = loopback_pair();
         let mut ours = mio::net::TcpStream::from_std(ours);
         let mut poll = Poll::new().unwrap();
         poll.registry()

@@ -360,7 +360,9 @@ impl ServerSession {
         used
     }
 
-    #[inline]
+    // Inlined into its callers (the compiler declines a plain hint, for the
+    // log lines): one call fewer for every message answered.
+    #[inline(always)]
     fn answer(&mut self, message: &[u8], out: &mut Vec<u8>) {
         if message.len() > self.limits.max_line {
             self.reject_long_line(out);

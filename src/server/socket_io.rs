@@ -90,13 +90,12 @@ impl Write for Socket<'_> {
 mod tests {
     use super::*;
     use std::io::ErrorKind;
-    use std::net::{Shutdown, TcpListener, TcpStream as StdStream};
+    use std::net::{Shutdown, TcpStream as StdStream};
+
+    use crate::test_support::loopback_pair;
 
     fn pair() -> (TcpStream, StdStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let peer = StdStream::connect(listener.local_addr().unwrap()).expect("connect");
-        let (ours, _) = listener.accept().expect("accept");
-        ours.set_nonblocking(true).unwrap();
+        let (ours, peer) = loopback_pair();
         (TcpStream::from_std(ours), peer)
     }
 
