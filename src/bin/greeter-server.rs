@@ -106,6 +106,12 @@ struct Args {
     #[arg(long, env = "GREETER_REUSE_PORT")]
     reuse_port: bool,
 
+    /// Serve the server's metrics at http://ADDR/metrics in Prometheus' text
+    /// format: connections, exchanges, bytes, refusals, timeouts, loop
+    /// turns. Keep it off the clients' network (e.g. 127.0.0.1:9100).
+    #[arg(long, env = "GREETER_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(
         long,
@@ -243,6 +249,7 @@ fn config(args: &Args) -> Config {
         max_buffered: to_usize(args.max_buffered),
         reactors: to_usize(args.reactors),
         reuse_port: args.reuse_port,
+        metrics_listen: args.metrics_listen,
         limits: SessionLimits {
             max_line: to_usize(args.max_line),
             max_output: to_usize(args.max_output),

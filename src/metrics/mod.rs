@@ -26,7 +26,7 @@ pub enum RefusedBecause {
 }
 
 impl RefusedBecause {
-    const ALL: [RefusedBecause; 3] = [
+    pub const ALL: [RefusedBecause; 3] = [
         RefusedBecause::Full,
         RefusedBecause::TooManyFromAddress,
         RefusedBecause::OutOfDescriptors,
@@ -117,8 +117,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn refused(&mut self, why: RefusedBecause) {
-        self.refused[why as usize] += 1;
+    pub fn add_refused(&mut self, why: RefusedBecause, count: u64) {
+        self.refused[why as usize] += count;
     }
 
     pub fn closed(&mut self, why: ClosedBecause) {
@@ -261,7 +261,7 @@ mod tests {
             poll_time: Duration::from_millis(1500),
             ..Counters::default()
         };
-        counters.refused(RefusedBecause::TooManyFromAddress);
+        counters.add_refused(RefusedBecause::TooManyFromAddress, 1);
         counters.closed(ClosedBecause::LingerExpired);
         counters.closed(ClosedBecause::LingerExpired);
         counters.timed_out(TimedOut::Message);
@@ -321,7 +321,7 @@ mod tests {
             poll_time: Duration::from_secs(1),
             ..Counters::default()
         };
-        one.refused(RefusedBecause::Full);
+        one.add_refused(RefusedBecause::Full, 1);
         one.closed(ClosedBecause::Done);
         one.timed_out(TimedOut::Idle);
         let mut sum = one;
@@ -338,7 +338,7 @@ mod tests {
             ..Counters::default()
         };
         for _ in 0..2 {
-            twice.refused(RefusedBecause::Full);
+            twice.add_refused(RefusedBecause::Full, 1);
             twice.closed(ClosedBecause::Done);
             twice.timed_out(TimedOut::Idle);
         }

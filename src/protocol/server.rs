@@ -157,6 +157,9 @@ pub struct ServerSession {
     /// now end only at `\n`, never at a pause.
     line_client: bool,
     peer_closed: bool,
+    /// Names answered with a greeting since the shell last took the count
+    /// ([`ServerSession::take_names_answered`]), for its metrics.
+    names_answered: u32,
 }
 
 impl ServerSession {
@@ -167,6 +170,7 @@ impl ServerSession {
             input: Vec::new(),
             lines_held_back: false,
             pause_held_back: false,
+            names_answered: 0,
             line_client: false,
             peer_closed: false,
         }
@@ -236,6 +240,13 @@ impl ServerSession {
     #[cfg(test)]
     pub(super) fn lines_held_back_is_accurate(&self) -> bool {
         self.lines_held_back == self.input.contains(&b'\n')
+    }
+
+    /// How many names were answered with a greeting since the last call: the
+    /// shell's count of exchanges. (At most one read's or one output room's
+    /// worth of names is answered between two calls, so the count is small.)
+    pub fn take_names_answered(&mut self) -> u32 {
+        std::mem::take(&mut self.names_answered)
     }
 
     /// Reports what the peer did (sent bytes, paused, closed) and appends the
@@ -375,6 +386,7 @@ impl ServerSession {
         } else {
             log::debug!("name received: \"{}\"", Escaped(message));
             write_hello(message, out);
+            self.names_answered += 1;
         }
     }
 
@@ -476,6 +488,21 @@ mod tests {
             feed(&mut session, b"Michael\n"),
             b"Server: Hello Michael!\nServer: What's your name?"
         );
+    }
+
+    /// The shell's exchange count: names greeted, not blank lines, `exit`
+    /// or errors; each taken once.
+    #[test]
+    fn only_greeted_names_are_counted_as_answered() {
+        let mut session = greeted(SessionLimits::default());
+        assert_eq!(session.take_names_answered(), 0);
+        feed(&mut session, b"Michael\n\nTracy\nLi");
+        assert_eq!(session.take_names_answered(), 2);
+        assert_eq!(session.take_names_answered(), 0);
+        let mut out = Vec::new();
+        session.receive(Input::Pause, &mut out);
+        feed(&mut session, b"exit\n");
+        assert_eq!(session.take_names_answered(), 1, "the paused-for remainder");
     }
 
     #[test]

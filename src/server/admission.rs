@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::net::TcpStream;
 
+use crate::metrics::{Counters, RefusedBecause};
 use crate::protocol::{OUT_OF_DESCRIPTORS_REPLY, busy_reply, too_many_from_address_reply};
 
 /// Why a client is turned away at the door.
@@ -121,6 +122,8 @@ pub struct Admission {
     occupancy: Arc<Occupancy>,
     full: Burst,
     out_of_descriptors: Burst,
+    /// Clients this reactor turned away, by reason, for the metrics.
+    refused: [u64; RefusedBecause::ALL.len()],
 }
 
 impl Admission {
@@ -136,6 +139,7 @@ impl Admission {
             occupancy: Arc::new(occupancy),
             full: Burst::default(),
             out_of_descriptors: Burst::default(),
+            refused: [0; RefusedBecause::ALL.len()],
         }
     }
 
@@ -146,6 +150,7 @@ impl Admission {
             occupancy: Arc::clone(&self.occupancy),
             full: Burst::default(),
             out_of_descriptors: Burst::default(),
+            refused: [0; RefusedBecause::ALL.len()],
         }
     }
 
@@ -166,11 +171,13 @@ impl Admission {
                 );
             }
             self.full.turned_away += 1;
+            self.refused[RefusedBecause::Full as usize] += 1;
             return Err(Refusal::Full { limit });
         }
         if let Some(per_address) = occupancy.max_per_address {
             if let Err(refusal) = occupancy.admit_from(peer, per_address) {
                 occupancy.open.fetch_sub(1, Ordering::Relaxed);
+                self.refused[RefusedBecause::TooManyFromAddress as usize] += 1;
                 return Err(refusal);
             }
         }
@@ -198,6 +205,14 @@ impl Admission {
             );
         }
         self.out_of_descriptors.turned_away += u64::from(told);
+        self.refused[RefusedBecause::OutOfDescriptors as usize] += u64::from(told);
+    }
+
+    /// Adds the clients this reactor turned away to `counters`.
+    pub fn add_refusals_to(&self, counters: &mut Counters) {
+        for why in RefusedBecause::ALL {
+            counters.add_refused(why, self.refused[why as usize]);
+        }
     }
 
     /// A connection admitted from `peer` is closed (its descriptor freed).

@@ -22,6 +22,7 @@ use mio::net::TcpStream;
 
 use super::kernel::bytes_acked;
 use super::socket_io::Socket;
+use crate::metrics::Counters;
 use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
 
@@ -105,6 +106,8 @@ pub struct Connection {
     /// acknowledged when last sampled: to see a slow reader read.
     bytes_written: u64,
     acked_seen: u64,
+    /// Reading is stopped by backpressure (counted once per stop).
+    held_off: bool,
 }
 
 impl Connection {
@@ -127,6 +130,7 @@ impl Connection {
             closing_since: None,
             bytes_written: 0,
             acked_seen: 0,
+            held_off: false,
         }
     }
 
@@ -148,9 +152,11 @@ impl Connection {
 
     /// Moves bytes until the connection has to wait: write what is pending,
     /// let the session answer what it held back, read while the session wants
-    /// input. `read_buf` is the reactor's one shared read buffer.
-    pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
-        let next = self.move_bytes(read_buf, now);
+    /// input. `read_buf` is the reactor's one shared read buffer; what moved
+    /// is added to the reactor's `counters`.
+    pub fn service(&mut self, read_buf: &mut [u8], now: Instant, counters: &mut Counters) -> Next {
+        let next = self.move_bytes(read_buf, now, counters);
+        counters.exchanges += u64::from(self.session.take_names_answered());
         // The clocks that depend on the session's state, kept in step here
         // once, whichever way the bytes moved.
         // The message clock runs only while the server is reading: not while
@@ -169,12 +175,12 @@ impl Connection {
         next
     }
 
-    fn move_bytes(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
+    fn move_bytes(&mut self, read_buf: &mut [u8], now: Instant, counters: &mut Counters) -> Next {
         let mut reads_left = READS_PER_SERVICE;
         loop {
             // Only sending makes output room, so only a flush that sent
             // something can let the session answer input it held back.
-            match self.flush(now) {
+            match self.flush(now, counters) {
                 Err(err) => return Next::Close(CloseCause::Failed(err.kind())),
                 Ok(sent) if sent > 0 && !self.readiness.write_blocked() => {
                     let before = self.unsent.len();
@@ -204,13 +210,15 @@ impl Connection {
                 SocketPhase::Draining => true,
             };
             if !wants_input {
+                self.note_held_off(counters);
                 return Next::Wait;
             }
+            self.held_off = false;
             if reads_left == 0 {
                 return Next::ServiceAgain;
             }
             reads_left -= 1;
-            if let Err(err) = self.read_once(read_buf, now) {
+            if let Err(err) = self.read_once(read_buf, now, counters) {
                 return Next::Close(CloseCause::Failed(err.kind()));
             }
             if self.phase == SocketPhase::Draining && self.peer_eof {
@@ -220,22 +228,41 @@ impl Connection {
     }
 
     /// The server is stopping: say good bye after whatever is already queued.
-    pub fn begin_shutdown(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
+    pub fn begin_shutdown(
+        &mut self,
+        read_buf: &mut [u8],
+        now: Instant,
+        counters: &mut Counters,
+    ) -> Next {
         self.session.close(CloseReason::Shutdown, &mut self.unsent);
-        self.service(read_buf, now)
+        self.service(read_buf, now, counters)
+    }
+
+    /// Counts the start of a stop in reading that backpressure caused: the
+    /// session still talks, but its output is full or input is held back.
+    fn note_held_off(&mut self, counters: &mut Counters) {
+        if !self.held_off
+            && self.phase == SocketPhase::Talking
+            && self.session.state() == SessionState::AwaitingName
+            && !self.peer_eof
+        {
+            self.held_off = true;
+            counters.backpressure_pauses += 1;
+        }
     }
 
     /// Writes pending output until it is all sent or the kernel's buffer is
     /// full. A reply is built whole before this runs, so a reply normally
     /// leaves in one write (and with TCP_NODELAY, in one segment at once).
     /// Returns how many bytes were sent.
-    fn flush(&mut self, now: Instant) -> io::Result<usize> {
+    fn flush(&mut self, now: Instant, counters: &mut Counters) -> io::Result<usize> {
         let sent = self
             .readiness
             .write(&mut Socket(&self.stream), &self.unsent)?;
         if sent == 0 {
             return Ok(0);
         }
+        counters.bytes_sent += sent as u64;
         self.last_progress = now;
         self.bytes_written += sent as u64;
         if self.readiness.write_blocked() || sent >= BIG_FLUSH {
@@ -261,7 +288,12 @@ impl Connection {
 
     /// One read into the shared buffer, fed to the session (or discarded
     /// while draining).
-    fn read_once(&mut self, read_buf: &mut [u8], now: Instant) -> io::Result<()> {
+    fn read_once(
+        &mut self,
+        read_buf: &mut [u8],
+        now: Instant,
+        counters: &mut Counters,
+    ) -> io::Result<()> {
         match self.readiness.read(&mut Socket(&self.stream), read_buf)? {
             Received::Eof => {
                 self.peer_eof = true;
@@ -270,6 +302,7 @@ impl Connection {
                 }
             }
             Received::Bytes(n) => {
+                counters.bytes_received += n as u64;
                 if self.phase == SocketPhase::Talking {
                     self.session
                         .receive(Input::Bytes(&read_buf[..n]), &mut self.unsent);

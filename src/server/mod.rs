@@ -46,6 +46,7 @@ use crate::limits;
 use crate::protocol::SessionLimits;
 use admission::Admission;
 use reactor::{Reactor, Settings};
+use scrape::Board;
 
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -86,6 +87,8 @@ pub struct Config {
     /// Listen with `SO_REUSEPORT`, so that another server (the next version,
     /// during a restart) can listen on the same addresses at the same time.
     pub reuse_port: bool,
+    /// Where to serve `GET /metrics` (Prometheus' text format), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default of `--max-buffered`: room for about 2,000 clients that send but
@@ -115,6 +118,7 @@ impl Default for Config {
             max_buffered: DEFAULT_MAX_BUFFERED,
             reactors: 1,
             reuse_port: false,
+            metrics_listen: None,
         }
     }
 }
@@ -236,8 +240,24 @@ impl Server {
                 Reactor::new(sockets, settings, admission.sharing()).map_err(StartError::Setup)?;
             loops.push(reactor);
         }
+        if let Some(addr) = config.metrics_listen {
+            // A small backlog: scrapers come one at a time.
+            let listener = listener::bind(addr, 16, false).map_err(StartError::Listen)?;
+            let board = (reactors > 1).then(|| Board::new(reactors));
+            for (index, reactor) in loops.iter_mut().enumerate().skip(1) {
+                if let Some(board) = &board {
+                    reactor.post_counters_to(board.clone(), index);
+                }
+            }
+            loops[0]
+                .serve_metrics(listener, board)
+                .map_err(StartError::Setup)?;
+        }
         for (addr, origin) in loops[0].local_addrs().into_iter().zip(origins) {
             log::info!("listening on {addr} ({origin})");
+        }
+        if let Some(addr) = loops[0].metrics_addr() {
+            log::info!("metrics on http://{addr}/metrics");
         }
         log::info!(
             "capacity {max_connections} connections{}; {}framing {:?}, max line {} bytes, idle timeout {}",

@@ -31,6 +31,7 @@ use super::Timeouts;
 use super::admission::Admission;
 use super::connection::{CloseCause, Connection, Next};
 use super::listener::Acceptor;
+use super::scrape::{Board, MAX_SCRAPES, MetricsEndpoint};
 use super::timers::{ConnectionRef, Timers};
 use crate::metrics::{ClosedBecause, Counters};
 use crate::protocol::SessionLimits;
@@ -39,6 +40,9 @@ use crate::protocol::SessionLimits;
 /// key. A slab of connections never grows anywhere near this.
 const LISTENER_TOKENS: usize = usize::MAX / 2;
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
+/// The metrics listener (`--metrics-listen`), and below it its scrapes.
+const METRICS_TOKEN: Token = Token(usize::MAX - 1);
+const SCRAPE_TOKENS: usize = usize::MAX - 1 - MAX_SCRAPES;
 
 /// Events taken from the kernel per poll.
 const EVENTS_PER_POLL: usize = 1024;
@@ -107,6 +111,11 @@ pub struct Reactor {
     shutdown_deadline: Option<Instant>,
     /// What this reactor has done, for metrics and its stop line.
     counters: Counters,
+    /// The metrics endpoint, in the reactor that serves it.
+    metrics: Option<MetricsEndpoint>,
+    /// With several reactors and metrics: where this one posts its counters
+    /// (its index on the board).
+    board: Option<(Board, usize)>,
 }
 
 impl Reactor {
@@ -136,6 +145,8 @@ impl Reactor {
             settings,
             shutdown_deadline: None,
             counters: Counters::default(),
+            metrics: None,
+            board: None,
         })
     }
 
@@ -181,9 +192,11 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL_TOKEN => signalled = true,
+                    METRICS_TOKEN => self.accept_scrapes(now),
                     Token(key) if key < LISTENER_TOKENS => {
                         self.on_connection_event(key, event, now);
                     }
+                    Token(token) if token >= SCRAPE_TOKENS => self.on_scrape_event(event, now),
                     Token(token) => self.acceptor.on_ready(token - LISTENER_TOKENS),
                 }
             }
@@ -195,6 +208,7 @@ impl Reactor {
             self.run_due_deadlines(now);
             self.enforce_buffer_budget();
             self.free_closed();
+            self.end_turn_for_metrics(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.slots.is_empty() {
                     log::info!("{}all connections closed; exiting", self.name());
@@ -222,6 +236,9 @@ impl Reactor {
             self.timers.next_deadline(),
             self.acceptor.retry_at(),
             self.shutdown_deadline,
+            self.metrics
+                .as_ref()
+                .and_then(MetricsEndpoint::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -241,7 +258,9 @@ impl Reactor {
             return;
         }
         slot.conn.on_event(event);
-        let next = slot.conn.service(&mut self.read_buf, now);
+        let next = slot
+            .conn
+            .service(&mut self.read_buf, now, &mut self.counters);
         self.after_service(key, next);
     }
 
@@ -356,7 +375,9 @@ impl Reactor {
             if slot.id != conn.id || slot.closed {
                 continue;
             }
-            let next = slot.conn.service(&mut self.read_buf, now);
+            let next = slot
+                .conn
+                .service(&mut self.read_buf, now, &mut self.counters);
             self.after_service(conn.key, next);
         }
         if self.budget_spent.is_empty() {
@@ -375,9 +396,12 @@ impl Reactor {
             if slot.queued_deadline == Some(at) {
                 slot.queued_deadline = None;
             }
-            let next = slot
-                .conn
-                .on_deadline(&mut self.read_buf, now, &self.settings.timeouts);
+            let next = slot.conn.on_deadline(
+                &mut self.read_buf,
+                now,
+                &self.settings.timeouts,
+                &mut self.counters,
+            );
             self.after_service(conn.key, next);
         }
     }
@@ -420,7 +444,7 @@ impl Reactor {
         let id = self.next_id;
         self.next_id += 1;
         let mut conn = Connection::new(stream, peer, self.settings.limits, now);
-        let next = conn.service(&mut self.read_buf, now);
+        let next = conn.service(&mut self.read_buf, now, &mut self.counters);
         entry.insert(Slot {
             id,
             conn,
@@ -429,6 +453,73 @@ impl Reactor {
             buffered: 0,
         });
         self.after_service(key, next);
+    }
+
+    /// Serves `GET /metrics` on `listener`; with several reactors, `board`
+    /// holds the others' counters. Each scrape gets the message timeout
+    /// (else the idle timeout, else 30 s) and the linger time.
+    pub fn serve_metrics(&mut self, listener: TcpListener, board: Option<Board>) -> io::Result<()> {
+        let timeouts = &self.settings.timeouts;
+        let timeout = timeouts
+            .message
+            .or(timeouts.idle)
+            .unwrap_or(Duration::from_secs(30));
+        self.metrics = Some(MetricsEndpoint::new(
+            listener,
+            self.poll.registry(),
+            METRICS_TOKEN,
+            SCRAPE_TOKENS,
+            timeout,
+            timeouts.linger,
+        )?);
+        if let Some(board) = board {
+            self.board = Some((board, 0));
+        }
+        Ok(())
+    }
+
+    /// Posts this reactor's counters on `board` at the end of every turn, as
+    /// reactor `index`, for the one serving metrics.
+    pub fn post_counters_to(&mut self, board: Board, index: usize) {
+        self.board = Some((board, index));
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref()?.local_addr()
+    }
+
+    /// This reactor's counters as of now, with its open connections.
+    fn counters_now(&self) -> Counters {
+        let mut counters = self.counters;
+        counters.open = (self.slots.len() - self.to_free.len()) as u64;
+        self.admission.add_refusals_to(&mut counters);
+        counters
+    }
+
+    fn accept_scrapes(&mut self, now: Instant) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.accept(self.poll.registry(), now);
+        }
+    }
+
+    fn on_scrape_event(&mut self, event: &Event, now: Instant) {
+        let mut total = self.counters_now();
+        if let Some((board, index)) = &self.board {
+            total += board.others(*index);
+        }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.on_event(event, &mut self.read_buf, now, || total.render());
+        }
+    }
+
+    /// Closes scrapes past their deadline, and posts the counters for the
+    /// reactor serving metrics.
+    fn end_turn_for_metrics(&mut self, now: Instant) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.close_expired(now);
+        } else if let Some((board, index)) = &self.board {
+            board.post(*index, self.counters_now());
+        }
     }
 
     /// Handles pending signals. The first starts a graceful shutdown; a second
@@ -449,6 +540,9 @@ impl Reactor {
             self.slots.len()
         );
         self.acceptor.close(self.poll.registry());
+        if let Some(metrics) = &mut self.metrics {
+            metrics.close_listener(self.poll.registry());
+        }
         self.shutdown_deadline = Some(now + grace);
         let open: Vec<usize> = self
             .slots
@@ -457,7 +551,10 @@ impl Reactor {
             .map(|(key, _)| key)
             .collect();
         for key in open {
-            let next = self.slots[key].conn.begin_shutdown(&mut self.read_buf, now);
+            let next =
+                self.slots[key]
+                    .conn
+                    .begin_shutdown(&mut self.read_buf, now, &mut self.counters);
             self.after_service(key, next);
         }
         None

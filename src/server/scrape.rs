@@ -10,15 +10,171 @@
 //! until its deadline, and never makes the loop wait. What to answer is
 //! decided by the pure code in [`crate::metrics`].
 
-use std::io;
+use std::io::{self, ErrorKind};
 use std::net::Shutdown;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::TcpStream;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
 
+use crate::metrics::Counters;
 use crate::metrics::http::{self, Answer, MAX_REQUEST_HEAD};
 use crate::readiness::{Readiness, Received};
+
+/// Where every reactor of a server posts a copy of its counters, so that the
+/// one serving scrapes can add them up. Posting is a lock and a copy of a
+/// few hundred bytes once per loop turn, never per exchange, and only with
+/// `--metrics-listen` and several reactors; nothing waits on it but a scrape.
+#[derive(Clone)]
+pub struct Board {
+    posts: Arc<[Mutex<Counters>]>,
+}
+
+impl Board {
+    pub fn new(reactors: usize) -> Self {
+        Board {
+            posts: (0..reactors).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Reactor `index` posts its counters as they are now.
+    pub fn post(&self, index: usize, counters: Counters) {
+        if let Some(post) = self.posts.get(index) {
+            // A poisoned post holds whole counters: take it as it is.
+            *post.lock().unwrap_or_else(PoisonError::into_inner) = counters;
+        }
+    }
+
+    /// The other reactors' counters, added up.
+    pub fn others(&self, index: usize) -> Counters {
+        let mut sum = Counters::default();
+        for (i, post) in self.posts.iter().enumerate() {
+            if i != index {
+                sum += *post.lock().unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        sum
+    }
+}
+
+/// The metrics listener and the scrapes it accepted: what a reactor adds to
+/// its loop for `--metrics-listen`. A scrape's token is `first_token` plus
+/// its slab key.
+pub struct MetricsEndpoint {
+    listener: Option<TcpListener>,
+    scrapes: Slab<Scrape>,
+    first_token: usize,
+    timeout: Duration,
+    linger: Duration,
+}
+
+impl MetricsEndpoint {
+    /// Watches `listener` with `listener_token`; scrapes get tokens from
+    /// `first_token` up. Each scrape must be done within `timeout` and close
+    /// within `linger` of its response.
+    pub fn new(
+        mut listener: TcpListener,
+        registry: &Registry,
+        listener_token: Token,
+        first_token: usize,
+        timeout: Duration,
+        linger: Duration,
+    ) -> io::Result<Self> {
+        registry.register(&mut listener, listener_token, Interest::READABLE)?;
+        Ok(MetricsEndpoint {
+            listener: Some(listener),
+            scrapes: Slab::with_capacity(MAX_SCRAPES),
+            first_token,
+            timeout,
+            linger,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.as_ref()?.local_addr().ok()
+    }
+
+    /// Accepts waiting scrapers; past [`MAX_SCRAPES`] they are closed at once.
+    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            let (mut stream, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // Out of descriptors, or a connection reset while it
+                    // waited: the next readable event retries.
+                    log::debug!("metrics listener: accept failed: {err}");
+                    return;
+                }
+            };
+            if self.scrapes.len() >= MAX_SCRAPES {
+                log::warn!("metrics scrape from {peer} turned away: {MAX_SCRAPES} are in progress");
+                continue;
+            }
+            let entry = self.scrapes.vacant_entry();
+            let token = Token(self.first_token + entry.key());
+            if let Err(err) =
+                registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                log::warn!("cannot watch metrics scrape from {peer}: {err}");
+                continue;
+            }
+            entry.insert(Scrape::new(stream, now, self.timeout, self.linger));
+        }
+    }
+
+    /// Services the scrape an event is for; `page` renders the metrics.
+    pub fn on_event(
+        &mut self,
+        event: &Event,
+        read_buf: &mut [u8],
+        now: Instant,
+        page: impl FnOnce() -> String,
+    ) {
+        let key = event.token().0 - self.first_token;
+        let Some(scrape) = self.scrapes.get_mut(key) else {
+            return;
+        };
+        scrape.on_event(event);
+        if scrape.service(read_buf, now, page) == ScrapeNext::Close {
+            self.scrapes.remove(key);
+        }
+    }
+
+    /// The earliest deadline of a scrape in progress.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.scrapes
+            .iter()
+            .map(|(_, scrape)| scrape.deadline())
+            .min()
+    }
+
+    /// Closes the scrapes whose time is up.
+    pub fn close_expired(&mut self, now: Instant) {
+        self.scrapes.retain(|_, scrape| {
+            let expired = scrape.deadline() <= now;
+            if expired {
+                log::debug!("metrics scrape closed: not done in time");
+            }
+            !expired
+        });
+    }
+
+    /// Stops accepting scrapes (the server is shutting down); those in
+    /// progress finish.
+    pub fn close_listener(&mut self, registry: &Registry) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = registry.deregister(&mut listener);
+        }
+    }
+}
 
 /// Scrapes served at once; more are closed as soon as they are accepted.
 /// Prometheus scrapes a target with one connection at a time.
@@ -71,7 +227,8 @@ impl Scrape {
         }
     }
 
-    pub fn stream(&mut self) -> &mut TcpStream {
+    #[cfg(test)]
+    fn stream(&mut self) -> &mut TcpStream {
         &mut self.stream
     }
 
@@ -199,12 +356,8 @@ mod tests {
             let (ours, _) = listener.accept().unwrap();
             ours.set_nonblocking(true).unwrap();
             let poll = Poll::new().unwrap();
-            let mut scrape = Scrape::new(
-                TcpStream::from_std(ours),
-                Instant::now(),
-                TIMEOUT,
-                TIMEOUT,
-            );
+            let mut scrape =
+                Scrape::new(TcpStream::from_std(ours), Instant::now(), TIMEOUT, TIMEOUT);
             poll.registry()
                 .register(
                     scrape.stream(),

@@ -15,6 +15,7 @@ use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use super::{CloseCause, Connection, Next, SocketPhase};
+use crate::metrics::{Counters, TimedOut};
 use crate::protocol::{CloseReason, Input, SessionState};
 use crate::server::kernel::bytes_acked;
 
@@ -127,7 +128,13 @@ impl Connection {
     }
 
     /// A deadline may have come due. Returns what to do next.
-    pub fn on_deadline(&mut self, read_buf: &mut [u8], now: Instant, timeouts: &Timeouts) -> Next {
+    pub fn on_deadline(
+        &mut self,
+        read_buf: &mut [u8],
+        now: Instant,
+        timeouts: &Timeouts,
+        counters: &mut Counters,
+    ) -> Next {
         let due = match self.next_deadline(timeouts, true) {
             Some((at, due)) if at <= now => due,
             _ => return Next::Wait,
@@ -135,7 +142,7 @@ impl Connection {
         let reason = match due {
             Due::Quiet => {
                 self.session.receive(Input::Pause, &mut self.unsent);
-                return self.service(read_buf, now);
+                return self.service(read_buf, now, counters);
             }
             Due::Linger => return Next::Close(CloseCause::LingerExpired),
             Due::LastReply | Due::Idle if self.peer_took_output() => {
@@ -146,6 +153,7 @@ impl Connection {
             // reading. Nothing more can be done gracefully.
             Due::LastReply => return Next::Close(CloseCause::Failed(ErrorKind::TimedOut)),
             Due::Idle => {
+                counters.timed_out(TimedOut::Idle);
                 let after = timeouts.idle.unwrap_or_default();
                 log::info!(
                     "Connection from {} idle for {after:?}; closing it",
@@ -154,6 +162,7 @@ impl Connection {
                 CloseReason::IdleTimeout { after }
             }
             Due::Message => {
+                counters.timed_out(TimedOut::Message);
                 let after = timeouts.message.unwrap_or_default();
                 log::info!(
                     "Connection from {} did not finish a message within {after:?}; closing it",
@@ -163,7 +172,7 @@ impl Connection {
             }
         };
         self.session.close(reason, &mut self.unsent);
-        self.service(read_buf, now)
+        self.service(read_buf, now, counters)
     }
 
     /// Whether the peer has taken output since the last look, although no
@@ -264,7 +273,7 @@ mod tests {
                 Err(err) => panic!("sending names: {err}"),
             }
             conn.readiness.on_readable(false, false);
-            conn.service(&mut read_buf, now);
+            conn.service(&mut read_buf, now, &mut Counters::default());
             if conn.readiness.write_blocked() && !conn.unsent.is_empty() {
                 client.set_nonblocking(false).unwrap();
                 return (conn, client, read_buf);
@@ -291,7 +300,12 @@ mod tests {
         assert!(bytes_acked(&conn.stream).unwrap() > acked_before);
         let idle_over = start + Duration::from_secs(4);
         assert_eq!(
-            conn.on_deadline(&mut read_buf, idle_over, &TIMEOUTS),
+            conn.on_deadline(
+                &mut read_buf,
+                idle_over,
+                &TIMEOUTS,
+                &mut Counters::default()
+            ),
             Next::Wait
         );
         assert_eq!(conn.session.state(), SessionState::AwaitingName);
@@ -321,7 +335,10 @@ mod tests {
         }
         conn.session.receive(Input::Bytes(b"Tra"), &mut conn.unsent);
         assert!(conn.session.unfinished_message().is_some());
-        assert_eq!(conn.service(&mut read_buf, start), Next::Wait);
+        assert_eq!(
+            conn.service(&mut read_buf, start, &mut Counters::default()),
+            Next::Wait
+        );
         assert!(!conn.session.wants_input(conn.unsent.len()));
         assert_eq!(
             conn.deadline(&timeouts),
@@ -336,7 +353,12 @@ mod tests {
         let (mut conn, _client, mut read_buf) = backed_up(start);
         let idle_over = start + Duration::from_secs(4);
         assert_eq!(
-            conn.on_deadline(&mut read_buf, idle_over, &TIMEOUTS),
+            conn.on_deadline(
+                &mut read_buf,
+                idle_over,
+                &TIMEOUTS,
+                &mut Counters::default()
+            ),
             Next::Wait
         );
         assert_eq!(conn.session.state(), SessionState::Closing);

@@ -1,0 +1,203 @@
+//! `--metrics-listen`: the server's counters over HTTP, in Prometheus' text
+//! format, scraped by a real HTTP client (Python's urllib) while and after
+//! greeter-load drives the server, checked against greeter-load's own
+//! counts and by `promtool check metrics` (Debian's prometheus package,
+//! which .ci/run installs).
+
+mod common;
+mod load_runner;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{DEADLINE, GREETING, TestServer, connect, report_skip, wait_until};
+use load_runner::load;
+
+/// A server with a metrics endpoint, and that endpoint's address.
+fn server_with_metrics(args: &[&str]) -> (TestServer, SocketAddr) {
+    let mut all = vec!["--metrics-listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let server = TestServer::start(&all);
+    let url = server
+        .wait_for_log_value("metrics on ")
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", server.log()));
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("a socket address in the metrics URL");
+    (server, addr)
+}
+
+/// GETs `path` with Python's urllib: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let script = format!(
+        "import sys, urllib.request, urllib.error\n\
+         try:\n\
+         \x20   r = urllib.request.urlopen('http://{addr}{path}', timeout=10)\n\
+         \x20   status, body = r.status, r.read()\n\
+         except urllib.error.HTTPError as e:\n\
+         \x20   status, body = e.code, e.read()\n\
+         sys.stdout.write(str(status) + '\\n' + body.decode())\n"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs (.ci/run installs it)");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).expect("UTF-8 response");
+    let (status, body) = text.split_once('\n').expect("a status line");
+    (status.parse().expect("a status code"), body.to_string())
+}
+
+/// The value of one series (`name` with its labels) on a metrics page.
+fn value(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+        .parse::<f64>()
+        .expect("a number") as u64
+}
+
+/// Runs `promtool check metrics` on `page`, if promtool is installed.
+fn promtool_accepts(test: &str, page: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        report_skip(
+            test,
+            "promtool is not installed (Debian's prometheus package; .ci/run installs it)",
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(page.as_bytes())
+        .expect("promtool reads the page");
+    let output = child.wait_with_output().expect("promtool runs");
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool: {output:?}\n{page}"
+    );
+}
+
+/// Scrapes during a churn run and after it: the counters grow, the page
+/// passes promtool, and after the run they match greeter-load's counts.
+fn scrapes_match_the_load(test: &str, server_args: &[&str]) {
+    let (server, metrics) = server_with_metrics(server_args);
+    let target = server.addr.to_string();
+    const CONNECTIONS: u64 = 10;
+    let run = thread::spawn(move || {
+        load(
+            "churn",
+            &target,
+            &format!("-c {CONNECTIONS} --count 3000 --duration 15 --timeout 5 --json"),
+        )
+    });
+    // While it runs: some dialogues done, and the page is valid.
+    let mut during = String::new();
+    assert!(
+        wait_until(|| {
+            during = http_get(metrics, "/metrics").1;
+            value(&during, "greeter_connections_closed_total{reason=\"done\"}") >= 100
+        }),
+        "{during}"
+    );
+    promtool_accepts(test, &during);
+    let run = run.join().expect("the load thread");
+    let report = run.json();
+    load_runner::assert_no_errors(&report, &run);
+    // After it: every connection closed, every count in.
+    let mut after = String::new();
+    assert!(
+        wait_until(|| {
+            after = http_get(metrics, "/metrics").1;
+            value(&after, "greeter_connections_open") == 0
+        }),
+        "{after}"
+    );
+    let opened = report.count("connections_opened");
+    let dialogues = report.count("completed");
+    assert_eq!(
+        value(&after, "greeter_connections_accepted_total"),
+        opened,
+        "{after}"
+    );
+    assert_eq!(
+        value(&after, "greeter_connections_closed_total{reason=\"done\"}"),
+        opened,
+        "{after}"
+    );
+    // One name per dialogue; a dialogue in flight when the count was
+    // reached is answered by the server but not counted by the load.
+    let exchanges = value(&after, "greeter_exchanges_total");
+    assert!(
+        (dialogues..=dialogues + CONNECTIONS).contains(&exchanges),
+        "{exchanges} exchanges for {dialogues} dialogues\n{after}"
+    );
+    assert!(value(&after, "greeter_exchanges_total") >= value(&during, "greeter_exchanges_total"));
+    assert!(value(&after, "greeter_loop_turns_total") > 0, "{after}");
+    assert!(value(&after, "greeter_sent_bytes_total") > 0, "{after}");
+    assert!(value(&after, "greeter_received_bytes_total") > 0, "{after}");
+}
+
+#[test]
+fn scrapes_pass_promtool_and_match_the_loads_counts() {
+    scrapes_match_the_load("scrapes_pass_promtool_and_match_the_loads_counts", &[]);
+}
+
+/// With several reactors one page adds up all of them.
+#[test]
+fn with_two_reactors_the_page_adds_both_up() {
+    scrapes_match_the_load(
+        "with_two_reactors_the_page_adds_both_up",
+        &["--reactors", "2"],
+    );
+}
+
+#[test]
+fn other_requests_get_an_http_error() {
+    let (_server, metrics) = server_with_metrics(&[]);
+    let (status, body) = http_get(metrics, "/");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("serves GET /metrics only"), "{body}");
+    let mut raw = connect(metrics);
+    raw.write_all(b"Michael\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    raw.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+}
+
+/// A scraper that connects and sends nothing holds a slot only until the
+/// message timeout, and greeter's clients are served meanwhile.
+#[test]
+fn a_silent_scraper_is_closed_at_its_deadline_without_stalling_anyone() {
+    let (server, metrics) = server_with_metrics(&["--message-timeout", "1"]);
+    let started = Instant::now();
+    let mut silent = connect(metrics);
+    let mut client = server.connect_greeted();
+    common::exchange(&mut client, b"Michael\n", &common::hello(b"Michael"));
+    let mut rest = Vec::new();
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    let read = silent.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(matches!(read, Ok(0)), "{read:?} {rest:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    let mut another = TcpStream::connect(server.addr).unwrap();
+    another.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut greeting = vec![0; GREETING.len()];
+    another.read_exact(&mut greeting).unwrap();
+    assert_eq!(greeting, GREETING);
+}
