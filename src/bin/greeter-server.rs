@@ -112,6 +112,14 @@ struct Args {
     #[arg(long, env = "GREETER_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
 
+    /// Every client connects through a load balancer that sends the PROXY
+    /// protocol (HAProxy's send-proxy or send-proxy-v2): each connection must
+    /// start with that header, which names the real client for the log and
+    /// the greeting waits for. Only for a port that nothing else can reach:
+    /// anyone who can connect can claim any address.
+    #[arg(long, env = "GREETER_PROXY_PROTOCOL")]
+    proxy_protocol: bool,
+
     /// Log level: off, error, warn, info, debug or trace.
     #[arg(
         long,
@@ -250,6 +258,7 @@ fn config(args: &Args) -> Config {
         reactors: to_usize(args.reactors),
         reuse_port: args.reuse_port,
         metrics_listen: args.metrics_listen,
+        proxy_protocol: args.proxy_protocol,
         limits: SessionLimits {
             max_line: to_usize(args.max_line),
             max_output: to_usize(args.max_output),

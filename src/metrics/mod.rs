@@ -52,14 +52,17 @@ pub enum ClosedBecause {
     Failed,
     /// Closed to keep all connections' buffers within `--max-buffered`.
     OverBudget,
+    /// With `--proxy-protocol`: no valid PROXY protocol header came first.
+    BadProxyHeader,
 }
 
 impl ClosedBecause {
-    const ALL: [ClosedBecause; 4] = [
+    const ALL: [ClosedBecause; 5] = [
         ClosedBecause::Done,
         ClosedBecause::LingerExpired,
         ClosedBecause::Failed,
         ClosedBecause::OverBudget,
+        ClosedBecause::BadProxyHeader,
     ];
 
     fn label(self) -> &'static str {
@@ -68,6 +71,7 @@ impl ClosedBecause {
             ClosedBecause::LingerExpired => "linger_expired",
             ClosedBecause::Failed => "failed",
             ClosedBecause::OverBudget => "over_budget",
+            ClosedBecause::BadProxyHeader => "bad_proxy_header",
         }
     }
 }
@@ -292,6 +296,10 @@ mod tests {
             ("greeter_connections_closed_total{reason=\"failed\"}", "0"),
             (
                 "greeter_connections_closed_total{reason=\"over_budget\"}",
+                "0",
+            ),
+            (
+                "greeter_connections_closed_total{reason=\"bad_proxy_header\"}",
                 "0",
             ),
             ("greeter_timeouts_total{clock=\"idle\"}", "0"),

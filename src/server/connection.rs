@@ -23,10 +23,12 @@ use mio::net::TcpStream;
 use super::kernel::bytes_acked;
 use super::socket_io::Socket;
 use crate::metrics::Counters;
+use crate::protocol::proxy::ProxyError;
 use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
 
 mod deadlines;
+mod proxy_header;
 pub use deadlines::Timeouts;
 
 /// Reads per connection per service call. Bounds the work one busy client
@@ -69,6 +71,9 @@ pub enum CloseCause {
     /// Its buffers were the largest when the server went over its budget
     /// for buffered bytes.
     OverBudget { held: usize },
+    /// `--proxy-protocol`, and the connection did not start with a valid
+    /// PROXY protocol header.
+    BadProxyHeader(ProxyError),
 }
 
 /// Where the socket is in its graceful close. A second state machine beside
@@ -108,6 +113,13 @@ pub struct Connection {
     acked_seen: u64,
     /// Reading is stopped by backpressure (counted once per stop).
     held_off: bool,
+    /// `--proxy-protocol`: the PROXY header is not read yet, so nothing
+    /// else is (and the greeting waits).
+    awaiting_proxy_header: bool,
+    /// For a connection relayed by a load balancer: the balancer's address,
+    /// the one the socket is connected to and admission counted. `peer` is
+    /// then the client the balancer named.
+    relayed_by: Option<Box<SocketAddr>>,
 }
 
 impl Connection {
@@ -131,11 +143,20 @@ impl Connection {
             bytes_written: 0,
             acked_seen: 0,
             held_off: false,
+            awaiting_proxy_header: false,
+            relayed_by: None,
         }
     }
 
+    /// The client the dialogue is with (as the balancer named it, for a
+    /// relayed connection): the address the log gives.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The address the socket is connected to, which admission counted.
+    pub fn admitted_as(&self) -> SocketAddr {
+        self.relayed_by.as_deref().copied().unwrap_or(self.peer)
     }
 
     /// Bytes of memory held in this connection's own buffers (unsent replies,
@@ -155,6 +176,11 @@ impl Connection {
     /// input. `read_buf` is the reactor's one shared read buffer; what moved
     /// is added to the reactor's `counters`.
     pub fn service(&mut self, read_buf: &mut [u8], now: Instant, counters: &mut Counters) -> Next {
+        if self.awaiting_proxy_header {
+            if let Some(next) = self.read_proxy_header(read_buf, now) {
+                return next;
+            }
+        }
         let next = self.move_bytes(read_buf, now, counters);
         counters.exchanges += u64::from(self.session.take_names_answered());
         // The clocks that depend on the session's state, kept in step here

@@ -89,6 +89,9 @@ pub struct Config {
     pub reuse_port: bool,
     /// Where to serve `GET /metrics` (Prometheus' text format), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Every connection comes from a load balancer and starts with a PROXY
+    /// protocol header (version 1 or 2) naming the real client.
+    pub proxy_protocol: bool,
 }
 
 /// Default of `--max-buffered`: room for about 2,000 clients that send but
@@ -119,6 +122,7 @@ impl Default for Config {
             reactors: 1,
             reuse_port: false,
             metrics_listen: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -235,6 +239,7 @@ impl Server {
                 limits: config.limits,
                 max_buffered: config.max_buffered,
                 reactor: (reactors > 1).then_some((index + 1, reactors)),
+                proxy_protocol: config.proxy_protocol,
             };
             let reactor =
                 Reactor::new(sockets, settings, admission.sharing()).map_err(StartError::Setup)?;

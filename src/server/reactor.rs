@@ -62,6 +62,8 @@ pub(super) struct Settings {
     pub max_buffered: usize,
     /// Which reactor this is, and of how many, when there are several.
     pub reactor: Option<(usize, usize)>,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// How the server stopped.
@@ -297,6 +299,7 @@ impl Reactor {
             CloseCause::LingerExpired => ClosedBecause::LingerExpired,
             CloseCause::Failed(_) => ClosedBecause::Failed,
             CloseCause::OverBudget { .. } => ClosedBecause::OverBudget,
+            CloseCause::BadProxyHeader(_) => ClosedBecause::BadProxyHeader,
         });
         match why {
             CloseCause::Done => log::info!("Connection from {peer} is closed"),
@@ -306,6 +309,10 @@ impl Reactor {
                 )
             }
             CloseCause::Failed(kind) => log::info!("Connection from {peer} is closed ({kind})"),
+            CloseCause::BadProxyHeader(err) => log::info!(
+                "Connection from {peer} is closed: {err} (with --proxy-protocol every connection \
+                 must start with one, as HAProxy's send-proxy-v2 sends)"
+            ),
             CloseCause::OverBudget { held } => log::warn!(
                 "Connection from {peer} is closed: it held {held} bytes of buffers, the most of \
                  any, while all connections together held more than --max-buffered {} bytes \
@@ -345,7 +352,7 @@ impl Reactor {
             // Counted as open until now, when its descriptor is closed: the
             // limit then also bounds descriptors.
             let slot = self.slots.remove(key);
-            self.admission.release(slot.conn.peer());
+            self.admission.release(slot.conn.admitted_as());
         }
         // Entries stay in the timer heap until they come due (up to
         // --idle-timeout later): those of closed connections, and those a
@@ -443,7 +450,11 @@ impl Reactor {
         self.counters.accepted += 1;
         let id = self.next_id;
         self.next_id += 1;
-        let mut conn = Connection::new(stream, peer, self.settings.limits, now);
+        let mut conn = if self.settings.proxy_protocol {
+            Connection::behind_proxy(stream, peer, self.settings.limits, now)
+        } else {
+            Connection::new(stream, peer, self.settings.limits, now)
+        };
         let next = conn.service(&mut self.read_buf, now, &mut self.counters);
         entry.insert(Slot {
             id,
