@@ -12,11 +12,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
 
 use common::*;
 
@@ -30,7 +28,7 @@ const PORT_ATTEMPTS: usize = 20;
 struct Activated {
     child: Child,
     /// The tool's stderr, then the server's (the same pipe, across exec).
-    log: Arc<Mutex<String>>,
+    log: StderrLog,
     addrs: Vec<SocketAddr>,
 }
 
@@ -63,7 +61,7 @@ impl Activated {
                 }
                 Err(err) => panic!("cannot start {TOOL}: {err}"),
             };
-            let log = collect(&mut child);
+            let log = StderrLog::collect(&mut child);
             let mut activated = Activated { child, log, addrs };
             if activated.wait_until_listening() {
                 return Some(activated);
@@ -78,7 +76,7 @@ impl Activated {
     }
 
     /// Waits for the tool to say it listens on every address; false if it
-    /// exited instead.
+    /// exited instead (its log then complete).
     fn wait_until_listening(&mut self) -> bool {
         let expected: Vec<String> = self
             .addrs
@@ -92,22 +90,28 @@ impl Activated {
             exited || expected.iter().all(|line| log.contains(line))
         });
         assert!(listening, "{TOOL} never listened:\n{}", self.log());
+        if exited {
+            self.log.wait_for_end();
+        }
         !exited
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
     fn wait_for_log(&self, needle: &str) -> bool {
         wait_until(|| self.log().contains(needle))
     }
 
+    /// Waits for the server to exit, and for the last of its log.
     fn wait_exit(&mut self) -> ExitStatus {
-        let log = Arc::clone(&self.log);
-        wait_for_exit(&mut self.child, || {
-            format!("the server did not exit; log:\n{}", log.lock().unwrap())
-        })
+        let log = &self.log;
+        let status = wait_for_exit(&mut self.child, || {
+            format!("the server did not exit; log:\n{}", log.text())
+        });
+        self.log.wait_for_end();
+        status
     }
 }
 
@@ -122,25 +126,6 @@ impl Drop for Activated {
 fn free_port() -> SocketAddr {
     let probe = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     probe.local_addr().expect("local address")
-}
-
-/// Drains the child's stderr into a shared string (a full pipe would block
-/// the server).
-fn collect(child: &mut Child) -> Arc<Mutex<String>> {
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&log);
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&line));
-            line.clear();
-        }
-    });
-    log
 }
 
 fn dialogue(addr: SocketAddr, name: &[u8]) {
