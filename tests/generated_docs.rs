@@ -9,7 +9,7 @@ mod process;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::report_skip;
+use common::{binary_command, report_skip};
 use process::{Finished, run};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_greeter-server");
@@ -17,7 +17,7 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_greeter-client");
 const LOAD: &str = env!("CARGO_BIN_EXE_greeter-load");
 
 fn generate(binary: &str, args: &[&str]) -> Finished {
-    let mut command = Command::new(binary);
+    let mut command = binary_command(binary);
     command.args(args);
     run(command, b"")
 }

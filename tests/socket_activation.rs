@@ -40,6 +40,8 @@ impl Activated {
         for _ in 0..PORT_ATTEMPTS {
             let addrs: Vec<SocketAddr> = (0..ports).map(|_| free_port()).collect();
             let mut command = Command::new(TOOL);
+            // The tool passes its environment on to the server.
+            without_our_variables(&mut command);
             for addr in &addrs {
                 command.arg(format!("--listen={addr}"));
             }

@@ -267,10 +267,34 @@ impl Drop for TestServer {
     }
 }
 
+/// A command for one of our binaries (`env!("CARGO_BIN_EXE_...")`), with
+/// none of the variables they read in its environment: see
+/// [`without_our_variables`].
+pub fn binary_command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    without_our_variables(&mut command);
+    command
+}
+
+/// Removes from `command`'s environment every variable our binaries read
+/// that the test process may have inherited: GREETER_* (which includes
+/// GREETER_CLIENT_* and GREETER_LOAD_*) and socket activation's LISTEN_*.
+/// Otherwise a developer's shell (`GREETER_LOG_LEVEL=warn cargo test`)
+/// changes what the tests see. A test that wants one sets it afterwards.
+pub fn without_our_variables(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("GREETER_") || text.starts_with("LISTEN_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
 /// A command for the server binary, listening on an ephemeral loopback port
 /// unless `args` names a --listen address.
 pub fn server_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-server"));
     if !args.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
     }
