@@ -13,7 +13,7 @@ use common::*;
 use process::run;
 
 fn server_binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_greeter-server"))
+    binary_command(env!("CARGO_BIN_EXE_greeter-server"))
 }
 
 /// A whole dialogue on one connection, ending with the server's close and

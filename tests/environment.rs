@@ -57,7 +57,7 @@ fn the_flag_wins_over_the_environment_variable() {
 /// GREETER_LISTEN takes a comma-separated list, as the flag repeated would.
 #[test]
 fn the_listen_variable_takes_several_addresses() {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-server"));
     command.env("GREETER_LISTEN", "127.0.0.1:0,127.0.0.1:0");
     let server = TestServer::start_command(command);
     assert!(
@@ -69,7 +69,7 @@ fn the_listen_variable_takes_several_addresses() {
 
 #[test]
 fn a_bad_value_in_a_variable_is_reported_like_a_bad_flag() {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-server"));
     command.env("GREETER_IDLE_TIMEOUT", "soon");
     let finished = run(command, b"");
     assert_eq!(finished.code(), Some(2), "{}", finished.describe());
@@ -85,7 +85,7 @@ fn a_bad_value_in_a_variable_is_reported_like_a_bad_flag() {
 #[test]
 fn the_client_takes_its_address_from_the_environment() {
     let server = TestServer::start(&[]);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-client"));
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-client"));
     command
         .env("GREETER_CLIENT_ADDR", server.addr.to_string())
         .arg("Ada");
@@ -93,6 +93,28 @@ fn the_client_takes_its_address_from_the_environment() {
     assert_eq!(finished.code(), Some(0), "{}", finished.describe());
     assert!(
         finished.stdout_text().contains("Server: Hello Ada!"),
+        "{}",
+        finished.describe()
+    );
+}
+
+/// The tests start our binaries without the GREETER_* (and LISTEN_*)
+/// variables of the shell that runs them: this test file, run again with
+/// GREETER_LOG_LEVEL=warn (which hides the "listening on" line every
+/// TestServer waits for), still passes a server-and-client test.
+#[test]
+fn the_tests_ignore_the_variables_of_the_shell_that_runs_them() {
+    let mut again = Command::new(std::env::current_exe().expect("this test binary"));
+    again
+        .args([
+            "--exact",
+            "the_client_takes_its_address_from_the_environment",
+        ])
+        .env("GREETER_LOG_LEVEL", "warn");
+    let finished = run(again, b"");
+    assert_eq!(finished.code(), Some(0), "{}", finished.describe());
+    assert!(
+        finished.stdout_text().contains("1 passed"),
         "{}",
         finished.describe()
     );
@@ -132,7 +154,7 @@ fn help_names_the_variable_of_every_flag() {
         ),
     ];
     for (binary, subcommand, prefix) in helps {
-        let mut command = Command::new(binary);
+        let mut command = binary_command(binary);
         command.args(subcommand).arg("-h");
         let finished = run(command, b"");
         assert_eq!(finished.code(), Some(0), "{}", finished.describe());

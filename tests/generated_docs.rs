@@ -6,10 +6,10 @@
 mod common;
 mod process;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::report_skip;
+use common::{binary_command, report_skip};
 use process::{Finished, run};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_greeter-server");
@@ -17,7 +17,7 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_greeter-client");
 const LOAD: &str = env!("CARGO_BIN_EXE_greeter-load");
 
 fn generate(binary: &str, args: &[&str]) -> Finished {
-    let mut command = Command::new(binary);
+    let mut command = binary_command(binary);
     command.args(args);
     run(command, b"")
 }
@@ -29,57 +29,62 @@ fn scratch_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// A man page, a flag as roff spells it, and that flag's variable.
+type PageCheck<'a> = (&'a str, &'a str, &'a str);
+
 #[test]
 fn each_binary_writes_man_pages_naming_its_flags_and_variables() {
-    let dir = scratch_dir("man_pages");
-    // (binary, page, a flag as roff spells it, that flag's variable)
-    let pages = [
+    let binaries: [(&str, &[PageCheck]); 3] = [
         (
             SERVER,
-            "greeter-server.1",
-            r"\-\-max\-connections",
-            "GREETER_MAX_CONNECTIONS",
+            &[(
+                "greeter-server.1",
+                r"\-\-max\-connections",
+                "GREETER_MAX_CONNECTIONS",
+            )],
         ),
         (
             CLIENT,
-            "greeter-client.1",
-            r"\-\-no\-newline",
-            "GREETER_CLIENT_NO_NEWLINE",
+            &[(
+                "greeter-client.1",
+                r"\-\-no\-newline",
+                "GREETER_CLIENT_NO_NEWLINE",
+            )],
         ),
         (
             LOAD,
-            "greeter-load.1",
-            "pingpong",
-            "greeter\\-load\\-pingpong(1)",
-        ),
-        (
-            LOAD,
-            "greeter-load-pingpong.1",
-            r"\-\-connections",
-            "GREETER_LOAD_CONNECTIONS",
-        ),
-        (
-            LOAD,
-            "greeter-load-merge.1",
-            r"\-\-json",
-            "GREETER_LOAD_JSON",
+            &[
+                ("greeter-load.1", "pingpong", "greeter\\-load\\-pingpong(1)"),
+                (
+                    "greeter-load-pingpong.1",
+                    r"\-\-connections",
+                    "GREETER_LOAD_CONNECTIONS",
+                ),
+                ("greeter-load-merge.1", r"\-\-json", "GREETER_LOAD_JSON"),
+            ],
         ),
     ];
-    for (binary, page, flag, variable) in pages {
+    for (binary, pages) in binaries {
+        // A directory of its own for each binary: a page another binary
+        // wrote must not pass for this one's.
+        let name = Path::new(binary).file_name().unwrap().to_string_lossy();
+        let dir = scratch_dir(&format!("man_pages_{name}"));
         let finished = generate(binary, &["--generate-man", dir.to_str().unwrap()]);
         assert_eq!(finished.code(), Some(0), "{}", finished.describe());
-        let text =
-            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|err| panic!("{page}: {err}"));
-        let title = format!(".TH {} 1", page.trim_end_matches(".1"));
-        assert!(text.contains(&title), "{page} has no {title:?}:\n{text}");
-        assert!(
-            text.contains(flag),
-            "{page} does not mention {flag}:\n{text}"
-        );
-        assert!(
-            text.contains(variable),
-            "{page} does not mention {variable}:\n{text}"
-        );
+        for (page, flag, variable) in pages {
+            let text = std::fs::read_to_string(dir.join(page))
+                .unwrap_or_else(|err| panic!("{page}: {err}"));
+            let title = format!(".TH {} 1", page.trim_end_matches(".1"));
+            assert!(text.contains(&title), "{page} has no {title:?}:\n{text}");
+            assert!(
+                text.contains(flag),
+                "{page} does not mention {flag}:\n{text}"
+            );
+            assert!(
+                text.contains(variable),
+                "{page} does not mention {variable}:\n{text}"
+            );
+        }
     }
 }
 

@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, hello, refusing_port};
+use common::{
+    DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, binary_command, hello, refusing_port,
+    without_our_variables,
+};
 use load_runner::{Json, TempFile, assert_no_errors, greeter_load, greeter_load_with, load};
 use process::run;
 
@@ -640,7 +643,7 @@ fn open_loop_exchanges_due_during_a_timeout_are_still_counted() {
 fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
     use std::os::unix::process::CommandExt;
     let server = TestServer::start(&[]);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-load"));
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-load"));
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
         command.pre_exec(|| {
@@ -866,7 +869,7 @@ fn the_live_line_appears_only_on_a_terminal() {
     let load = env!("CARGO_BIN_EXE_greeter-load");
     let command = format!("{load} pingpong --addr {} -c 2 --duration 1.3", server.addr);
     let mut script = Command::new("script");
-    script.args(["-qec", &command, "/dev/null"]);
+    without_our_variables(&mut script).args(["-qec", &command, "/dev/null"]);
     let on_terminal = run(script, b"");
     assert_eq!(on_terminal.code(), Some(0), "{}", on_terminal.describe());
     let shown = on_terminal.stdout_text();
@@ -878,7 +881,7 @@ fn the_live_line_appears_only_on_a_terminal() {
     );
 
     let mut quiet = Command::new("script");
-    quiet.args(["-qec", &format!("{command} --quiet"), "/dev/null"]);
+    without_our_variables(&mut quiet).args(["-qec", &format!("{command} --quiet"), "/dev/null"]);
     let quiet = run(quiet, b"");
     assert_eq!(quiet.code(), Some(0), "{}", quiet.describe());
     assert!(

@@ -13,12 +13,18 @@
 //! `LISTEN_PID` names the process they are meant for, so a child that merely
 //! inherited the environment leaves them alone; `LISTEN_FDNAMES` optionally
 //! names them, colon-separated (systemd's `FileDescriptorName=`). Like
-//! `sd_listen_fds(1)` we remove the variables (and systemd's newer
-//! `LISTEN_PIDFDID`, which we do not check: the pid check already tells
-//! whose sockets they are) so that no child of ours takes them for its own,
-//! and mark the descriptors close-on-exec. Unlike it, we then check that each
-//! is what the reactor can serve, a listening TCP socket, and refuse anything
-//! else with an error naming the descriptor and what it is instead.
+//! `sd_listen_fds(unset_environment = 1)` we remove the variables so that no
+//! child of ours takes them for its own, and mark the descriptors
+//! close-on-exec. Unlike it, we then check that each is what the reactor can
+//! serve, a listening TCP socket, and refuse anything else with an error
+//! naming the descriptor and what it is instead.
+//!
+//! systemd's newer `LISTEN_PIDFDID` identifies the process more surely than
+//! `LISTEN_PID` (a pid can be reused once its process died, and means
+//! another process in another pid namespace). We remove it but do not check
+//! it: the variables reach greeter-server from whoever started it, for the
+//! pid it started, and greeter-server starts no children that could inherit
+//! them under a reused pid; the pid check suffices here.
 
 use std::fmt;
 use std::io;
@@ -84,8 +90,12 @@ pub struct InheritedListener {
 
 /// What the environment held, with the sockets taken.
 pub enum Inheritance {
+    /// No socket activation: bind the addresses given.
     Nothing,
+    /// The variables named process `pid`, not this one: its sockets were
+    /// left alone; bind the addresses given.
     ForAnotherProcess { pid: u32 },
+    /// The sockets passed to this process, in descriptor order.
     Sockets(Vec<InheritedListener>),
 }
 
@@ -117,8 +127,9 @@ pub enum Problem {
     NotInternet(Domain),
     NotTcp(Option<Protocol>),
     NotListening,
-    /// A query about the socket failed in an unexpected way.
-    Query(io::ErrorKind),
+    /// A query about the socket failed in an unexpected way: the OS's
+    /// error, as it worded it.
+    Query(String),
 }
 
 impl fmt::Display for Problem {
@@ -143,7 +154,7 @@ impl fmt::Display for Problem {
                 f,
                 "is not listening (a connected socket, as Accept=yes passes, or one never listened on)"
             ),
-            Problem::Query(kind) => write!(f, "cannot be inspected ({kind})"),
+            Problem::Query(error) => write!(f, "cannot be inspected ({error})"),
         }
     }
 }
@@ -164,6 +175,18 @@ impl fmt::Display for ActivationError {
                 f,
                 "socket activation: LISTEN_FDNAMES names {names} sockets but LISTEN_FDS passes {fds} \
                  (the names are colon-separated, one per socket; or unset LISTEN_FDNAMES)"
+            ),
+            // Not a wrong kind of socket but a count larger than what was
+            // passed: the fix is where LISTEN_FDS is set, not the .socket unit.
+            ActivationError::Unservable {
+                fd,
+                name,
+                problem: Problem::NotOpen,
+            } => write!(
+                f,
+                "socket activation: descriptor {fd} (named {name:?}) is not open: LISTEN_FDS \
+                 announces more sockets than were passed (it must be their number, the sockets \
+                 being descriptors 3, 4, ...); fix whatever sets it, or {WITHOUT}"
             ),
             ActivationError::Unservable { fd, name, problem } => write!(
                 f,
@@ -326,12 +349,14 @@ fn query_problem(err: &io::Error) -> Problem {
     match err.raw_os_error() {
         Some(libc::EBADF) => Problem::NotOpen,
         Some(libc::ENOTSOCK) => Problem::NotASocket,
-        _ => Problem::Query(err.kind()),
+        _ => Problem::Query(err.to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     const OUR_PID: u32 = 4242;
@@ -479,7 +504,30 @@ mod tests {
         );
     }
 
-    use std::net::SocketAddr;
+    #[test]
+    fn a_descriptor_not_passed_is_blamed_on_the_count() {
+        let err = ActivationError::Unservable {
+            fd: 4,
+            name: "unknown".into(),
+            problem: Problem::NotOpen,
+        };
+        assert_eq!(
+            err.to_string(),
+            "socket activation: descriptor 4 (named \"unknown\") is not open: LISTEN_FDS \
+             announces more sockets than were passed (it must be their number, the sockets \
+             being descriptors 3, 4, ...); fix whatever sets it, or to start without socket \
+             activation, unset LISTEN_PID and LISTEN_FDS"
+        );
+    }
+
+    #[test]
+    fn an_unexpected_failure_keeps_the_os_words() {
+        let problem = query_problem(&io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(
+            problem.to_string(),
+            "cannot be inspected (Permission denied (os error 13))"
+        );
+    }
 
     fn loopback() -> socket2::SockAddr {
         "127.0.0.1:0".parse::<SocketAddr>().unwrap().into()
@@ -543,5 +591,85 @@ mod tests {
         // SAFETY: reading the flags of our own open descriptor.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    }
+
+    /// Set for the copy of this test binary that the test below starts.
+    const ALONE: &str = "GREETER_ACTIVATION_TEST_ALONE";
+    const TAKING: &str = "taking_the_sockets_removes_the_variables_and_closes_on_exec";
+
+    /// take_from_environment for real, as greeter-server's main calls it.
+    /// Removing variables is only sound in a process with no other thread
+    /// reading them, so this runs itself again, alone (`--exact`): through a
+    /// shell that sets LISTEN_PID to its own pid before it execs the copy,
+    /// with a listening socket as descriptor 3 and the other variables set.
+    #[test]
+    fn taking_the_sockets_removes_the_variables_and_closes_on_exec() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+
+        if std::env::var_os(ALONE).is_some() {
+            return take_alone();
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = listener.as_raw_fd();
+        let name = module_path!().split_once("::").unwrap().1.to_string() + "::" + TAKING;
+        let mut copy = std::process::Command::new("sh");
+        copy.args(["-c", r#"export LISTEN_PID=$$; exec "$0" "$@""#])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", &name, "--test-threads=1"])
+            .env(ALONE, listener.local_addr().unwrap().to_string())
+            .env(LISTEN_FDS, "1")
+            .env(LISTEN_FDNAMES, "web")
+            .env(LISTEN_PIDFDID, "1234");
+        // SAFETY: between fork and exec only dup2 and fcntl, which are
+        // async-signal-safe; the child's copy of `fd` becomes descriptor 3,
+        // without close-on-exec so that it outlives both execs.
+        unsafe {
+            copy.pre_exec(move || {
+                let done = if fd == FIRST_PASSED_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, FIRST_PASSED_FD)
+                };
+                if done < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let output = copy.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{report}");
+        assert!(stdout.contains("1 passed"), "{report}");
+    }
+
+    /// The copy's half of the test above.
+    fn take_alone() {
+        // SAFETY: this process runs this one test (--exact, one test
+        // thread); nothing else reads the environment meanwhile, and
+        // descriptor 3 was passed to it, owned by nothing else.
+        let taken = unsafe { take_from_environment() }.unwrap();
+        let Inheritance::Sockets(sockets) = taken else {
+            panic!("no sockets taken");
+        };
+        assert_eq!(sockets.len(), 1);
+        let passed = &sockets[0];
+        assert_eq!((passed.fd, passed.name.as_str()), (FIRST_PASSED_FD, "web"));
+        let expected_addr = std::env::var(ALONE).unwrap();
+        assert_eq!(
+            passed.socket.local_addr().unwrap().to_string(),
+            expected_addr
+        );
+        for variable in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PIDFDID] {
+            assert_eq!(std::env::var_os(variable), None, "{variable} is still set");
+        }
+        // SAFETY: reading the flags of a descriptor we own.
+        let flags = unsafe { libc::fcntl(FIRST_PASSED_FD, libc::F_GETFD) };
+        assert_eq!(
+            flags & libc::FD_CLOEXEC,
+            libc::FD_CLOEXEC,
+            "flags {flags:#x}"
+        );
     }
 }

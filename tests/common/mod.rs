@@ -32,11 +32,77 @@ pub fn report_skip(test: &str, why: &str) {
     let _ = std::io::stderr().write_all(notice.as_bytes());
 }
 
+/// A child's stderr, drained line by line into a string by a thread of its
+/// own (a full pipe would block the child). Byte lines, decoded leniently: a
+/// line that is not UTF-8 must not stop the draining.
+///
+/// The thread appends what it reads a moment after the child wrote it: a
+/// test that reads the log after the child exited must first call
+/// [`StderrLog::wait_for_end`], or it may miss the last lines.
+pub struct StderrLog {
+    text: Arc<Mutex<String>>,
+    collector: Option<thread::JoinHandle<()>>,
+}
+
+impl StderrLog {
+    /// Starts draining `child`'s piped stderr.
+    pub fn collect(child: &mut Child) -> StderrLog {
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let collector = thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&line));
+                line.clear();
+            }
+        });
+        StderrLog {
+            text,
+            collector: Some(collector),
+        }
+    }
+
+    /// A log that is not collected here, saying why.
+    pub fn elsewhere(why: &str) -> StderrLog {
+        StderrLog {
+            text: Arc::new(Mutex::new(why.to_string())),
+            collector: None,
+        }
+    }
+
+    /// Everything collected so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Once the child has exited: waits (up to [`DEADLINE`]) until the
+    /// collector has read to the end of the pipe, which is when everything
+    /// the child wrote is in [`StderrLog::text`]. Fails the test if the pipe
+    /// stays open (something else still holds its write end).
+    pub fn wait_for_end(&mut self) {
+        let Some(collector) = self.collector.take() else {
+            return;
+        };
+        assert!(
+            wait_until(|| collector.is_finished()),
+            "stderr stayed open after the process exited; so far:\n{}",
+            self.text()
+        );
+        collector
+            .join()
+            .expect("the stderr collector does not panic");
+    }
+}
+
 /// A running `greeter-server`, killed when dropped.
 pub struct TestServer {
     child: Child,
     pub addr: SocketAddr,
-    log: Arc<Mutex<String>>,
+    log: StderrLog,
 }
 
 impl TestServer {
@@ -53,21 +119,7 @@ impl TestServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("greeter-server starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            // Byte lines, decoded leniently: a line that is not UTF-8 must not
-            // stop the draining (a full pipe would block the server).
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&line));
-                line.clear();
-            }
-        });
+        let log = StderrLog::collect(&mut child);
         let mut server = TestServer {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
@@ -90,7 +142,7 @@ impl TestServer {
         TestServer {
             child,
             addr,
-            log: Arc::new(Mutex::new("(stderr is read by the test itself)".into())),
+            log: StderrLog::elsewhere("(stderr is read by the test itself)"),
         }
     }
 
@@ -100,7 +152,7 @@ impl TestServer {
 
     /// Everything the server has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
     /// Waits until the log contains `needle`.
@@ -164,12 +216,14 @@ impl TestServer {
         stat[stat.rfind(')')? + 1..].trim_start().chars().next()
     }
 
-    /// Waits for the server to exit.
+    /// Waits for the server to exit, and for the last of its log.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let log = Arc::clone(&self.log);
-        wait_for_exit(&mut self.child, || {
-            format!("server did not exit; log:\n{}", log.lock().unwrap())
-        })
+        let log = &self.log;
+        let status = wait_for_exit(&mut self.child, || {
+            format!("server did not exit; log:\n{}", log.text())
+        });
+        self.log.wait_for_end();
+        status
     }
 
     /// Connects a client with read and write timeouts set.
@@ -213,10 +267,34 @@ impl Drop for TestServer {
     }
 }
 
+/// A command for one of our binaries (`env!("CARGO_BIN_EXE_...")`), with
+/// none of the variables they read in its environment: see
+/// [`without_our_variables`].
+pub fn binary_command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    without_our_variables(&mut command);
+    command
+}
+
+/// Removes from `command`'s environment every variable our binaries read
+/// that the test process may have inherited: GREETER_* (which includes
+/// GREETER_CLIENT_* and GREETER_LOAD_*) and socket activation's LISTEN_*.
+/// Otherwise a developer's shell (`GREETER_LOG_LEVEL=warn cargo test`)
+/// changes what the tests see. A test that wants one sets it afterwards.
+pub fn without_our_variables(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text.starts_with("GREETER_") || text.starts_with("LISTEN_") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
 /// A command for the server binary, listening on an ephemeral loopback port
 /// unless `args` names a --listen address.
 pub fn server_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_greeter-server"));
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-server"));
     if !args.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
     }

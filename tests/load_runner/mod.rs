@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::DEADLINE;
+use crate::common::{DEADLINE, binary_command};
 
 /// The failure kinds every JSON report lists under "errors".
 pub const ERROR_KINDS: [&str; 6] = [
@@ -60,7 +60,7 @@ impl std::fmt::Display for Run {
 /// Runs greeter-load to completion; kills it and fails the test if it is
 /// still running after [`DEADLINE`].
 pub fn greeter_load(args: &[&str]) -> Run {
-    greeter_load_with(Command::new(env!("CARGO_BIN_EXE_greeter-load")), args)
+    greeter_load_with(binary_command(env!("CARGO_BIN_EXE_greeter-load")), args)
 }
 
 /// [`greeter_load`] with a prepared command (for example one with a lowered

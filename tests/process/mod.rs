@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::DEADLINE;
+use crate::common::{DEADLINE, binary_command};
 
 /// How a program ended and what it printed.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
 
 /// A `greeter-client` command.
 pub fn client_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_greeter-client"))
+    binary_command(env!("CARGO_BIN_EXE_greeter-client"))
 }
 
 /// The tutorial's client transcript, as `greeter-client` prints it (and as the
