@@ -267,7 +267,7 @@ fn variables_for_another_process_are_left_alone() {
     server.addr = addr.parse().expect("an address after 'listening on '");
     let warning = format!(
         "LISTEN_PID={not_the_server} names another process (this one is {pid}): the sockets \
-         passed are not ours; listening on --listen instead"
+         passed are not ours; binding the --listen addresses instead"
     );
     assert!(text.contains(&warning), "{text}");
     dialogue(server.addr, b"Ada");

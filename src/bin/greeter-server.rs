@@ -215,7 +215,7 @@ fn serve(
         Ok(Inheritance::ForAnotherProcess { pid }) => {
             log::warn!(
                 "LISTEN_PID={pid} names another process (this one is {}): the sockets passed \
-                 are not ours; listening on --listen instead",
+                 are not ours; binding the --listen addresses instead",
                 std::process::id()
             );
             Server::bind(&config)
