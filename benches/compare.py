@@ -27,6 +27,11 @@ Measured per server:
     difference between a long and a short fixed workload, so start-up and
     shutdown cancel out).
 
+greeter runs twice: with one reactor ("greeter") and with two ("greeter-2r",
+--reactors 2, one per core of the machine this was written on); for the
+latter, how evenly the kernel spread connections over the two reactors is
+measured too (each reactor logs how many it served when it stops).
+
 Usage: python3 benches/compare.py [--quick] [--json FILE] [--svg FILE]
 """
 
@@ -56,6 +61,7 @@ BACKLOG = 1024
 # per connection.
 SERVERS = {
     "greeter": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn"],
+    "greeter-2r": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn", "--reactors", "2"],
     "tokio": [os.path.join(RELEASE, "examples", "peer-tokio")],
     "threaded": [os.path.join(RELEASE, "examples", "peer-threaded")],
 }
@@ -228,6 +234,26 @@ def idle_memory(name, connections, warmup, duration):
     }
 
 
+def reactor_spread(reactors, connections, duration):
+    """Connections each reactor served in a churn run (from their stop lines)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [os.path.join(RELEASE, "greeter-server"), "--log-level", "info", "--reactors", str(reactors),
+         "--listen", f"127.0.0.1:{port}", "--backlog", str(BACKLOG)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port)
+        report(load("churn", f"127.0.0.1:{port}", "-c", connections, "--duration", duration),
+               f"greeter --reactors {reactors} churn")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    served = [int(line.rsplit("connections served: ", 1)[1].rstrip(")"))
+              for line in err.splitlines() if "connections served: " in line]
+    return {"connections": connections, "served": served,
+            "min_over_max": min(served) / max(max(served), 1) if served else 0.0}
+
+
 def syscalls(name, connections, warmup, duration):
     if not shutil.which("strace"):
         return None
@@ -348,7 +374,7 @@ def main():
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--svg", help="write the latency plot to this file")
     parser.add_argument("--rate", type=int, default=20000, help="open-loop rate for the p99 row")
-    parser.add_argument("--servers", default="greeter,tokio,threaded")
+    parser.add_argument("--servers", default="greeter,greeter-2r,tokio,threaded")
     args = parser.parse_args()
     warmup, duration = (0.5, 1.0) if args.quick else (1.0, 3.0)
     names = args.servers.split(",")
@@ -381,6 +407,9 @@ def main():
         print("   callgrind", file=sys.stderr)
         r["instructions"] = instructions(name, 2000, 12000 if args.quick else 22000)
 
+    if "greeter-2r" in names:
+        print("== greeter-2r: how connections spread over the reactors", file=sys.stderr)
+        results["reactor_spread"] = reactor_spread(2, 200, duration)
     if "greeter" in names:
         print("== greeter: hold 19000 (the descriptor limit's worth)", file=sys.stderr)
         results["greeter_19000"] = idle_memory("greeter", 19000, warmup + 2.5, duration + 2)
@@ -412,6 +441,11 @@ def main():
     print(line(["-" * w for w in widths]))
     for r in rows:
         print(line(r))
+    if "reactor_spread" in results:
+        spread = results["reactor_spread"]
+        print(f"\ngreeter-server --reactors {len(spread['served'])}, churn over {spread['connections']} "
+              f"connections: served per reactor {spread['served']} "
+              f"(the least-loaded has {spread['min_over_max']:.0%} of the busiest's share)")
     if "greeter_19000" in results:
         held = results["greeter_19000"]
         print(f"\ngreeter-server holding 19,000 connections: {held['held_checked']} answered the final "
