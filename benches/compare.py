@@ -294,7 +294,7 @@ def instructions(name, short, long):
         out = tempfile.NamedTemporaryFile(suffix=".callgrind", delete=False).name
         # greeter exits cleanly on SIGTERM; the peers exit by themselves once
         # the load's connections (and the port probe's) have ended.
-        extra = [] if name == "greeter" else ["--exit-after", str(connections + 1)]
+        extra = [] if name.startswith("greeter") else ["--exit-after", str(connections + 1)]
         server = Server(name, extra=extra,
                         wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
         try:
@@ -341,7 +341,7 @@ def svg_plot(curves, path, title):
     hi = max(hi, lo + 1)
     X = lambda p: left + xs(p) / max_x * (width - left - right)
     Y = lambda v: height - bottom - (math.log10(max(v, 1)) - lo) / (hi - lo) * (height - top - bottom)
-    colours = {"greeter": "#d62728", "tokio": "#1f77b4", "threaded": "#2ca02c"}
+    colours = {"greeter": "#d62728", "greeter-2r": "#ff7f0e", "tokio": "#1f77b4", "threaded": "#2ca02c"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>']
     for label, p in (("0%", 0), ("90%", 90), ("99%", 99), ("99.9%", 99.9), ("99.99%", 99.99), ("99.999%", 99.999)):
