@@ -376,7 +376,7 @@ impl FaultTally {
         self.wrong.iter().sum()
     }
 
-    fn record_wrong(&mut self, kind: FaultKind, detail: String) {
+    pub(super) fn record_wrong(&mut self, kind: FaultKind, detail: String) {
         self.wrong[kind.index()] += 1;
         self.first_wrong[kind.index()].get_or_insert(detail);
     }

@@ -7,11 +7,14 @@
 //! fields, so fields are only ever added to it.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use serde::{Serialize, Serializer};
 
 use super::faults::{FaultKind, FaultTally};
 use super::server_watch::ServerCheck;
-use super::stats::{Failure, Stats, latency_json, latency_line};
+use super::stats::{Failure, LatencyJson, Stats, latency_line};
 use super::{LoadConfig, Workload};
 
 /// CPU time used by this process.
@@ -189,51 +192,111 @@ impl Report {
         );
         out
     }
+}
 
-    pub fn json(&self) -> String {
-        let mut errors = String::from("{");
-        for (i, kind) in Failure::ALL.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = write!(
-                errors,
-                "{sep}\"{}\":{}",
-                kind.name(),
-                self.stats.failures(*kind)
-            );
+/// The `--json` report. Its shape is declared here, once, as a struct;
+/// fields are only ever added to it (scripts such as benches/compare.py read
+/// them). Seconds and microseconds keep the precision the human report
+/// prints, so the numbers read the same in both.
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            mode: &'static str,
+            addr: SocketAddr,
+            connections: usize,
+            measured_s: f64,
+            unit: &'static str,
+            completed: u64,
+            per_second: f64,
+            latency_us: LatencyJson<'a>,
+            errors: ErrorsJson<'a>,
+            connections_opened: u64,
+            peak_open: usize,
+            held_checked: u64,
+            cpu: CpuJson,
+            passed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            faults: Option<&'a FaultTally>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server: Option<&'a ServerCheck>,
         }
-        errors.push('}');
-        format!(
-            concat!(
-                "{{\"mode\":\"{}\",\"addr\":\"{}\",\"connections\":{},\"measured_s\":{:.3},",
-                "\"unit\":\"{}\",\"completed\":{},\"per_second\":{:.1},\"latency_us\":{},",
-                "\"errors\":{},\"connections_opened\":{},\"peak_open\":{},\"held_checked\":{},",
-                "\"cpu\":{{\"user_s\":{:.3},\"system_s\":{:.3},\"us_per_unit\":{:.2}}},\"passed\":{}{}{}}}"
-            ),
-            self.mode(),
-            self.config.addr,
-            self.config.connections,
-            self.measured.as_secs_f64(),
-            self.unit(),
-            self.stats.completed,
-            self.per_second(),
-            latency_json(&self.stats.latency_us),
-            errors,
-            self.connections_opened,
-            self.peak_open,
-            self.held_checked,
-            self.cpu.user.as_secs_f64(),
-            self.cpu.system.as_secs_f64(),
-            self.cpu_per_unit_us(),
-            self.passed(),
-            self.faults.as_ref().map_or(String::new(), |faults| format!(
-                ",\"faults\":{}",
-                fault_json(faults)
-            )),
-            self.server.as_ref().map_or(String::new(), |server| format!(
-                ",\"server\":{}",
-                server.json()
-            )),
+        #[derive(Serialize)]
+        struct CpuJson {
+            user_s: f64,
+            system_s: f64,
+            us_per_unit: f64,
+        }
+        Json {
+            mode: self.mode(),
+            addr: self.config.addr,
+            connections: self.config.connections,
+            measured_s: rounded(self.measured.as_secs_f64(), 3),
+            unit: self.unit(),
+            completed: self.stats.completed,
+            per_second: rounded(self.per_second(), 1),
+            latency_us: LatencyJson(&self.stats.latency_us),
+            errors: ErrorsJson(&self.stats),
+            connections_opened: self.connections_opened,
+            peak_open: self.peak_open,
+            held_checked: self.held_checked,
+            cpu: CpuJson {
+                user_s: rounded(self.cpu.user.as_secs_f64(), 3),
+                system_s: rounded(self.cpu.system.as_secs_f64(), 3),
+                us_per_unit: rounded(self.cpu_per_unit_us(), 2),
+            },
+            passed: self.passed(),
+            faults: self.faults.as_ref(),
+            server: self.server.as_ref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// `value` rounded to `decimals` places, as the human report prints it.
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// `{"mismatch":0,"reset":2,...}`: every kind of failure, in
+/// [`Failure::ALL`] order, counted or not.
+struct ErrorsJson<'a>(&'a Stats);
+
+impl Serialize for ErrorsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            Failure::ALL
+                .iter()
+                .map(|&kind| (kind.name(), self.0.failures(kind))),
         )
+    }
+}
+
+/// `{"reset":{"share":0.05,"slots":5,"injected":..,"answered":..,"wrong":..,
+/// "first_wrong":".."|null},...}` for every kind, named in the mix or not.
+impl Serialize for FaultTally {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct KindJson<'a> {
+            share: f64,
+            slots: usize,
+            injected: u64,
+            answered: u64,
+            wrong: u64,
+            first_wrong: Option<&'a str>,
+        }
+        serializer.collect_map(FaultKind::ALL.into_iter().map(|kind| {
+            let row = KindJson {
+                share: self.mix.share(kind),
+                slots: self.slots[kind.index()],
+                injected: self.injected(kind),
+                answered: self.answered(kind),
+                wrong: self.wrong(kind),
+                first_wrong: self.first_wrong(kind),
+            };
+            (kind.name(), row)
+        }))
     }
 }
 
@@ -266,44 +329,21 @@ fn fault_table(out: &mut String, faults: &FaultTally) {
     }
 }
 
-/// `{"reset":{"share":0.05,"slots":5,"injected":..,"answered":..,"wrong":..,
-/// "first_wrong":".."|null},...}` for every kind, named or not.
-fn fault_json(faults: &FaultTally) -> String {
-    let mut json = String::from("{");
-    for (i, kind) in FaultKind::ALL.into_iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let first = faults
-            .first_wrong(kind)
-            .map_or_else(|| "null".to_string(), json_string);
-        let _ = write!(
-            json,
-            "{sep}\"{}\":{{\"share\":{},\"slots\":{},\"injected\":{},\"answered\":{},\"wrong\":{},\"first_wrong\":{first}}}",
-            kind.name(),
-            faults.mix.share(kind),
-            faults.slots[kind.index()],
-            faults.injected(kind),
-            faults.answered(kind),
-            faults.wrong(kind)
-        );
-    }
-    json.push('}');
-    json
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A JSON string literal.
-pub fn json_string(text: &str) -> String {
-    let mut json = String::with_capacity(text.len() + 2);
-    json.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => json.push_str("\\\""),
-            '\\' => json.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(json, "\\u{:04x}", u32::from(c));
-            }
-            c => json.push(c),
-        }
+    #[test]
+    fn a_wrong_answer_of_any_bytes_survives_the_json_report() {
+        let mut tally = FaultTally::default();
+        // What a garbage client quotes back can hold anything the server sent.
+        let detail = "garbage: got \"a\\b\u{1}\t\u{7f}é\", while \"x\" was expected";
+        tally.record_wrong(FaultKind::Garbage, detail.to_string());
+        let text = serde_json::to_string(&tally).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["garbage"]["first_wrong"], detail, "{text}");
+        assert_eq!(json["garbage"]["wrong"], 1, "{text}");
+        assert!(json["reset"]["first_wrong"].is_null(), "{text}");
+        assert_eq!(json.as_object().unwrap().len(), FaultKind::ALL.len());
     }
-    json.push('"');
-    json
 }
