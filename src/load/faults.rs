@@ -16,7 +16,7 @@
 //! same kind takes its place, so a storm's mix holds for as long as it runs.
 //!
 //! The clients live in their own slab ([`FaultClients`]) with tokens above
-//! [`TOKEN_BASE`], so the driver's well-behaved clients are untouched by them.
+//! [`TOKEN_BASE`], so the loop's well-behaved clients are untouched by them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,7 +31,7 @@ use slab::Slab;
 
 use crate::protocol::{EXIT, Escaped, GOODBYE, PROMPT, WELCOME, write_hello};
 
-/// Fault clients' tokens are their slab key plus this; the driver's own
+/// Fault clients' tokens are their slab key plus this; the loop's own
 /// clients use keys far below it.
 pub const TOKEN_BASE: usize = usize::MAX / 2;
 
@@ -561,7 +561,7 @@ impl FaultClients {
             return;
         };
         if client.connecting {
-            match super::driver::connect_outcome(&client.stream) {
+            match super::connect::connect_outcome(&client.stream) {
                 Ok(false) => return,
                 Ok(true) => {
                     client.connecting = false;

@@ -7,33 +7,46 @@
 //! holds as many connections as its descriptor limit allows (about 19,900 at
 //! `ulimit -n` 20000) on two cores.
 //!
-//! - [`driver`]: the event loop, the workloads and their schedules;
+//! It is split along the server's seams:
+//!
+//! - `reactor`: the event loop: poll, the timerfd, dispatch, and carrying
+//!   out what the modules below decide (its invariants are written there);
+//! - `client`: one simulated client, its socket and its dialogue, returning
+//!   a `Step` to the loop as the server's `Connection` returns `Next`;
+//! - `schedule`: whom to open and what an idle client sends next, and when
+//!   (ramp, open-loop due times, replacements); decisions only, no sockets;
+//! - `window`: warmup, the measured window, and the CPU time spent in it;
+//! - `connect`: non-blocking connects from the source addresses in turn;
+//! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond);
 //! - [`faults`]: the misbehaving clients of a fault storm and the answers
 //!   they require;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
 //! - [`report`]: the human and JSON reports;
 //! - [`server_watch`]: the server's descriptors and memory, before and after;
-//! - [`soak`]: pingpong, churn and faults together for a long time;
-//! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond).
+//! - [`soak`]: pingpong, churn and faults together for a long time.
 //!
 //! Open-loop latency (`pingpong --rate`) is measured from each exchange's
 //! *intended* send time, as wrk2 does: if the server stalls, the exchanges
 //! that should have been sent meanwhile are charged the stall, instead of
 //! silently not being sent (coordinated omission).
 
-mod driver;
+mod client;
+mod connect;
 pub mod faults;
+mod reactor;
 pub mod report;
+mod schedule;
 pub mod server_watch;
 pub mod soak;
 pub mod stats;
 mod timer;
+mod window;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use driver::run;
 pub use faults::{FaultKind, FaultMix, ServerSettings};
+pub use reactor::run;
 pub use report::Report;
 
 /// What the simulated clients do.

@@ -15,38 +15,8 @@ use serde::{Serialize, Serializer};
 use super::faults::{FaultKind, FaultTally};
 use super::server_watch::ServerCheck;
 use super::stats::{Failure, LatencyJson, Stats, latency_line};
+pub use super::window::CpuTime;
 use super::{LoadConfig, Workload};
-
-/// CPU time used by this process.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuTime {
-    pub user: Duration,
-    pub system: Duration,
-}
-
-impl CpuTime {
-    pub fn now() -> CpuTime {
-        // SAFETY: getrusage fills the struct we pass; all-zero is a valid rusage.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-        let time = |tv: libc::timeval| {
-            Duration::from_secs(tv.tv_sec.unsigned_abs())
-                + Duration::from_micros(tv.tv_usec.unsigned_abs())
-        };
-        CpuTime {
-            user: time(usage.ru_utime),
-            system: time(usage.ru_stime),
-        }
-    }
-
-    pub fn since(&self, earlier: &CpuTime) -> CpuTime {
-        CpuTime {
-            user: self.user.saturating_sub(earlier.user),
-            system: self.system.saturating_sub(earlier.system),
-        }
-    }
-}
 
 /// Everything a run measured.
 pub struct Report {

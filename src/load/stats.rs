@@ -54,6 +54,18 @@ impl Failure {
         }
     }
 
+    /// The kind a socket error counts as.
+    pub fn of(err: &io::Error) -> Failure {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Failure::Refused,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Failure::Reset,
+            io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Io,
+        }
+    }
+
     fn index(self) -> usize {
         Failure::ALL
             .iter()
