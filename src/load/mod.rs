@@ -42,11 +42,14 @@ pub mod stats;
 mod timer;
 mod window;
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use faults::FaultClients;
+use reactor::Reactor;
+
 pub use faults::{FaultKind, FaultMix, ServerSettings};
-pub use reactor::run;
 pub use report::Report;
 
 /// What the simulated clients do.
@@ -93,4 +96,48 @@ pub struct LoadConfig {
     pub faults: FaultMix,
     /// The server's settings that fault clients check its answers against.
     pub server: ServerSettings,
+}
+
+/// Runs one load test to completion and reports what it measured.
+pub fn run(config: &LoadConfig) -> io::Result<Report> {
+    let config = within_descriptor_limit(config)?;
+    connect::warn_about_port_search(&config);
+    let faults = FaultClients::new(
+        config.faults.clone(),
+        config.connections,
+        config.server,
+        config.timeout,
+    );
+    if faults.slots() > config.connections {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--faults needs {} connections (each kind given a share gets at least one), \
+                 more than the {} the file descriptor limit allows; raise `ulimit -n`",
+                faults.slots(),
+                config.connections
+            ),
+        ));
+    }
+    Reactor::new(&config, faults)?.run()
+}
+
+/// The configuration with `--connections` capped to what the descriptor
+/// limit (raised as far as allowed) can hold.
+fn within_descriptor_limit(config: &LoadConfig) -> io::Result<LoadConfig> {
+    let descriptors = crate::limits::raise_descriptor_limit()?;
+    let capacity = crate::limits::connection_capacity(descriptors);
+    let mut config = config.clone();
+    // Hold mode's probe is a connection beyond --connections.
+    let extra = usize::from(matches!(config.workload, Workload::Hold { .. }));
+    if config.connections + extra > capacity {
+        let capped = capacity.saturating_sub(extra).max(1);
+        log::warn!(
+            "--connections {} capped to {capped} by the file descriptor limit ({descriptors}); \
+             raise `ulimit -n` for more",
+            config.connections
+        );
+        config.connections = capped;
+    }
+    Ok(config)
 }

@@ -53,24 +53,23 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::client::{Client, Failed, Phase, Step};
-use super::connect::{Connector, warn_about_port_search};
+use super::connect::Connector;
 use super::faults::{FaultClients, TOKEN_BASE};
-use super::report::Report;
+use super::report::{LiveLine, Report};
 use super::schedule::{ClientRef, Message, Opening, Plan, Role, Schedule};
 use super::stats::{Failure, Stats};
 use super::timer::PreciseTimer;
 use super::window::Window;
 use super::{LoadConfig, Workload};
-use crate::limits;
 use crate::protocol::Turn;
 
 /// How often client timeouts are checked. Deadlines are few and coarse
 /// here, so a sweep replaces a timer per client; only open-loop sends,
 /// which must leave on time, are queued by their time.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
-const LIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Time per loop turn spent opening connections, at most: connect() can be
-/// slow (see `warn_about_port_search`), and replies must keep being read.
+/// slow (see `connect::warn_about_port_search`), and replies must keep being
+/// read.
 const OPEN_BUDGET: Duration = Duration::from_millis(2);
 /// The timer's token; client tokens are slab keys, far below it.
 const TIMER_TOKEN: Token = Token(usize::MAX);
@@ -80,93 +79,13 @@ const EVENTS_PER_POLL: usize = 1024;
 /// the next client reads.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
 
-/// Runs one load test to completion and reports what it measured.
-pub fn run(config: &LoadConfig) -> io::Result<Report> {
-    let config = within_descriptor_limit(config)?;
-    let start = Instant::now();
-    warn_about_port_search(&config);
-    let poll = Poll::new()?;
-    let timer = PreciseTimer::new(poll.registry(), TIMER_TOKEN)?;
-    let faults = FaultClients::new(
-        config.faults.clone(),
-        config.connections,
-        config.server,
-        config.timeout,
-    );
-    if faults.slots() > config.connections {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "--faults needs {} connections (each kind given a share gets at least one), \
-                 more than the {} the file descriptor limit allows; raise `ulimit -n`",
-                faults.slots(),
-                config.connections
-            ),
-        ));
-    }
-    let behaved = config.connections - faults.slots();
-    let probe = usize::from(matches!(config.workload, Workload::Hold { .. }));
-    let mut reactor = Reactor {
-        config: &config,
-        poll,
-        timer,
-        clients: Slab::with_capacity(config.connections + probe),
-        faults,
-        connector: Connector::new(&config),
-        schedule: Schedule::new(&config, behaved, start),
-        window: Window::new(start, config.warmup, config.duration, config.count),
-        stats: Stats::default(),
-        read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
-        finishing: None,
-        next_id: 0,
-        next_sweep: start + SWEEP_INTERVAL,
-        live: LiveLine::new(config.live, start),
-        peak_open: 0,
-        connections_opened: 0,
-        held_checked: 0,
-    };
-    reactor.run_loop()?;
-    let faults = (!config.faults.is_empty()).then(|| reactor.faults.tally().clone());
-    Ok(Report {
-        config: config.clone(),
-        stats: reactor.stats,
-        faults,
-        server: None,
-        measured: reactor.window.measured(),
-        peak_open: reactor.peak_open,
-        connections_opened: reactor.connections_opened,
-        held_checked: reactor.held_checked,
-        cpu: reactor.window.cpu(),
-    })
-}
-
-/// The configuration with `--connections` capped to what the descriptor
-/// limit (raised as far as allowed) can hold.
-fn within_descriptor_limit(config: &LoadConfig) -> io::Result<LoadConfig> {
-    let descriptors = limits::raise_descriptor_limit()?;
-    let capacity = limits::connection_capacity(descriptors);
-    let mut config = config.clone();
-    // Hold mode's probe is a connection beyond --connections.
-    let extra = usize::from(matches!(config.workload, Workload::Hold { .. }));
-    if config.connections + extra > capacity {
-        let capped = capacity.saturating_sub(extra).max(1);
-        log::warn!(
-            "--connections {} capped to {capped} by the file descriptor limit ({descriptors}); \
-             raise `ulimit -n` for more",
-            config.connections
-        );
-        config.connections = capped;
-    }
-    Ok(config)
-}
-
 /// A well-behaved client in its slab slot, with its place in the schedule.
 struct Slot {
     client: Client,
     plan: Plan,
 }
 
-struct Reactor<'a> {
+pub(super) struct Reactor<'a> {
     config: &'a LoadConfig,
     poll: Poll,
     timer: PreciseTimer,
@@ -190,6 +109,54 @@ struct Reactor<'a> {
     connections_opened: u64,
     /// Hold mode: held connections that answered the final check.
     held_checked: u64,
+}
+
+impl<'a> Reactor<'a> {
+    /// A loop for one run of `config`, with its fault clients.
+    pub(super) fn new(config: &'a LoadConfig, faults: FaultClients) -> io::Result<Reactor<'a>> {
+        let start = Instant::now();
+        let poll = Poll::new()?;
+        let timer = PreciseTimer::new(poll.registry(), TIMER_TOKEN)?;
+        let behaved = config.connections - faults.slots();
+        let probe = usize::from(matches!(config.workload, Workload::Hold { .. }));
+        Ok(Reactor {
+            config,
+            poll,
+            timer,
+            clients: Slab::with_capacity(config.connections + probe),
+            faults,
+            connector: Connector::new(config),
+            schedule: Schedule::new(config, behaved, start),
+            window: Window::new(start, config.warmup, config.duration, config.count),
+            stats: Stats::default(),
+            read_buf: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
+            finishing: None,
+            next_id: 0,
+            next_sweep: start + SWEEP_INTERVAL,
+            live: LiveLine::new(config.live, start),
+            peak_open: 0,
+            connections_opened: 0,
+            held_checked: 0,
+        })
+    }
+
+    /// Runs the load test to completion and reports what it measured.
+    pub(super) fn run(mut self) -> io::Result<Report> {
+        self.run_loop()?;
+        let config = self.config;
+        let faults = (!config.faults.is_empty()).then(|| self.faults.tally().clone());
+        Ok(Report {
+            config: config.clone(),
+            stats: self.stats,
+            faults,
+            server: None,
+            measured: self.window.measured(),
+            peak_open: self.peak_open,
+            connections_opened: self.connections_opened,
+            held_checked: self.held_checked,
+            cpu: self.window.cpu(),
+        })
+    }
 }
 
 impl Reactor<'_> {
@@ -504,42 +471,5 @@ impl Reactor<'_> {
             "{left} connections had not finished their dialogue within --timeout after the run"
         );
         self.clients.clear();
-    }
-}
-
-/// The live status line (`--live`): once a second, on stderr.
-struct LiveLine {
-    enabled: bool,
-    start: Instant,
-    next_at: Instant,
-    /// Results since the last line.
-    completed: u64,
-}
-
-impl LiveLine {
-    fn new(enabled: bool, start: Instant) -> LiveLine {
-        LiveLine {
-            enabled,
-            start,
-            next_at: start + LIVE_INTERVAL,
-            completed: 0,
-        }
-    }
-
-    fn tick(&mut self, now: Instant, open: usize, errors: u64) {
-        if now < self.next_at {
-            return;
-        }
-        if self.enabled {
-            eprintln!(
-                "greeter-load [{:>4}s] open {:>6}  completed/s {:>8}  errors {}",
-                now.saturating_duration_since(self.start).as_secs(),
-                open,
-                self.completed,
-                errors
-            );
-        }
-        self.completed = 0;
-        self.next_at += LIVE_INTERVAL;
     }
 }

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
 
@@ -134,18 +134,7 @@ impl Report {
         } else {
             "errors"
         };
-        if self.stats.total_failures() == 0 {
-            let _ = writeln!(out, "  {whose}: none");
-        } else {
-            let _ = writeln!(out, "  {whose}: {}", self.stats.total_failures());
-            for kind in Failure::ALL {
-                let count = self.stats.failures(kind);
-                if count > 0 {
-                    let first = self.stats.first_failure(kind).unwrap_or("");
-                    let _ = writeln!(out, "    {:<12} {count:>8}  first: {first}", kind.name());
-                }
-            }
-        }
+        error_lines(&mut out, whose, &self.stats);
         if let Some(faults) = &self.faults {
             fault_table(&mut out, faults);
         }
@@ -270,6 +259,23 @@ impl Serialize for FaultTally {
     }
 }
 
+/// The errors of the human report: their total, and per kind its count
+/// and its first.
+fn error_lines(out: &mut String, whose: &str, stats: &Stats) {
+    if stats.total_failures() == 0 {
+        let _ = writeln!(out, "  {whose}: none");
+        return;
+    }
+    let _ = writeln!(out, "  {whose}: {}", stats.total_failures());
+    for kind in Failure::ALL {
+        let count = stats.failures(kind);
+        if count > 0 {
+            let first = stats.first_failure(kind).unwrap_or("");
+            let _ = writeln!(out, "    {:<12} {count:>8}  first: {first}", kind.name());
+        }
+    }
+}
+
 /// The fault clients' table of the human report.
 fn fault_table(out: &mut String, faults: &FaultTally) {
     let _ = writeln!(
@@ -296,6 +302,48 @@ fn fault_table(out: &mut String, faults: &FaultTally) {
         if let Some(first) = faults.first_wrong(kind) {
             let _ = writeln!(out, "    first wrong answer: {first}");
         }
+    }
+}
+
+/// How often the live line is printed.
+const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The live status line (`--live`): once a second, on stderr, the report
+/// as it stands.
+pub(super) struct LiveLine {
+    enabled: bool,
+    start: Instant,
+    pub(super) next_at: Instant,
+    /// Results since the last line.
+    pub(super) completed: u64,
+}
+
+impl LiveLine {
+    pub(super) fn new(enabled: bool, start: Instant) -> LiveLine {
+        LiveLine {
+            enabled,
+            start,
+            next_at: start + LIVE_INTERVAL,
+            completed: 0,
+        }
+    }
+
+    /// Prints the line if it is due.
+    pub(super) fn tick(&mut self, now: Instant, open: usize, errors: u64) {
+        if now < self.next_at {
+            return;
+        }
+        if self.enabled {
+            eprintln!(
+                "greeter-load [{:>4}s] open {:>6}  completed/s {:>8}  errors {}",
+                now.saturating_duration_since(self.start).as_secs(),
+                open,
+                self.completed,
+                errors
+            );
+        }
+        self.completed = 0;
+        self.next_at += LIVE_INTERVAL;
     }
 }
 
