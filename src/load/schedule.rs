@@ -347,3 +347,189 @@ impl Schedule {
         Some(self.start + Duration::from_secs_f64(self.ramped as f64 / rate))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{FaultMix, ServerSettings};
+
+    fn config(workload: Workload, connections: usize, ramp: Option<f64>) -> LoadConfig {
+        LoadConfig {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            workload,
+            connections,
+            duration: Duration::from_secs(10),
+            count: None,
+            ramp,
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+            source_addrs: Vec::new(),
+            live: false,
+            faults: FaultMix::default(),
+            server: ServerSettings::default(),
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn open_loop_names_follow_a_grid_spread_over_the_clients() {
+        // 4 clients sharing 40 exchanges a second: each sends every 100 ms,
+        // client i starting i/4 of an interval after the start.
+        let start = Instant::now();
+        let rate = Workload::PingPong { rate: Some(40.0) };
+        let mut schedule = Schedule::new(&config(rate, 4, None), 4, start);
+        let window = Window::new(start, Duration::ZERO, SECOND, None);
+        let mut plan = schedule.opened(Role::Worker, 2, start);
+        let interval = Duration::from_millis(100);
+        let first = start + interval / 2;
+        let message = schedule.next_message(&mut plan, 0, &window, 0, start);
+        assert_eq!(message, Message::NameAt(first), "not due yet: queued");
+        // The reply came late, after the next one fell due: it leaves at
+        // once, measured from when it was due.
+        let late = first + interval + Duration::from_millis(30);
+        let message = schedule.next_message(&mut plan, 1, &window, 0, late);
+        assert_eq!(
+            message,
+            Message::Name {
+                intended: first + interval
+            }
+        );
+    }
+
+    #[test]
+    fn a_replacement_takes_over_the_failed_clients_due_times() {
+        let start = Instant::now();
+        let rate = Workload::PingPong { rate: Some(10.0) };
+        let mut schedule = Schedule::new(&config(rate, 1, None), 1, start);
+        let window = Window::new(start, Duration::ZERO, SECOND * 10, None);
+        let mut plan = schedule.opened(Role::Worker, 0, start);
+        schedule.connected();
+        let sent = schedule.next_message(&mut plan, 0, &window, 0, start);
+        assert_eq!(sent, Message::Name { intended: start });
+        // Failing while its reply is awaited, the client leaves the next due
+        // time to its replacement, however much later that one opens.
+        schedule.failed(&plan, Phase::AwaitingReply, start);
+        schedule.ended(&plan, Phase::AwaitingReply);
+        let later = start + SECOND * 3;
+        let mut replacement = schedule.opened(Role::Worker, 1, later);
+        let message = schedule.next_message(&mut replacement, 0, &window, 0, later);
+        let due = start + Duration::from_millis(100);
+        assert_eq!(
+            message,
+            Message::Name { intended: due },
+            "charged from its due time"
+        );
+        // A client failing while its next name sat queued leaves that name.
+        let queued = start + SECOND * 4;
+        let idle = Plan {
+            role: Role::Worker,
+            next_due: queued + Duration::from_millis(100),
+            checked: false,
+        };
+        schedule.failed(&idle, Phase::Idle, later);
+        assert_eq!(schedule.opened(Role::Worker, 2, later).next_due, queued);
+    }
+
+    #[test]
+    fn the_finish_sends_what_fell_due_inside_the_window_and_drops_the_rest() {
+        let start = Instant::now();
+        let rate = Workload::PingPong { rate: Some(10.0) };
+        let mut schedule = Schedule::new(&config(rate, 3, None), 3, start);
+        let end = start + SECOND;
+        let (early, at_end, after) = (
+            ClientRef { key: 0, id: 0 },
+            ClientRef { key: 1, id: 1 },
+            ClientRef { key: 2, id: 2 },
+        );
+        schedule.queue(end + Duration::from_millis(1), after);
+        schedule.queue(end, at_end);
+        schedule.queue(start, early);
+        assert_eq!(schedule.finish(end), vec![(start, early), (end, at_end)]);
+        assert_eq!(schedule.pop_due(end + SECOND), None, "the rest is dropped");
+        assert!(!schedule.may_open(end), "nothing opens while finishing");
+    }
+
+    #[test]
+    fn opening_follows_the_ramp_and_the_connect_limit() {
+        let start = Instant::now();
+        let closed = Workload::PingPong { rate: None };
+        let mut schedule = Schedule::new(&config(closed, 1000, Some(100.0)), 1000, start);
+        assert_eq!(
+            schedule.next_opening(0, start),
+            Opening::Client(Role::Worker)
+        );
+        schedule.opened(Role::Worker, 0, start);
+        assert_eq!(
+            schedule.next_opening(1, start),
+            Opening::NotYet,
+            "100 a second"
+        );
+        let next = start + Duration::from_millis(10);
+        assert_eq!(schedule.next_wake(), Some(next));
+        assert_eq!(
+            schedule.next_opening(1, next),
+            Opening::Client(Role::Worker)
+        );
+
+        let mut schedule = Schedule::new(&config(closed, 1000, None), 1000, start);
+        for id in 0..MAX_CONNECTING as u64 {
+            schedule.opened(Role::Worker, id, start);
+        }
+        assert_eq!(
+            schedule.next_opening(MAX_CONNECTING, start),
+            Opening::Enough
+        );
+        assert!(!schedule.may_connect(0));
+        schedule.connected();
+        assert!(schedule.may_connect(0));
+        assert!(
+            !schedule.may_connect(1),
+            "fault clients' connects count too"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_failures_pauses_reopening_once() {
+        let start = Instant::now();
+        let closed = Workload::PingPong { rate: None };
+        let mut schedule = Schedule::new(&config(closed, 2, None), 2, start);
+        let plan = schedule.opened(Role::Worker, 0, start);
+        schedule.failed(&plan, Phase::AwaitingReply, start);
+        schedule.failed(&plan, Phase::AwaitingReply, start + REOPEN_DELAY / 2);
+        assert!(!schedule.may_open(start + REOPEN_DELAY / 2));
+        assert!(schedule.may_open(start + REOPEN_DELAY), "not pushed back");
+    }
+
+    #[test]
+    fn hold_opens_one_probe_and_checks_every_held_client_at_the_finish() {
+        let start = Instant::now();
+        let hold = Workload::Hold { probe_rate: 10.0 };
+        let mut schedule = Schedule::new(&config(hold, 2, None), 2, start);
+        let mut window = Window::new(start, Duration::ZERO, SECOND, None);
+        assert_eq!(
+            schedule.next_opening(0, start),
+            Opening::Client(Role::Probe)
+        );
+        let probe = schedule.opened(Role::Probe, 0, start);
+        assert_eq!(schedule.next_opening(1, start), Opening::Client(Role::Held));
+        let mut held = schedule.opened(Role::Held, 1, start);
+        let idle = schedule.next_message(&mut held, 0, &window, 0, start);
+        assert_eq!(idle, Message::Nothing);
+        schedule.ended(&probe, Phase::Idle);
+        assert_eq!(
+            schedule.next_opening(1, start),
+            Opening::Client(Role::Probe)
+        );
+
+        let end = start + SECOND;
+        window.close(end);
+        let check = schedule.next_message(&mut held, 0, &window, 0, end);
+        assert_eq!(check, Message::Name { intended: end });
+        held.checked = true;
+        assert_eq!(
+            schedule.next_message(&mut held, 1, &window, 0, end),
+            Message::Exit
+        );
+    }
+}

@@ -123,3 +123,43 @@ impl CpuTime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_result_counts_by_when_it_started() {
+        let start = Instant::now();
+        let mut window = Window::new(start, SECOND, SECOND, None);
+        assert!(!window.counts(start, 0), "in the warmup");
+        assert!(window.counts(start + SECOND, 0));
+        assert!(
+            window.counts(start + SECOND * 2, 0),
+            "the window's last instant"
+        );
+        assert!(!window.counts(start + SECOND * 2 + Duration::from_nanos(1), 0));
+        assert!(!window.is_over(start + SECOND, 0));
+        assert!(window.is_over(start + SECOND * 2, 0));
+        // Closed late, it still ends at --duration: later starts do not count.
+        assert_eq!(window.close(start + SECOND * 3), start + SECOND * 2);
+        assert!(!window.counts(start + SECOND * 2 + Duration::from_nanos(1), 0));
+        assert_eq!(window.measured(), SECOND);
+    }
+
+    #[test]
+    fn count_ends_the_window_early() {
+        let start = Instant::now();
+        let mut window = Window::new(start, Duration::ZERO, SECOND * 10, Some(5));
+        assert!(window.counts(start, 4));
+        assert!(!window.counts(start, 5), "the count is reached");
+        assert!(!window.is_over(start, 4));
+        assert!(window.is_over(start, 5));
+        let end = start + SECOND;
+        assert_eq!(window.close(end), end);
+        assert!(!window.counts(end + Duration::from_nanos(1), 0));
+        assert_eq!(window.measured(), SECOND);
+    }
+}
