@@ -140,7 +140,7 @@ impl Client {
         if let Err(err) = self.socket.flush() {
             return Step::Failed(Failed::io("write", &err));
         }
-        while self.socket.may_read {
+        while self.socket.may_read() {
             let n = match self.socket.read(read_buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
@@ -207,8 +207,7 @@ impl Client {
         let mut free = &mut buf[..];
         let _ = write!(free, "user{}-{}", self.id, self.names_sent);
         let len = capacity - free.len();
-        let out = &mut self.socket.outgoing;
-        out.clear();
+        let out = self.socket.new_message();
         if let Err(err) = self.session.send_name(&buf[..len], out) {
             return Err(Failed::new(Failure::Mismatch, err));
         }
@@ -218,8 +217,7 @@ impl Client {
     }
 
     pub fn send_exit(&mut self, now: Instant) -> Result<(), Failed> {
-        let out = &mut self.socket.outgoing;
-        out.clear();
+        let out = self.socket.new_message();
         if let Err(err) = self.session.send_exit(out) {
             return Err(Failed::new(Failure::Mismatch, err));
         }
@@ -280,6 +278,17 @@ impl Socket {
         if writable {
             self.write_blocked = false;
         }
+    }
+
+    fn may_read(&self) -> bool {
+        self.may_read
+    }
+
+    /// The buffer for the next message, emptied. Only called once the last
+    /// message is written: its reply has arrived.
+    fn new_message(&mut self) -> &mut Vec<u8> {
+        self.outgoing.clear();
+        &mut self.outgoing
     }
 
     /// While connecting: whether an event has come since the connect
