@@ -99,7 +99,9 @@ pub struct Schedule {
     start: Instant,
     /// Clients opened while building up to the target.
     ramped: usize,
-    /// Well-behaved clients whose connect is in flight.
+    /// Well-behaved clients whose connect is in flight: counted by
+    /// `opened`, and uncounted by `connected` or by `ended` in
+    /// [`Phase::Connecting`], so it always equals the clients in that phase.
     connecting: usize,
     /// Hold mode: the probe connection is open.
     probe_open: bool,
