@@ -364,4 +364,75 @@ mod tests {
         assert!(json["reset"]["first_wrong"].is_null(), "{text}");
         assert_eq!(json.as_object().unwrap().len(), FaultKind::ALL.len());
     }
+
+    #[test]
+    fn the_json_report_keeps_the_fields_scripts_read() {
+        let mut stats = Stats::default();
+        stats.record(Duration::from_micros(40));
+        let report = Report {
+            config: LoadConfig {
+                addr: "127.0.0.1:6000".parse().unwrap(),
+                workload: Workload::PingPong { rate: None },
+                connections: 2,
+                duration: Duration::from_secs(1),
+                count: None,
+                ramp: None,
+                warmup: Duration::ZERO,
+                timeout: Duration::from_secs(5),
+                source_addrs: Vec::new(),
+                live: false,
+                faults: Default::default(),
+                server: Default::default(),
+            },
+            stats,
+            faults: Some(FaultTally::default()),
+            server: None,
+            measured: Duration::from_millis(1500),
+            peak_open: 2,
+            connections_opened: 2,
+            held_checked: 0,
+            cpu: CpuTime::default(),
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        // serde_json's Value keeps keys sorted unless told otherwise: read
+        // the order from the text itself.
+        let order: Vec<usize> = [
+            "mode",
+            "addr",
+            "connections",
+            "measured_s",
+            "unit",
+            "completed",
+            "per_second",
+            "latency_us",
+            "errors",
+            "connections_opened",
+            "peak_open",
+            "held_checked",
+            "cpu",
+            "passed",
+            "faults",
+        ]
+        .iter()
+        .map(|key| text.find(&format!("\"{key}\":")).expect(key))
+        .collect();
+        assert!(order.is_sorted(), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json.as_object().unwrap().len(), 15, "{text}");
+        assert_eq!(json["addr"], "127.0.0.1:6000");
+        assert_eq!(json["measured_s"], 1.5);
+        assert_eq!(json["latency_us"]["p99"], 40);
+        for key in ["user_s", "system_s", "us_per_unit"] {
+            assert!(json["cpu"][key].is_number(), "{key}: {text}");
+        }
+        assert_eq!(
+            json["errors"].as_object().unwrap().len(),
+            Failure::ALL.len()
+        );
+        assert_eq!(
+            json["faults"]["reset"]["first_wrong"],
+            serde_json::Value::Null
+        );
+        assert!(json.get("server").is_none(), "no --server-pid, no key");
+    }
 }
