@@ -11,9 +11,10 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use greeter::load::soak::soak;
-use greeter::load::stats::{latency_json, latency_line, load_histogram, merge, save_histogram};
+use greeter::load::stats::{LatencyJson, latency_line, load_histogram, merge, save_histogram};
 use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload, server_watch};
 use greeter::logging::{self, EXIT_FLUSH_TIME};
+use serde::Serialize;
 
 /// Drives many simultaneous greeter clients against one server and reports
 /// throughput, latency percentiles and every failed check.
@@ -306,7 +307,7 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         report.server = Some(check);
     }
     if args.json {
-        println!("{}", report.json());
+        print_json(&report)?;
     } else {
         print!("{}", report.human());
     }
@@ -317,6 +318,14 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         out.flush().map_err(cannot)?;
     }
     Ok(exit_code(report.passed()))
+}
+
+/// Prints a report as one line of JSON.
+fn print_json(report: &impl Serialize) -> Result<(), String> {
+    let json = serde_json::to_string(report)
+        .map_err(|err| format!("cannot write the JSON report: {err}"))?;
+    println!("{json}");
+    Ok(())
 }
 
 fn exit_code(passed: bool) -> ExitCode {
@@ -354,7 +363,7 @@ fn run_soak(
     let report = soak(&pingpong, &churn, args.server_pid, settle_time(&pingpong))
         .map_err(|err| format!("cannot run: {err}"))?;
     if args.json {
-        println!("{}", report.json());
+        print_json(&report)?;
     } else {
         print!("{}", report.human());
     }
@@ -372,11 +381,15 @@ fn merge_files(files: &[PathBuf], json: bool) -> Result<ExitCode, String> {
     }
     let merged = merge(&histograms);
     if json {
-        println!(
-            "{{\"files\":{},\"latency_us\":{}}}",
-            files.len(),
-            latency_json(&merged)
-        );
+        #[derive(Serialize)]
+        struct Merged<'a> {
+            files: usize,
+            latency_us: LatencyJson<'a>,
+        }
+        print_json(&Merged {
+            files: files.len(),
+            latency_us: LatencyJson(&merged),
+        })?;
     } else {
         println!(
             "merged {} histograms, {} samples",

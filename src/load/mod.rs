@@ -7,32 +7,48 @@
 //! holds as many connections as its descriptor limit allows (about 19,900 at
 //! `ulimit -n` 20000) on two cores.
 //!
-//! - [`driver`]: the event loop, the workloads and their schedules;
+//! It is split along the server's seams:
+//!
+//! - `reactor`: the event loop: poll, the timerfd, dispatch, and carrying
+//!   out what the modules below decide (its invariants are written there);
+//! - `client`: one simulated client, its socket and its dialogue, returning
+//!   a `Step` to the loop as the server's `Connection` returns `Next`;
+//! - `schedule`: whom to open and what an idle client sends next, and when
+//!   (ramp, open-loop due times, replacements); decisions only, no sockets;
+//! - `window`: warmup, the measured window, and the CPU time spent in it;
+//! - `connect`: non-blocking connects from the source addresses in turn;
+//! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond);
 //! - [`faults`]: the misbehaving clients of a fault storm and the answers
 //!   they require;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
 //! - [`report`]: the human and JSON reports;
 //! - [`server_watch`]: the server's descriptors and memory, before and after;
-//! - [`soak`]: pingpong, churn and faults together for a long time;
-//! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond).
+//! - [`soak`]: pingpong, churn and faults together for a long time.
 //!
 //! Open-loop latency (`pingpong --rate`) is measured from each exchange's
 //! *intended* send time, as wrk2 does: if the server stalls, the exchanges
 //! that should have been sent meanwhile are charged the stall, instead of
 //! silently not being sent (coordinated omission).
 
-mod driver;
+mod client;
+mod connect;
 pub mod faults;
+mod reactor;
 pub mod report;
+mod schedule;
 pub mod server_watch;
 pub mod soak;
 pub mod stats;
 mod timer;
+mod window;
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use driver::run;
+use faults::FaultClients;
+use reactor::Reactor;
+
 pub use faults::{FaultKind, FaultMix, ServerSettings};
 pub use report::Report;
 
@@ -80,4 +96,48 @@ pub struct LoadConfig {
     pub faults: FaultMix,
     /// The server's settings that fault clients check its answers against.
     pub server: ServerSettings,
+}
+
+/// Runs one load test to completion and reports what it measured.
+pub fn run(config: &LoadConfig) -> io::Result<Report> {
+    let config = within_descriptor_limit(config)?;
+    connect::warn_about_port_search(&config);
+    let faults = FaultClients::new(
+        config.faults.clone(),
+        config.connections,
+        config.server,
+        config.timeout,
+    );
+    if faults.slots() > config.connections {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--faults needs {} connections (each kind given a share gets at least one), \
+                 more than the {} the file descriptor limit allows; raise `ulimit -n`",
+                faults.slots(),
+                config.connections
+            ),
+        ));
+    }
+    Reactor::new(&config, faults)?.run()
+}
+
+/// The configuration with `--connections` capped to what the descriptor
+/// limit (raised as far as allowed) can hold.
+fn within_descriptor_limit(config: &LoadConfig) -> io::Result<LoadConfig> {
+    let descriptors = crate::limits::raise_descriptor_limit()?;
+    let capacity = crate::limits::connection_capacity(descriptors);
+    let mut config = config.clone();
+    // Hold mode's probe is a connection beyond --connections.
+    let extra = usize::from(matches!(config.workload, Workload::Hold { .. }));
+    if config.connections + extra > capacity {
+        let capped = capacity.saturating_sub(extra).max(1);
+        log::warn!(
+            "--connections {} capped to {capped} by the file descriptor limit ({descriptors}); \
+             raise `ulimit -n` for more",
+            config.connections
+        );
+        config.connections = capped;
+    }
+    Ok(config)
 }

@@ -7,43 +7,16 @@
 //! fields, so fields are only ever added to it.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, Serializer};
 
 use super::faults::{FaultKind, FaultTally};
 use super::server_watch::ServerCheck;
-use super::stats::{Failure, Stats, latency_json, latency_line};
+use super::stats::{Failure, LatencyJson, Stats, latency_line};
+pub use super::window::CpuTime;
 use super::{LoadConfig, Workload};
-
-/// CPU time used by this process.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuTime {
-    pub user: Duration,
-    pub system: Duration,
-}
-
-impl CpuTime {
-    pub fn now() -> CpuTime {
-        // SAFETY: getrusage fills the struct we pass; all-zero is a valid rusage.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
-        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-        let time = |tv: libc::timeval| {
-            Duration::from_secs(tv.tv_sec.unsigned_abs())
-                + Duration::from_micros(tv.tv_usec.unsigned_abs())
-        };
-        CpuTime {
-            user: time(usage.ru_utime),
-            system: time(usage.ru_stime),
-        }
-    }
-
-    pub fn since(&self, earlier: &CpuTime) -> CpuTime {
-        CpuTime {
-            user: self.user.saturating_sub(earlier.user),
-            system: self.system.saturating_sub(earlier.system),
-        }
-    }
-}
 
 /// Everything a run measured.
 pub struct Report {
@@ -161,18 +134,7 @@ impl Report {
         } else {
             "errors"
         };
-        if self.stats.total_failures() == 0 {
-            let _ = writeln!(out, "  {whose}: none");
-        } else {
-            let _ = writeln!(out, "  {whose}: {}", self.stats.total_failures());
-            for kind in Failure::ALL {
-                let count = self.stats.failures(kind);
-                if count > 0 {
-                    let first = self.stats.first_failure(kind).unwrap_or("");
-                    let _ = writeln!(out, "    {:<12} {count:>8}  first: {first}", kind.name());
-                }
-            }
-        }
+        error_lines(&mut out, whose, &self.stats);
         if let Some(faults) = &self.faults {
             fault_table(&mut out, faults);
         }
@@ -189,51 +151,128 @@ impl Report {
         );
         out
     }
+}
 
-    pub fn json(&self) -> String {
-        let mut errors = String::from("{");
-        for (i, kind) in Failure::ALL.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = write!(
-                errors,
-                "{sep}\"{}\":{}",
-                kind.name(),
-                self.stats.failures(*kind)
-            );
+/// The `--json` report. Its shape is declared here, once, as a struct;
+/// fields are only ever added to it (scripts such as benches/compare.py read
+/// them). Seconds and microseconds keep the precision the human report
+/// prints, so the numbers read the same in both.
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            mode: &'static str,
+            addr: SocketAddr,
+            connections: usize,
+            measured_s: f64,
+            unit: &'static str,
+            completed: u64,
+            per_second: f64,
+            latency_us: LatencyJson<'a>,
+            errors: ErrorsJson<'a>,
+            connections_opened: u64,
+            peak_open: usize,
+            held_checked: u64,
+            cpu: CpuJson,
+            passed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            faults: Option<&'a FaultTally>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server: Option<&'a ServerCheck>,
         }
-        errors.push('}');
-        format!(
-            concat!(
-                "{{\"mode\":\"{}\",\"addr\":\"{}\",\"connections\":{},\"measured_s\":{:.3},",
-                "\"unit\":\"{}\",\"completed\":{},\"per_second\":{:.1},\"latency_us\":{},",
-                "\"errors\":{},\"connections_opened\":{},\"peak_open\":{},\"held_checked\":{},",
-                "\"cpu\":{{\"user_s\":{:.3},\"system_s\":{:.3},\"us_per_unit\":{:.2}}},\"passed\":{}{}{}}}"
-            ),
-            self.mode(),
-            self.config.addr,
-            self.config.connections,
-            self.measured.as_secs_f64(),
-            self.unit(),
-            self.stats.completed,
-            self.per_second(),
-            latency_json(&self.stats.latency_us),
-            errors,
-            self.connections_opened,
-            self.peak_open,
-            self.held_checked,
-            self.cpu.user.as_secs_f64(),
-            self.cpu.system.as_secs_f64(),
-            self.cpu_per_unit_us(),
-            self.passed(),
-            self.faults.as_ref().map_or(String::new(), |faults| format!(
-                ",\"faults\":{}",
-                fault_json(faults)
-            )),
-            self.server.as_ref().map_or(String::new(), |server| format!(
-                ",\"server\":{}",
-                server.json()
-            )),
+        #[derive(Serialize)]
+        struct CpuJson {
+            user_s: f64,
+            system_s: f64,
+            us_per_unit: f64,
+        }
+        Json {
+            mode: self.mode(),
+            addr: self.config.addr,
+            connections: self.config.connections,
+            measured_s: rounded(self.measured.as_secs_f64(), 3),
+            unit: self.unit(),
+            completed: self.stats.completed,
+            per_second: rounded(self.per_second(), 1),
+            latency_us: LatencyJson(&self.stats.latency_us),
+            errors: ErrorsJson(&self.stats),
+            connections_opened: self.connections_opened,
+            peak_open: self.peak_open,
+            held_checked: self.held_checked,
+            cpu: CpuJson {
+                user_s: rounded(self.cpu.user.as_secs_f64(), 3),
+                system_s: rounded(self.cpu.system.as_secs_f64(), 3),
+                us_per_unit: rounded(self.cpu_per_unit_us(), 2),
+            },
+            passed: self.passed(),
+            faults: self.faults.as_ref(),
+            server: self.server.as_ref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// `value` rounded to `decimals` places, as the human report prints it.
+fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// `{"mismatch":0,"reset":2,...}`: every kind of failure, in
+/// [`Failure::ALL`] order, counted or not.
+struct ErrorsJson<'a>(&'a Stats);
+
+impl Serialize for ErrorsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            Failure::ALL
+                .iter()
+                .map(|&kind| (kind.name(), self.0.failures(kind))),
         )
+    }
+}
+
+/// `{"reset":{"share":0.05,"slots":5,"injected":..,"answered":..,"wrong":..,
+/// "first_wrong":".."|null},...}` for every kind, named in the mix or not.
+impl Serialize for FaultTally {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct KindJson<'a> {
+            share: f64,
+            slots: usize,
+            injected: u64,
+            answered: u64,
+            wrong: u64,
+            first_wrong: Option<&'a str>,
+        }
+        serializer.collect_map(FaultKind::ALL.into_iter().map(|kind| {
+            let row = KindJson {
+                share: self.mix.share(kind),
+                slots: self.slots[kind.index()],
+                injected: self.injected(kind),
+                answered: self.answered(kind),
+                wrong: self.wrong(kind),
+                first_wrong: self.first_wrong(kind),
+            };
+            (kind.name(), row)
+        }))
+    }
+}
+
+/// The errors of the human report: their total, and per kind its count
+/// and its first.
+fn error_lines(out: &mut String, whose: &str, stats: &Stats) {
+    if stats.total_failures() == 0 {
+        let _ = writeln!(out, "  {whose}: none");
+        return;
+    }
+    let _ = writeln!(out, "  {whose}: {}", stats.total_failures());
+    for kind in Failure::ALL {
+        let count = stats.failures(kind);
+        if count > 0 {
+            let first = stats.first_failure(kind).unwrap_or("");
+            let _ = writeln!(out, "    {:<12} {count:>8}  first: {first}", kind.name());
+        }
     }
 }
 
@@ -266,44 +305,134 @@ fn fault_table(out: &mut String, faults: &FaultTally) {
     }
 }
 
-/// `{"reset":{"share":0.05,"slots":5,"injected":..,"answered":..,"wrong":..,
-/// "first_wrong":".."|null},...}` for every kind, named or not.
-fn fault_json(faults: &FaultTally) -> String {
-    let mut json = String::from("{");
-    for (i, kind) in FaultKind::ALL.into_iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let first = faults
-            .first_wrong(kind)
-            .map_or_else(|| "null".to_string(), json_string);
-        let _ = write!(
-            json,
-            "{sep}\"{}\":{{\"share\":{},\"slots\":{},\"injected\":{},\"answered\":{},\"wrong\":{},\"first_wrong\":{first}}}",
-            kind.name(),
-            faults.mix.share(kind),
-            faults.slots[kind.index()],
-            faults.injected(kind),
-            faults.answered(kind),
-            faults.wrong(kind)
-        );
-    }
-    json.push('}');
-    json
+/// How often the live line is printed.
+const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The live status line (`--live`): once a second, on stderr, the report
+/// as it stands.
+pub(super) struct LiveLine {
+    enabled: bool,
+    start: Instant,
+    pub(super) next_at: Instant,
+    /// Results since the last line.
+    pub(super) completed: u64,
 }
 
-/// A JSON string literal.
-pub fn json_string(text: &str) -> String {
-    let mut json = String::with_capacity(text.len() + 2);
-    json.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => json.push_str("\\\""),
-            '\\' => json.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(json, "\\u{:04x}", u32::from(c));
-            }
-            c => json.push(c),
+impl LiveLine {
+    pub(super) fn new(enabled: bool, start: Instant) -> LiveLine {
+        LiveLine {
+            enabled,
+            start,
+            next_at: start + LIVE_INTERVAL,
+            completed: 0,
         }
     }
-    json.push('"');
-    json
+
+    /// Prints the line if it is due.
+    pub(super) fn tick(&mut self, now: Instant, open: usize, errors: u64) {
+        if now < self.next_at {
+            return;
+        }
+        if self.enabled {
+            eprintln!(
+                "greeter-load [{:>4}s] open {:>6}  completed/s {:>8}  errors {}",
+                now.saturating_duration_since(self.start).as_secs(),
+                open,
+                self.completed,
+                errors
+            );
+        }
+        self.completed = 0;
+        self.next_at += LIVE_INTERVAL;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_answer_of_any_bytes_survives_the_json_report() {
+        let mut tally = FaultTally::default();
+        // What a garbage client quotes back can hold anything the server sent.
+        let detail = "garbage: got \"a\\b\u{1}\t\u{7f}é\", while \"x\" was expected";
+        tally.record_wrong(FaultKind::Garbage, detail.to_string());
+        let text = serde_json::to_string(&tally).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["garbage"]["first_wrong"], detail, "{text}");
+        assert_eq!(json["garbage"]["wrong"], 1, "{text}");
+        assert!(json["reset"]["first_wrong"].is_null(), "{text}");
+        assert_eq!(json.as_object().unwrap().len(), FaultKind::ALL.len());
+    }
+
+    #[test]
+    fn the_json_report_keeps_the_fields_scripts_read() {
+        let mut stats = Stats::default();
+        stats.record(Duration::from_micros(40));
+        let report = Report {
+            config: LoadConfig {
+                addr: "127.0.0.1:6000".parse().unwrap(),
+                workload: Workload::PingPong { rate: None },
+                connections: 2,
+                duration: Duration::from_secs(1),
+                count: None,
+                ramp: None,
+                warmup: Duration::ZERO,
+                timeout: Duration::from_secs(5),
+                source_addrs: Vec::new(),
+                live: false,
+                faults: Default::default(),
+                server: Default::default(),
+            },
+            stats,
+            faults: Some(FaultTally::default()),
+            server: None,
+            measured: Duration::from_millis(1500),
+            peak_open: 2,
+            connections_opened: 2,
+            held_checked: 0,
+            cpu: CpuTime::default(),
+        };
+        let text = serde_json::to_string(&report).unwrap();
+        // serde_json's Value keeps keys sorted unless told otherwise: read
+        // the order from the text itself.
+        let order: Vec<usize> = [
+            "mode",
+            "addr",
+            "connections",
+            "measured_s",
+            "unit",
+            "completed",
+            "per_second",
+            "latency_us",
+            "errors",
+            "connections_opened",
+            "peak_open",
+            "held_checked",
+            "cpu",
+            "passed",
+            "faults",
+        ]
+        .iter()
+        .map(|key| text.find(&format!("\"{key}\":")).expect(key))
+        .collect();
+        assert!(order.is_sorted(), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json.as_object().unwrap().len(), 15, "{text}");
+        assert_eq!(json["addr"], "127.0.0.1:6000");
+        assert_eq!(json["measured_s"], 1.5);
+        assert_eq!(json["latency_us"]["p99"], 40);
+        for key in ["user_s", "system_s", "us_per_unit"] {
+            assert!(json["cpu"][key].is_number(), "{key}: {text}");
+        }
+        assert_eq!(
+            json["errors"].as_object().unwrap().len(),
+            Failure::ALL.len()
+        );
+        assert_eq!(
+            json["faults"]["reset"]["first_wrong"],
+            serde_json::Value::Null
+        );
+        assert!(json.get("server").is_none(), "no --server-pid, no key");
+    }
 }

@@ -16,6 +16,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use serde::{Serialize, Serializer};
+
 /// Resident memory a run may leave behind per connection open at its peak:
 /// the slab's slot and the allocator's share of the buffers (about 0.3 KiB
 /// measured; see docs/reliability.md).
@@ -106,22 +108,34 @@ impl ServerCheck {
             self.rss_allowance_kib()
         )
     }
+}
 
-    pub fn json(&self) -> String {
-        format!(
-            concat!(
-                "{{\"pid\":{},\"fds_before\":{},\"fds_after\":{},\"rss_kib_before\":{},",
-                "\"rss_kib_after\":{},\"rss_allowance_kib\":{},\"fds_back\":{},\"rss_back\":{}}}"
-            ),
-            self.pid,
-            self.before.fds,
-            self.after.fds,
-            self.before.rss_kib,
-            self.after.rss_kib,
-            self.rss_allowance_kib(),
-            self.fds_back(),
-            self.rss_back()
-        )
+/// The check in JSON reports: both samples side by side, the allowance and
+/// the two verdicts.
+impl Serialize for ServerCheck {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json {
+            pid: u32,
+            fds_before: usize,
+            fds_after: usize,
+            rss_kib_before: u64,
+            rss_kib_after: u64,
+            rss_allowance_kib: u64,
+            fds_back: bool,
+            rss_back: bool,
+        }
+        Json {
+            pid: self.pid,
+            fds_before: self.before.fds,
+            fds_after: self.after.fds,
+            rss_kib_before: self.before.rss_kib,
+            rss_kib_after: self.after.rss_kib,
+            rss_allowance_kib: self.rss_allowance_kib(),
+            fds_back: self.fds_back(),
+            rss_back: self.rss_back(),
+        }
+        .serialize(serializer)
     }
 }
 

@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use std::io;
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
+
 use super::report::Report;
 use super::server_watch::{self, ServerCheck};
 use super::{LoadConfig, run};
@@ -53,17 +55,28 @@ impl SoakReport {
         }
         out
     }
+}
 
-    pub fn json(&self) -> String {
-        format!(
-            "{{\"mode\":\"soak\",\"pingpong\":{},\"churn\":{},\"server\":{},\"passed\":{}}}",
-            self.pingpong.json(),
-            self.churn.json(),
-            self.server
-                .as_ref()
-                .map_or_else(|| "null".to_string(), ServerCheck::json),
-            self.passed()
-        )
+/// `{"mode":"soak","pingpong":{..},"churn":{..},"server":{..}|null,"passed":..}`:
+/// each workload's report as a single run prints it.
+impl Serialize for SoakReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            mode: &'static str,
+            pingpong: &'a Report,
+            churn: &'a Report,
+            server: Option<&'a ServerCheck>,
+            passed: bool,
+        }
+        Json {
+            mode: "soak",
+            pingpong: &self.pingpong,
+            churn: &self.churn,
+            server: self.server.as_ref(),
+            passed: self.passed(),
+        }
+        .serialize(serializer)
     }
 }
 

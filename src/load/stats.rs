@@ -10,7 +10,8 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// Highest latency the histogram can hold: one hour, in microseconds.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -50,6 +51,18 @@ impl Failure {
             Failure::Refused => "refused",
             Failure::ClosedEarly => "closed_early",
             Failure::Io => "io",
+        }
+    }
+
+    /// The kind a socket error counts as.
+    pub fn of(err: &io::Error) -> Failure {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Failure::Refused,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Failure::Reset,
+            io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Io,
         }
     }
 
@@ -153,31 +166,27 @@ const DISTRIBUTION: [f64; 20] = [
     99.995, 99.9975, 99.999, 99.9995, 100.0,
 ];
 
-/// JSON for the latency percentiles, in microseconds, with the distribution
-/// as `[percentile, microseconds]` pairs.
-pub fn latency_json(histogram: &Histogram<u64>) -> String {
-    let mut json = String::from("{");
-    for (name, quantile) in PERCENTILES {
-        let _ = write!(
-            json,
-            "\"{name}\":{},",
-            histogram.value_at_quantile(quantile)
-        );
+/// A histogram as it appears in JSON reports: the percentiles of
+/// [`PERCENTILES`], `max` and `samples`, in microseconds, and the
+/// distribution as `[percentile, microseconds]` pairs.
+pub struct LatencyJson<'a>(pub &'a Histogram<u64>);
+
+impl Serialize for LatencyJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let histogram = self.0;
+        let mut map = serializer.serialize_map(Some(PERCENTILES.len() + 3))?;
+        for (name, quantile) in PERCENTILES {
+            map.serialize_entry(name, &histogram.value_at_quantile(quantile))?;
+        }
+        map.serialize_entry("max", &histogram.max())?;
+        map.serialize_entry("samples", &histogram.len())?;
+        let distribution: Vec<(f64, u64)> = DISTRIBUTION
+            .iter()
+            .map(|&percentile| (percentile, histogram.value_at_percentile(percentile)))
+            .collect();
+        map.serialize_entry("distribution", &distribution)?;
+        map.end()
     }
-    let _ = write!(
-        json,
-        "\"max\":{},\"samples\":{},",
-        histogram.max(),
-        histogram.len()
-    );
-    json.push_str("\"distribution\":[");
-    for (i, percentile) in DISTRIBUTION.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let value = histogram.value_at_percentile(*percentile);
-        let _ = write!(json, "{sep}[{percentile},{value}]");
-    }
-    json.push_str("]}");
-    json
 }
 
 /// Writes a histogram in HdrHistogram's standard V2 format.
