@@ -98,6 +98,12 @@ impl Readiness {
         self.may_read
     }
 
+    /// Whether an event has reported the peer's EOF (or an error): no
+    /// further edge will come for this socket's input.
+    pub fn eof_reported(&self) -> bool {
+        self.eof_pending
+    }
+
     /// Whether writes wait for a writable event.
     pub fn write_blocked(&self) -> bool {
         self.write_blocked

@@ -72,8 +72,28 @@ fn the_connection_limit_is_the_servers_total() {
     drop(held);
 }
 
-/// Without --reuse-port (or --reactors), a second server on a port in use
-/// fails as before; with it on both, both listen.
+/// Several reactors share a port among themselves only: a second server on
+/// that port fails as it would against one reactor, with --reactors too.
+#[test]
+fn a_server_with_reactors_does_not_join_another_servers_port() {
+    let first = TestServer::start(&["--reactors", "2"]);
+    let listen = first.addr.to_string();
+    for extra in [&[][..], &["--reactors", "2"][..]] {
+        let mut args = vec!["--listen", listen.as_str()];
+        args.extend_from_slice(extra);
+        let refused = common::server_command(&args)
+            .output()
+            .expect("greeter-server runs");
+        assert_eq!(refused.status.code(), Some(1), "{extra:?}: {refused:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("address in use"),
+            "{refused:?}"
+        );
+    }
+}
+
+/// Without --reuse-port, a second server on a port in use fails as before;
+/// with it on both, both listen.
 #[test]
 fn only_servers_that_ask_for_it_share_a_port() {
     let first = TestServer::start(&["--reuse-port"]);

@@ -9,9 +9,9 @@
 //! protocol's core.
 //!
 //! A scraper is a client like any other: its head must fit in
-//! [`MAX_REQUEST_HEAD`] bytes, and the shell holds it to the same idle and
-//! message timeouts, so a slow or hostile one costs one bounded slot and
-//! never stalls the loop.
+//! [`MAX_REQUEST_HEAD`] bytes, and the shell gives the whole exchange one
+//! deadline (the message timeout, else the idle timeout), so a slow or
+//! hostile one costs one bounded slot and never stalls the loop.
 
 use super::exposition::CONTENT_TYPE;
 

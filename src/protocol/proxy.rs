@@ -24,10 +24,11 @@
 //!   connection's own addresses"; type-length-value extensions after the
 //!   addresses are skipped.
 //!
-//! Both formats were designed to fit in 536 bytes, the smallest segment every
-//! TCP host must accept, so a header longer than [`MAX_HEADER`] is refused
-//! rather than buffered: that bounds what a connection may hold before it has
-//! even been greeted.
+//! The specification designed both formats to fit in 536 bytes, the smallest
+//! segment every TCP host must accept. Extensions can make a version 2
+//! header longer; greeter refuses one longer than [`MAX_HEADER`] (its own
+//! limit, the same 536 bytes) rather than buffer it: that bounds what a
+//! connection may hold before it has even been greeted.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -73,6 +74,9 @@ pub enum ProxyError {
     /// A version 1 line without `\r\n` in 107 bytes, or a version 2 header
     /// longer than [`MAX_HEADER`].
     TooLong,
+    /// The peer closed the connection before the header was whole. (The
+    /// shell sees the close; [`decode`] only ever sees bytes.)
+    Truncated,
 }
 
 impl fmt::Display for ProxyError {
@@ -84,6 +88,10 @@ impl fmt::Display for ProxyError {
                 f,
                 "PROXY protocol header too long (version 1 ends within {V1_MAX_LINE} bytes, \
                  version 2 is accepted up to {MAX_HEADER})"
+            ),
+            ProxyError::Truncated => write!(
+                f,
+                "PROXY protocol header cut short: the connection closed before it was whole"
             ),
         }
     }

@@ -126,14 +126,18 @@ impl Connection {
     /// Wraps an accepted socket and queues the greeting. The caller services
     /// it at once, so the greeting leaves in the first write.
     pub fn new(stream: TcpStream, peer: SocketAddr, limits: SessionLimits, now: Instant) -> Self {
-        let mut session = ServerSession::new(limits);
-        let mut unsent = Vec::new();
-        session.greet(&mut unsent);
+        let mut conn = Connection::ungreeted(stream, peer, limits, now);
+        conn.session.greet(&mut conn.unsent);
+        conn
+    }
+
+    /// A connection whose greeting waits (for a PROXY header, say).
+    fn ungreeted(stream: TcpStream, peer: SocketAddr, limits: SessionLimits, now: Instant) -> Self {
         Connection {
             stream,
             peer,
-            session,
-            unsent,
+            session: ServerSession::new(limits),
+            unsent: Vec::new(),
             phase: SocketPhase::Talking,
             readiness: Readiness::new(),
             peer_eof: false,
@@ -177,7 +181,7 @@ impl Connection {
     /// is added to the reactor's `counters`.
     pub fn service(&mut self, read_buf: &mut [u8], now: Instant, counters: &mut Counters) -> Next {
         if self.awaiting_proxy_header {
-            if let Some(next) = self.read_proxy_header(read_buf, now) {
+            if let Some(next) = self.read_proxy_header(read_buf, now, counters) {
                 return next;
             }
         }

@@ -89,7 +89,11 @@ pub fn warn_unless_requests_migrate() {
 /// Binds a listening socket with the given backlog. IPv6 addresses listen on
 /// IPv6 only, so `--listen [::]:6000 --listen 0.0.0.0:6000` works as expected.
 pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<TcpListener, ListenError> {
-    let fail = |source| ListenError { addr, source };
+    let fail = |source| ListenError {
+        addr,
+        source,
+        flag: "--listen",
+    };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
     // A restarted server can bind while old connections sit in TIME_WAIT.
@@ -116,6 +120,8 @@ pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<TcpListe
 pub struct ListenError {
     pub addr: SocketAddr,
     pub source: io::Error,
+    /// The flag that named the address, for the hint.
+    pub flag: &'static str,
 }
 
 impl fmt::Display for ListenError {
@@ -125,7 +131,8 @@ impl fmt::Display for ListenError {
         match self.source.kind() {
             ErrorKind::AddrInUse => write!(
                 f,
-                "address in use (is another server running? try --listen {}:0)",
+                "address in use (is another server running? try {} {}:0)",
+                self.flag,
                 host_part(addr)
             ),
             ErrorKind::PermissionDenied => write!(
@@ -162,7 +169,7 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 
 /// Whether an accept error concerns only the one client being accepted (it
 /// reset or gave up while queued): skip it and accept the next.
-fn is_per_client(err: &io::Error) -> bool {
+pub(super) fn is_per_client(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted

@@ -16,7 +16,8 @@
 //! - [`timers`]: deadlines that drive the poll timeout;
 //! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged);
 //! - [`socket_io`]: the read and write system calls, without glibc's
-//!   cancellation bracket.
+//!   cancellation bracket;
+//! - [`scrape`]: the metrics endpoint's connections (`--metrics-listen`).
 
 pub mod activation;
 mod admission;
@@ -167,6 +168,17 @@ impl Server {
         }
         let mut first = Vec::with_capacity(config.listen.len());
         for &addr in &config.listen {
+            // Several reactors need SO_REUSEPORT among themselves, but it
+            // must not let them join another server's port: without
+            // --reuse-port a bind without it goes first, and fails as a
+            // second server on a port should. (A later server that asks for
+            // --reuse-port can still join this one's group.)
+            let addr = if reuse_port && !config.reuse_port {
+                let probe = listener::bind(addr, backlog, false).map_err(StartError::Listen)?;
+                probe.local_addr().map_err(StartError::Setup)?
+            } else {
+                addr
+            };
             first.push(listener::bind(addr, backlog, reuse_port).map_err(StartError::Listen)?);
         }
         // The other reactors bind where the first did: the same ports, also
@@ -247,7 +259,12 @@ impl Server {
         }
         if let Some(addr) = config.metrics_listen {
             // A small backlog: scrapers come one at a time.
-            let listener = listener::bind(addr, 16, false).map_err(StartError::Listen)?;
+            let listener = listener::bind(addr, 16, false).map_err(|err| {
+                StartError::Listen(ListenError {
+                    flag: "--metrics-listen",
+                    ..err
+                })
+            })?;
             let board = (reactors > 1).then(|| Board::new(reactors));
             for (index, reactor) in loops.iter_mut().enumerate().skip(1) {
                 if let Some(board) = &board {

@@ -516,7 +516,7 @@ impl Reactor {
     fn on_scrape_event(&mut self, event: &Event, now: Instant) {
         let mut total = self.counters_now();
         if let Some((board, index)) = &self.board {
-            total += board.others(*index);
+            total += board.others(*index, Instant::now());
         }
         if let Some(metrics) = &mut self.metrics {
             metrics.on_event(event, &mut self.read_buf, now, || total.render());
@@ -527,9 +527,9 @@ impl Reactor {
     /// reactor serving metrics.
     fn end_turn_for_metrics(&mut self, now: Instant) {
         if let Some(metrics) = &mut self.metrics {
-            metrics.close_expired(now);
+            metrics.on_turn_end(self.poll.registry(), now);
         } else if let Some((board, index)) = &self.board {
-            board.post(*index, self.counters_now());
+            board.post(*index, self.counters_now(), Instant::now());
         }
     }
 

@@ -23,6 +23,7 @@ use slab::Slab;
 use crate::metrics::Counters;
 use crate::metrics::http::{self, Answer, MAX_REQUEST_HEAD};
 use crate::readiness::{Readiness, Received};
+use crate::server::listener::is_per_client;
 
 /// Where every reactor of a server posts a copy of its counters, so that the
 /// one serving scrapes can add them up. Posting is a lock and a copy of a
@@ -30,7 +31,17 @@ use crate::readiness::{Readiness, Received};
 /// `--metrics-listen` and several reactors; nothing waits on it but a scrape.
 #[derive(Clone)]
 pub struct Board {
-    posts: Arc<[Mutex<Counters>]>,
+    posts: Arc<[Mutex<Post>]>,
+}
+
+/// One reactor's counters, posted at the end of a turn, just before it
+/// waits in `poll` again.
+#[derive(Clone, Copy, Default)]
+struct Post {
+    counters: Counters,
+    /// When it was posted: from then until its next post the reactor is
+    /// waiting in poll (an idle reactor posts nothing for a long time).
+    at: Option<Instant>,
 }
 
 impl Board {
@@ -40,20 +51,30 @@ impl Board {
         }
     }
 
-    /// Reactor `index` posts its counters as they are now.
-    pub fn post(&self, index: usize, counters: Counters) {
+    /// Reactor `index` posts its counters as they are `now`, as it is about
+    /// to wait for events.
+    pub fn post(&self, index: usize, counters: Counters, now: Instant) {
         if let Some(post) = self.posts.get(index) {
-            // A poisoned post holds whole counters: take it as it is.
-            *post.lock().unwrap_or_else(PoisonError::into_inner) = counters;
+            // A poisoned post holds a whole copy: take it as it is.
+            *post.lock().unwrap_or_else(PoisonError::into_inner) = Post {
+                counters,
+                at: Some(now),
+            };
         }
     }
 
-    /// The other reactors' counters, added up.
-    pub fn others(&self, index: usize) -> Counters {
+    /// The other reactors' counters as of `now`, added up: each one's time
+    /// in poll includes the wait it has been in since its last post.
+    pub fn others(&self, index: usize, now: Instant) -> Counters {
         let mut sum = Counters::default();
         for (i, post) in self.posts.iter().enumerate() {
             if i != index {
-                sum += *post.lock().unwrap_or_else(PoisonError::into_inner);
+                let post = *post.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut counters = post.counters;
+                if let Some(at) = post.at {
+                    counters.poll_time += now.saturating_duration_since(at);
+                }
+                sum += counters;
             }
         }
         sum
@@ -65,6 +86,9 @@ impl Board {
 /// its slab key.
 pub struct MetricsEndpoint {
     listener: Option<TcpListener>,
+    /// Set when accepting failed for want of descriptors: scrapers still
+    /// queued raise no new edge, so accepting is retried at this time.
+    retry_accept_at: Option<Instant>,
     scrapes: Slab<Scrape>,
     first_token: usize,
     timeout: Duration,
@@ -86,6 +110,7 @@ impl MetricsEndpoint {
         registry.register(&mut listener, listener_token, Interest::READABLE)?;
         Ok(MetricsEndpoint {
             listener: Some(listener),
+            retry_accept_at: None,
             scrapes: Slab::with_capacity(MAX_SCRAPES),
             first_token,
             timeout,
@@ -99,6 +124,7 @@ impl MetricsEndpoint {
 
     /// Accepts waiting scrapers; past [`MAX_SCRAPES`] they are closed at once.
     pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        self.retry_accept_at = None;
         let Some(listener) = &self.listener else {
             return;
         };
@@ -106,11 +132,13 @@ impl MetricsEndpoint {
             let (mut stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                // A scraper that gave up while queued: take the next.
+                Err(err) if is_per_client(&err) => continue,
                 Err(err) => {
-                    // Out of descriptors, or a connection reset while it
-                    // waited: the next readable event retries.
-                    log::debug!("metrics listener: accept failed: {err}");
+                    // Out of descriptors, most likely: the greeter clients
+                    // come first, and the scrapers wait in the backlog.
+                    log::debug!("metrics listener: accept failed: {err}; retrying shortly");
+                    self.retry_accept_at = Some(now + ACCEPT_RETRY_DELAY);
                     return;
                 }
             };
@@ -148,16 +176,19 @@ impl MetricsEndpoint {
         }
     }
 
-    /// The earliest deadline of a scrape in progress.
+    /// The earliest deadline of a scrape in progress, or of the retry of a
+    /// failed accept.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.scrapes
-            .iter()
-            .map(|(_, scrape)| scrape.deadline())
-            .min()
+        let scrapes = self.scrapes.iter().map(|(_, scrape)| scrape.deadline());
+        scrapes.chain(self.retry_accept_at).min()
     }
 
-    /// Closes the scrapes whose time is up.
-    pub fn close_expired(&mut self, now: Instant) {
+    /// Once per turn: retries a failed accept when its time has come, and
+    /// closes the scrapes whose time is up.
+    pub fn on_turn_end(&mut self, registry: &Registry, now: Instant) {
+        if self.retry_accept_at.is_some_and(|at| at <= now) {
+            self.accept(registry, now);
+        }
         self.scrapes.retain(|_, scrape| {
             let expired = scrape.deadline() <= now;
             if expired {
@@ -167,8 +198,9 @@ impl MetricsEndpoint {
         });
     }
 
-    /// Stops accepting scrapes (the server is shutting down); those in
-    /// progress finish.
+    /// Stops accepting scrapes (the server is shutting down). Those in
+    /// progress go on until the server exits, when its last greeter client
+    /// is gone.
     pub fn close_listener(&mut self, registry: &Registry) {
         if let Some(mut listener) = self.listener.take() {
             let _ = registry.deregister(&mut listener);
@@ -179,6 +211,12 @@ impl MetricsEndpoint {
 /// Scrapes served at once; more are closed as soon as they are accepted.
 /// Prometheus scrapes a target with one connection at a time.
 pub const MAX_SCRAPES: usize = 16;
+
+/// Reads per event while waiting for a scraper's EOF after the response.
+const DRAIN_READS: usize = 4;
+
+/// How long a failed accept waits before it is tried again.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Where a scrape stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,13 +329,17 @@ impl Scrape {
             self.deadline = self.deadline.min(now + self.linger);
         }
         // Draining: whatever the scraper still sends is read and dropped
-        // until its EOF.
-        while self.readiness.may_read() {
+        // until its EOF, a few reads per event: one that keeps sending is
+        // closed rather than read forever.
+        for _ in 0..DRAIN_READS {
+            if !self.readiness.may_read() {
+                return Ok(ScrapeNext::Wait);
+            }
             if self.readiness.read(&mut self.stream, read_buf)? == Received::Eof {
                 return Ok(ScrapeNext::Close);
             }
         }
-        Ok(ScrapeNext::Wait)
+        Ok(ScrapeNext::Close)
     }
 
     /// Reads until the request head is decided, the socket is drained, or
@@ -393,6 +435,23 @@ mod tests {
             }
             panic!("the scrape never finished");
         }
+    }
+
+    /// An idle reactor posts nothing while it waits: the wait since its
+    /// last post is its time in poll too.
+    #[test]
+    fn the_board_counts_a_waiting_reactors_wait_as_time_in_poll() {
+        let board = Board::new(3);
+        let posted = Instant::now();
+        let mut counters = Counters::default();
+        counters.accepted = 5;
+        counters.poll_time = Duration::from_secs(1);
+        board.post(1, counters, posted);
+        board.post(2, counters, posted);
+        board.post(0, counters, posted);
+        let others = board.others(0, posted + Duration::from_secs(2));
+        assert_eq!(others.accepted, 10, "reactor 0's own post is not added");
+        assert_eq!(others.poll_time, Duration::from_secs(6));
     }
 
     #[test]
