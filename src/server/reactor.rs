@@ -380,6 +380,10 @@ impl Reactor {
     }
 
     fn service_again(&mut self, now: Instant) {
+        // Most turns have none: then not even the list is moved out and back.
+        if self.budget_spent.is_empty() {
+            return;
+        }
         let mut pending = std::mem::take(&mut self.budget_spent);
         for conn in pending.drain(..) {
             self.service_slot(conn.key, Some(conn.id), |slot, read_buf, counters| {
@@ -392,8 +396,8 @@ impl Reactor {
     }
 
     fn run_due_deadlines(&mut self, now: Instant) {
-        let timeouts = self.settings.timeouts;
         while let Some((at, conn)) = self.timers.pop_due(now) {
+            let timeouts = self.settings.timeouts;
             self.service_slot(conn.key, Some(conn.id), |slot, read_buf, counters| {
                 if slot.queued_deadline == Some(at) {
                     slot.queued_deadline = None;
@@ -406,17 +410,18 @@ impl Reactor {
     /// Accepts waiting clients and gives a slot to each one admitted (the
     /// refused ones are closed already).
     fn accept_waiting(&mut self, now: Instant) {
-        let mut accepted = std::mem::take(&mut self.accepted);
         self.acceptor
-            .accept_waiting(now, &mut self.admission, &mut accepted);
+            .accept_waiting(now, &mut self.admission, &mut self.accepted);
+        if self.accepted.is_empty() {
+            return;
+        }
         // Not the turn's `now`: a client whose handshake completed while this
         // turn was busy is in the backlog too, and its idle clock must not
         // start before it connected.
-        if !accepted.is_empty() {
-            let accepted_at = Instant::now();
-            for (stream, peer) in accepted.drain(..) {
-                self.start_serving(stream, peer, accepted_at);
-            }
+        let accepted_at = Instant::now();
+        let mut accepted = std::mem::take(&mut self.accepted);
+        for (stream, peer) in accepted.drain(..) {
+            self.start_serving(stream, peer, accepted_at);
         }
         self.accepted = accepted;
     }
