@@ -273,8 +273,19 @@ impl ServerSession {
             return;
         }
         if self.input.is_empty() {
-            // The common case: answer straight from the shell's read buffer
-            // and copy only what is left over.
+            // The usual read: exactly one whole message, and room for its
+            // reply. It is answered at once, without the loop below that
+            // also serves reads holding several lines or part of one (and
+            // with no input held, no held-back flag is set to clear).
+            if let Some(line) = lone_line(bytes) {
+                if out.len() < self.limits.max_output {
+                    self.line_client = true;
+                    self.answer(line, out);
+                    return;
+                }
+            }
+            // Otherwise, answer straight from the shell's read buffer and
+            // copy only what is left over.
             let used = self.answer_lines(bytes, out);
             if self.state == SessionState::AwaitingName && used < bytes.len() {
                 self.input.extend_from_slice(&bytes[used..]);
@@ -428,6 +439,14 @@ impl ServerSession {
         self.input = Vec::new();
         self.lines_held_back = false;
     }
+}
+
+/// The message in `bytes` if they hold exactly one line: their only `\n`
+/// is the last byte.
+#[inline]
+fn lone_line(bytes: &[u8]) -> Option<&[u8]> {
+    let (line, len) = split_line(bytes)?;
+    (len == bytes.len()).then_some(line)
 }
 
 fn write_error(out: &mut Vec<u8>, what: std::fmt::Arguments<'_>) {

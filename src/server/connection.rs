@@ -23,7 +23,6 @@ use mio::net::TcpStream;
 use super::kernel::bytes_acked;
 use super::socket_io::Socket;
 use crate::metrics::Counters;
-use crate::protocol::proxy::ProxyError;
 use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
 
@@ -69,11 +68,12 @@ pub enum CloseCause {
     /// The socket failed (reset, broken pipe, ...).
     Failed(ErrorKind),
     /// Its buffers were the largest when the server went over its budget
-    /// for buffered bytes.
-    OverBudget { held: usize },
+    /// for buffered bytes. (No data of its own: with a `usize` here, every
+    /// `Next` would be returned through memory instead of a register.)
+    OverBudget,
     /// `--proxy-protocol`, and the connection did not start with a valid
-    /// PROXY protocol header.
-    BadProxyHeader(ProxyError),
+    /// PROXY protocol header (the reason is logged where it was found).
+    BadProxyHeader,
 }
 
 /// Where the socket is in its graceful close. A second state machine beside

@@ -73,13 +73,11 @@ impl Connection {
             // The rest raises a new edge when it comes; after the peer's
             // close nothing will.
             Ok(Decoded::Incomplete) if self.readiness.eof_reported() => {
-                return Some(Next::Close(CloseCause::BadProxyHeader(
-                    ProxyError::Truncated,
-                )));
+                return Some(self.refuse_header(ProxyError::Truncated));
             }
             Ok(Decoded::Incomplete) => return Some(Next::Wait),
             Ok(Decoded::Header { len, addresses }) => (len, addresses),
-            Err(err) => return Some(Next::Close(CloseCause::BadProxyHeader(err))),
+            Err(err) => return Some(self.refuse_header(err)),
         };
         // The header's bytes are in the socket (just peeked): take exactly
         // those.
@@ -106,6 +104,16 @@ impl Connection {
         self.last_progress = now;
         self.session.greet(&mut self.unsent);
         None
+    }
+
+    /// Logs why the header is refused; the reactor closes the connection.
+    fn refuse_header(&self, err: ProxyError) -> Next {
+        log::info!(
+            "Connection from {}: {err} (with --proxy-protocol every connection must start with \
+             one, as HAProxy's send-proxy-v2 sends)",
+            self.peer
+        );
+        Next::Close(CloseCause::BadProxyHeader)
     }
 }
 
@@ -194,7 +202,7 @@ mod tests {
         balancer.write_all(b"Michael\n").unwrap();
         assert_eq!(
             readable(&mut conn, false, &mut Counters::default()),
-            Next::Close(CloseCause::BadProxyHeader(ProxyError::Missing))
+            Next::Close(CloseCause::BadProxyHeader)
         );
     }
 
@@ -205,7 +213,7 @@ mod tests {
         balancer.shutdown(Shutdown::Write).unwrap();
         assert_eq!(
             readable(&mut conn, true, &mut Counters::default()),
-            Next::Close(CloseCause::BadProxyHeader(ProxyError::Truncated))
+            Next::Close(CloseCause::BadProxyHeader)
         );
     }
 
