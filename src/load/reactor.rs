@@ -150,6 +150,7 @@ impl<'a> Reactor<'a> {
             stats: self.stats,
             faults,
             server: None,
+            server_metrics: None,
             measured: self.window.measured(),
             peak_open: self.peak_open,
             connections_opened: self.connections_opened,
