@@ -7,8 +7,9 @@
 //! buffer was full" are facts the program must carry from the event to the
 //! read or write that proves them over. Forget one and a connection hangs:
 //! bytes sit unread with no event left to announce them. [`Readiness`] is
-//! that memory, for every event loop in greeter (the server's connections
-//! and, in time, the load generator's clients), with its rules written once:
+//! that memory, for every socket greeter's event loops serve (the server's
+//! connections and metrics scrapes, the load generator's clients and fault
+//! clients), with its rules written once:
 //!
 //! - **Reading** stops when a read shows the socket drained. A read that
 //!   returns fewer bytes than the buffer holds emptied the receive queue, and

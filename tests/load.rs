@@ -61,6 +61,10 @@ enum Fake {
     },
     /// What `CloseFirstEvery` becomes for one of its first connections.
     CloseWhenDue(Duration, &'static AtomicU64),
+    /// Sends its greeting in one segment with a TCP urgent byte after the
+    /// first line, so a read stops short at the urgent mark with the prompt
+    /// queued behind it; answers correctly after that.
+    UrgentInGreeting,
 }
 
 /// A fake server on 127.0.0.1:0: one accept thread polling a nonblocking
@@ -161,7 +165,11 @@ fn serve_fake(
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(FAKE_POLL));
     let _ = stream.set_write_timeout(Some(DEADLINE));
-    if stream.write_all(GREETING).is_err() {
+    let greeted = match kind {
+        Fake::UrgentInGreeting => greet_around_an_urgent_byte(&mut stream),
+        _ => stream.write_all(GREETING),
+    };
+    if greeted.is_err() {
         return;
     }
     let mut pending = Vec::new();
@@ -214,6 +222,7 @@ fn serve_fake(
                     hello(name)
                 }
                 Fake::WrongHello => [b"Server: Hallo ", name, b"!\n", PROMPT].concat(),
+                Fake::UrgentInGreeting => hello(name),
                 Fake::SlowFirst(delay) => {
                     if answers == 0 {
                         // The stall this fake server exists to simulate.
@@ -237,6 +246,41 @@ fn serve_fake(
             answered.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Writes the greeting as one segment (corked): its first line, one byte of
+/// TCP urgent data (out of band: the client's stream does not hold it), and
+/// the prompt.
+fn greet_around_an_urgent_byte(stream: &mut TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set_cork = |on: libc::c_int| {
+        // SAFETY: setsockopt reads one c_int from `on`, alive for the call.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let first_line = GREETING.iter().position(|&b| b == b'\n').unwrap() + 1;
+    set_cork(1)?;
+    stream.write_all(&GREETING[..first_line])?;
+    // SAFETY: sends one byte from a static buffer on our own socket.
+    let sent = unsafe { libc::send(fd, b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+    if sent != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.write_all(&GREETING[first_line..])?;
+    set_cork(0)
 }
 
 #[test]
@@ -805,6 +849,25 @@ fn a_server_closing_mid_dialogue_is_closed_early() {
     assert!(report.count("errors/closed_early") > 0, "{run}");
     assert_eq!(report.count("completed"), 0, "{run}");
     assert!(!report.flag("passed"), "{run}");
+}
+
+/// A greeting cut short at a TCP urgent mark: the client must read on past
+/// the short read (epoll's EPOLLPRI says urgent data is pending, and no new
+/// edge comes for the prompt already queued behind the mark). Without that,
+/// every client would wait for the prompt until --timeout.
+#[test]
+fn a_reply_behind_an_urgent_mark_is_read() {
+    let fake = FakeServer::start(Fake::UrgentInGreeting);
+    let addr = fake.addr();
+    let run = load(
+        "pingpong",
+        &addr,
+        "-c 3 --count 30 --duration 10 --timeout 3 --json",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_no_errors(&report, &run);
+    assert!(report.count("completed") >= 30, "{run}");
 }
 
 /// Nothing listening: every connect is refused and counted, the run ends at

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use greeter::load::server_metrics::{self, MetricsUrl, Page, ServerMetrics};
 use greeter::load::soak::soak;
 use greeter::load::stats::{LatencyJson, latency_line, load_histogram, merge, save_histogram};
 use greeter::load::{FaultKind, FaultMix, LoadConfig, ServerSettings, Workload, server_watch};
@@ -22,7 +23,8 @@ use serde::Serialize;
 /// Every reply is checked byte for byte. Exit codes: 0 all checks passed;
 /// 1 some check failed (mismatch, reset, timeout, refused, early close, a
 /// fault answered wrongly, the server's descriptors or memory not back);
-/// 2 bad arguments; 3 the run could not start or a file could not be used.
+/// 2 bad arguments; 3 the run could not start, a file could not be used, or
+/// the server's metrics (--server-metrics) could not be read.
 #[derive(Parser, Debug)]
 #[command(name = "greeter-load", version, about, long_about)]
 struct Cli {
@@ -137,6 +139,12 @@ struct RunArgs {
     /// docs/reliability.md).
     #[arg(long, env = "GREETER_LOAD_SERVER_PID", value_name = "PID")]
     server_pid: Option<u32>,
+    /// The server's metrics endpoint (greeter-server --metrics-listen logs
+    /// it: "metrics on http://127.0.0.1:9100/metrics"): read before and
+    /// after the run, and the server's counts over the run reported beside
+    /// the load's own.
+    #[arg(long, env = "GREETER_LOAD_SERVER_METRICS", value_name = "URL", value_parser = str::parse::<MetricsUrl>)]
+    server_metrics: Option<MetricsUrl>,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -293,8 +301,30 @@ fn settle_time(config: &LoadConfig) -> Duration {
     config.timeout + Duration::from_secs(1)
 }
 
+/// `--server-metrics`: the endpoint read before the run. An endpoint that
+/// cannot be read stops the run before it starts.
+fn metrics_before(args: &RunArgs) -> Result<Option<(&MetricsUrl, Page)>, String> {
+    args.server_metrics
+        .as_ref()
+        .map(|url| Ok((url, Page::read(url, args.timeout)?)))
+        .transpose()
+}
+
+/// `--server-metrics`: the server's counts over the run, read once it has
+/// closed the run's connections (for at most `settle`).
+fn metrics_after(
+    before: Option<(&MetricsUrl, Page)>,
+    settle: Duration,
+    timeout: Duration,
+) -> Result<Option<ServerMetrics>, String> {
+    before
+        .map(|(url, page)| server_metrics::settle(url, &page, settle, timeout))
+        .transpose()
+}
+
 fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
     let config = load_config(workload, &args, DEFAULT_DURATION)?;
+    let metrics = metrics_before(&args)?;
     let before = args
         .server_pid
         .map(server_watch::sample)
@@ -306,6 +336,10 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
             .map_err(|err| err.to_string())?;
         report.server = Some(check);
     }
+    // A failure to read the metrics after the run still prints the report
+    // (without them), then exits with 3.
+    let metrics = metrics_after(metrics, settle_time(&config), config.timeout);
+    report.server_metrics = metrics.as_ref().ok().cloned().flatten();
     if args.json {
         print_json(&report)?;
     } else {
@@ -317,6 +351,7 @@ fn run_load(workload: Workload, args: RunArgs) -> Result<ExitCode, String> {
         save_histogram(&report.stats.latency_us, &mut out).map_err(cannot)?;
         out.flush().map_err(cannot)?;
     }
+    metrics?;
     Ok(exit_code(report.passed()))
 }
 
@@ -360,13 +395,17 @@ fn run_soak(
     let mut churn = load_config(Workload::Churn { names: 1 }, &args, DEFAULT_SOAK_DURATION)?;
     // One live line is enough: pingpong's.
     churn.live = false;
-    let report = soak(&pingpong, &churn, args.server_pid, settle_time(&pingpong))
+    let metrics = metrics_before(&args)?;
+    let mut report = soak(&pingpong, &churn, args.server_pid, settle_time(&pingpong))
         .map_err(|err| format!("cannot run: {err}"))?;
+    let metrics = metrics_after(metrics, settle_time(&pingpong), pingpong.timeout);
+    report.server_metrics = metrics.as_ref().ok().cloned().flatten();
     if args.json {
         print_json(&report)?;
     } else {
         print!("{}", report.human());
     }
+    metrics?;
     Ok(exit_code(report.passed()))
 }
 

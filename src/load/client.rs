@@ -11,20 +11,26 @@
 //! dialogue ended cleanly, it failed, or there is nothing more to do until
 //! the next event.
 //!
-//! Readiness is edge-triggered, as in the server: epoll reports a socket
-//! once when it becomes readable, so "this socket may have unread bytes" is
-//! ours to remember until a read proves it drained. That bookkeeping, the
-//! short-read rule and the flush loop are all in [`Socket`], and nowhere
-//! else in this file.
+//! Readiness is edge-triggered, as in the server, and remembered by the same
+//! [`Readiness`] the server's connections use (the rules, and why, are in
+//! `src/readiness.rs`): may-read, a pending EOF or urgent data, a blocked
+//! write, the short-read rule and the flush loop. One difference is the
+//! client's own: its socket starts with a connect in progress. That is a
+//! phase of the dialogue ([`Phase::Connecting`]), not a state of the
+//! socket's readiness: while it lasts, an event only means "look at the
+//! connect", and nothing is written (the dialogue opens with the server's
+//! greeting, so there is nothing to write).
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::connect::connect_outcome;
 use super::stats::Failure;
 use crate::protocol::{ClientSession, NameTerminator, Turn};
+use crate::readiness::{Readiness, Received};
 
 /// Where a client is in its dialogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +131,10 @@ impl Client {
         self.names_sent
     }
 
-    /// Records an event's readiness; [`Client::service`] acts on it.
-    pub fn on_ready(&mut self, readable: bool, eof_pending: bool, writable: bool) {
-        self.socket.on_ready(readable, eof_pending, writable);
+    /// Records what an event says the socket may do; [`Client::service`]
+    /// acts on it.
+    pub fn on_event(&mut self, event: &Event) {
+        self.socket.readiness.on_event(event);
     }
 
     /// Moves bytes until the client must wait for an event, a reply has
@@ -140,18 +147,18 @@ impl Client {
         if let Err(err) = self.socket.flush() {
             return Step::Failed(Failed::io("write", &err));
         }
-        while self.socket.may_read() {
+        while self.socket.readiness.may_read() {
             let n = match self.socket.read(read_buf) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
+                Ok(Received::Bytes(n)) => n,
+                Ok(Received::Nothing) => break,
+                Ok(Received::Eof) => {
+                    return match self.session.peer_closed() {
+                        Ok(()) => Step::Closed,
+                        Err(err) => Step::Failed(Failed::new(Failure::ClosedEarly, err)),
+                    };
+                }
                 Err(err) => return Step::Failed(Failed::io("read", &err)),
             };
-            if n == 0 {
-                return match self.session.peer_closed() {
-                    Ok(()) => Step::Closed,
-                    Err(err) => Step::Failed(Failed::new(Failure::ClosedEarly, err)),
-                };
-            }
             match self.session.receive(&read_buf[..n]) {
                 Ok(Some(turn)) => return self.on_turn(turn, now),
                 Ok(None) => {}
@@ -161,19 +168,20 @@ impl Client {
         Step::Wait
     }
 
+    /// An event came while connecting: the connect has finished, failed, or
+    /// (rarely) not yet.
     fn finish_connect(&mut self) -> Step {
-        if !self.socket.any_ready() {
-            return Step::Wait;
-        }
         match connect_outcome(&self.socket.stream) {
+            // The readiness the event brought stands: a connected socket's
+            // send buffer is empty, and the greeting may already be queued.
             Ok(true) => {
                 self.phase = Phase::AwaitingGreeting;
-                self.socket.on_connected();
                 Step::Connected
             }
-            // Not yet: the connect's completion raises an edge of its own.
+            // Not yet: what the event said is moot, and the connect's
+            // completion raises an edge of its own.
             Ok(false) => {
-                self.socket.forget_readiness();
+                self.socket.readiness = Readiness::new();
                 Step::Wait
             }
             Err(err) => Step::Failed(Failed::io("connect", &err)),
@@ -244,19 +252,11 @@ impl Client {
     }
 }
 
-/// The socket and what edge-triggered readiness has told us about it.
+/// The socket, what edge-triggered readiness has told us about it, and the
+/// message the kernel has not taken yet.
 struct Socket {
     stream: TcpStream,
-    /// The socket may have unread bytes: set by a readable event, cleared
-    /// when a read shows it drained.
-    may_read: bool,
-    /// epoll reported the server's FIN (or an error) with an edge, so a
-    /// short read does not prove the socket drained (no new edge will
-    /// announce the EOF): read on until the EOF itself.
-    eof_pending: bool,
-    /// The last write hit WouldBlock; the next waits for a writable event.
-    write_blocked: bool,
-    /// A message not yet taken by the kernel.
+    readiness: Readiness,
     outgoing: Vec<u8>,
 }
 
@@ -264,24 +264,9 @@ impl Socket {
     fn new(stream: TcpStream) -> Socket {
         Socket {
             stream,
-            may_read: false,
-            eof_pending: false,
-            // Nothing can be written before the connect finishes.
-            write_blocked: true,
+            readiness: Readiness::new(),
             outgoing: Vec::new(),
         }
-    }
-
-    fn on_ready(&mut self, readable: bool, eof_pending: bool, writable: bool) {
-        self.may_read |= readable;
-        self.eof_pending |= eof_pending;
-        if writable {
-            self.write_blocked = false;
-        }
-    }
-
-    fn may_read(&self) -> bool {
-        self.may_read
     }
 
     /// The buffer for the next message, emptied. Only called once the last
@@ -291,61 +276,14 @@ impl Socket {
         &mut self.outgoing
     }
 
-    /// While connecting: whether an event has come since the connect
-    /// started (or was last found still in progress).
-    fn any_ready(&self) -> bool {
-        self.may_read || !self.write_blocked
-    }
-
-    /// The connect is still in progress: what the event said is moot, and
-    /// the connect's completion brings a new edge.
-    fn forget_readiness(&mut self) {
-        self.may_read = false;
-        self.eof_pending = false;
-        self.write_blocked = true;
-    }
-
-    /// The connect finished: a fresh socket's send buffer is empty, so it
-    /// is writable whether or not this event said so.
-    fn on_connected(&mut self) {
-        self.write_blocked = false;
-    }
-
-    /// One read into `buf`: `Some(n)` bytes (0 at EOF), or `None` if the
-    /// socket turned out drained. A short read drained it too, unless an
-    /// EOF is pending: the next byte raises a new edge.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        loop {
-            match self.stream.read(buf) {
-                Ok(n) => {
-                    if n < buf.len() && !self.eof_pending {
-                        self.may_read = false;
-                    }
-                    return Ok(Some(n));
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                    self.may_read = false;
-                    return Ok(None);
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Received> {
+        self.readiness.read(&mut self.stream, buf)
     }
 
     /// Writes what is pending, until it is all written or the socket is full.
     fn flush(&mut self) -> io::Result<()> {
-        while !self.outgoing.is_empty() && !self.write_blocked {
-            match self.stream.write(&self.outgoing) {
-                Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.outgoing.drain(..n);
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => self.write_blocked = true,
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
+        let sent = self.readiness.write(&mut self.stream, &self.outgoing)?;
+        self.outgoing.drain(..sent);
         Ok(())
     }
 }

@@ -23,6 +23,8 @@
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
 //! - [`report`]: the human and JSON reports;
 //! - [`server_watch`]: the server's descriptors and memory, before and after;
+//! - [`server_metrics`]: the server's own counters (its metrics endpoint),
+//!   before and after;
 //! - [`soak`]: pingpong, churn and faults together for a long time.
 //!
 //! Open-loop latency (`pingpong --rate`) is measured from each exchange's
@@ -36,6 +38,7 @@ pub mod faults;
 mod reactor;
 pub mod report;
 mod schedule;
+pub mod server_metrics;
 pub mod server_watch;
 pub mod soak;
 pub mod stats;

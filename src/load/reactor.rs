@@ -150,6 +150,7 @@ impl<'a> Reactor<'a> {
             stats: self.stats,
             faults,
             server: None,
+            server_metrics: None,
             measured: self.window.measured(),
             peak_open: self.peak_open,
             connections_opened: self.connections_opened,
@@ -236,23 +237,16 @@ impl Reactor<'_> {
         if event.token() == TIMER_TOKEN {
             return self.timer.on_fired();
         }
-        let error = event.is_error();
-        let eof_pending = event.is_read_closed() || error;
-        let readable = event.is_readable() || eof_pending;
-        let writable = event.is_writable() || error;
         let key = event.token().0;
         if key >= TOKEN_BASE {
-            let read_buf = &mut self.read_buf;
-            return self
-                .faults
-                .on_event(event.token(), readable, writable, read_buf, now);
+            return self.faults.on_event(event, &mut self.read_buf, now);
         }
         // Freed earlier in this batch: its events are stale (see the
         // invariants above).
         let Some(slot) = self.clients.get_mut(key) else {
             return;
         };
-        slot.client.on_ready(readable, eof_pending, writable);
+        slot.client.on_event(event);
         self.service(key, now);
     }
 
@@ -393,12 +387,13 @@ impl Reactor<'_> {
         let id = self.take_id();
         let entry = self.clients.vacant_entry();
         let key = entry.key();
-        // Both interests, once, for the socket's life: edge-triggered events
-        // then cost no reregister calls when output blocks or drains.
+        // Both directions, once, for the socket's life: edge-triggered
+        // events then cost no reregister calls when output blocks or drains.
+        // PRIORITY reports TCP urgent data, which cuts a read short.
         self.poll.registry().register(
             &mut stream,
             Token(key),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         )?;
         let plan = self.schedule.opened(role, id, now);
         let client = Client::new(id, stream, self.config.timeout, now);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Serialize, Serializer};
 
 use super::faults::{FaultKind, FaultTally};
+use super::server_metrics::ServerMetrics;
 use super::server_watch::ServerCheck;
 use super::stats::{Failure, LatencyJson, Stats, latency_line};
 pub use super::window::CpuTime;
@@ -27,6 +28,8 @@ pub struct Report {
     pub faults: Option<FaultTally>,
     /// The server's descriptors and memory before and after (`--server-pid`).
     pub server: Option<ServerCheck>,
+    /// The server's counters over the run (`--server-metrics`).
+    pub server_metrics: Option<ServerMetrics>,
     /// Length of the measured window (after warmup).
     pub measured: Duration,
     pub peak_open: usize,
@@ -141,6 +144,9 @@ impl Report {
         if let Some(server) = &self.server {
             let _ = writeln!(out, "  {}", server.line());
         }
+        if let Some(metrics) = &self.server_metrics {
+            out.push_str(&metrics.lines());
+        }
         let _ = writeln!(
             out,
             "  load generator CPU: user {:.2} s, system {:.2} s ({:.1} µs per {})",
@@ -179,6 +185,8 @@ impl Serialize for Report {
             faults: Option<&'a FaultTally>,
             #[serde(skip_serializing_if = "Option::is_none")]
             server: Option<&'a ServerCheck>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server_metrics: Option<&'a ServerMetrics>,
         }
         #[derive(Serialize)]
         struct CpuJson {
@@ -207,6 +215,7 @@ impl Serialize for Report {
             passed: self.passed(),
             faults: self.faults.as_ref(),
             server: self.server.as_ref(),
+            server_metrics: self.server_metrics.as_ref(),
         }
         .serialize(serializer)
     }
@@ -387,6 +396,7 @@ mod tests {
             stats,
             faults: Some(FaultTally::default()),
             server: None,
+            server_metrics: None,
             measured: Duration::from_millis(1500),
             peak_open: 2,
             connections_opened: 2,
@@ -434,5 +444,9 @@ mod tests {
             serde_json::Value::Null
         );
         assert!(json.get("server").is_none(), "no --server-pid, no key");
+        assert!(
+            json.get("server_metrics").is_none(),
+            "no --server-metrics, no key"
+        );
     }
 }

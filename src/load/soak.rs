@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use super::report::Report;
+use super::server_metrics::ServerMetrics;
 use super::server_watch::{self, ServerCheck};
 use super::{LoadConfig, run};
 
@@ -26,6 +27,8 @@ pub struct SoakReport {
     /// The server's descriptors and memory before and after, if its process
     /// id was given.
     pub server: Option<ServerCheck>,
+    /// The server's counters over the soak (`--server-metrics`).
+    pub server_metrics: Option<ServerMetrics>,
 }
 
 impl SoakReport {
@@ -53,12 +56,16 @@ impl SoakReport {
         if let Some(server) = &self.server {
             let _ = writeln!(out, "{}", server.line());
         }
+        if let Some(metrics) = &self.server_metrics {
+            out.push_str(&metrics.lines());
+        }
         out
     }
 }
 
 /// `{"mode":"soak","pingpong":{..},"churn":{..},"server":{..}|null,"passed":..}`:
-/// each workload's report as a single run prints it.
+/// each workload's report as a single run prints it; with `--server-metrics`,
+/// `"server_metrics":{..}` too (the server's counters over the whole soak).
 impl Serialize for SoakReport {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
@@ -68,6 +75,8 @@ impl Serialize for SoakReport {
             churn: &'a Report,
             server: Option<&'a ServerCheck>,
             passed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server_metrics: Option<&'a ServerMetrics>,
         }
         Json {
             mode: "soak",
@@ -75,6 +84,7 @@ impl Serialize for SoakReport {
             churn: &self.churn,
             server: self.server.as_ref(),
             passed: self.passed(),
+            server_metrics: self.server_metrics.as_ref(),
         }
         .serialize(serializer)
     }
@@ -112,5 +122,6 @@ pub fn soak(
         pingpong,
         churn,
         server,
+        server_metrics: None,
     })
 }

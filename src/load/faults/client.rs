@@ -6,17 +6,21 @@
 //! Like the well-behaved [`Client`](crate::load::client), it moves bytes
 //! and reports what came of it as a value ([`Going`]); the set of fault
 //! clients ([`FaultClients`](super::FaultClients)) keeps the slab, the
-//! slowloris queue and the tally.
+//! slowloris queue and the tally. What the socket may do is kept in the
+//! same [`Readiness`] as everywhere else; while the connect is in progress
+//! (`connecting`) nothing is written, so the script's first bytes wait for it.
 
 use std::fmt::Write as _;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::TcpStream;
 
 use super::{FaultKind, Send, Step};
 use crate::protocol::Escaped;
+use crate::readiness::{Readiness, Received};
 
 /// How a fault client's script ended.
 pub(super) enum Outcome {
@@ -35,6 +39,7 @@ pub(super) struct FaultClient {
     pub(super) id: u64,
     pub(super) kind: FaultKind,
     pub(super) stream: TcpStream,
+    readiness: Readiness,
     pub(super) connecting: bool,
     steps: Vec<Step>,
     /// The step whose answer is awaited; `steps.len()` once all arrived and
@@ -78,6 +83,7 @@ impl FaultClient {
             id,
             kind,
             stream,
+            readiness: Readiness::new(),
             connecting: true,
             steps,
             step: 0,
@@ -92,9 +98,21 @@ impl FaultClient {
         }
     }
 
-    /// Readiness after the connect finished: starts the script if it has
-    /// only just connected, writes what is pending and reads what came.
-    pub(super) fn service(&mut self, ready: bool, read_buf: &mut [u8], now: Instant) -> Going {
+    /// Records what an event says the socket may do.
+    pub(super) fn on_event(&mut self, event: &Event) {
+        self.readiness.on_event(event);
+    }
+
+    /// The connect is still in progress: what the event said is moot, and
+    /// the connect's completion raises an edge of its own.
+    pub(super) fn still_connecting(&mut self) {
+        self.readiness = Readiness::new();
+    }
+
+    /// After an event, once the connect has finished: starts the script if
+    /// it has only just connected, writes what is pending and reads what
+    /// came.
+    pub(super) fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Going {
         let mut trickle = None;
         if self.connecting {
             self.connecting = false;
@@ -102,10 +120,7 @@ impl FaultClient {
             trickle = self.start_step(now)?;
         }
         self.flush()?;
-        if ready {
-            trickle = trickle.or(self.read(read_buf, now)?);
-        }
-        Ok(trickle)
+        Ok(trickle.or(self.read(read_buf, now)?))
     }
 
     /// Whether the client is still trickling: it is in a trickle step and
@@ -158,16 +173,13 @@ impl FaultClient {
         if self.connecting {
             return Ok(());
         }
-        while !self.outgoing.is_empty() {
-            match self.stream.write(&self.outgoing) {
-                Ok(0) => return Err(Outcome::Wrong("write: the socket takes no bytes".into())),
-                Ok(n) => {
-                    self.outgoing.drain(..n);
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => return Err(Outcome::Wrong(format!("write: {err}"))),
-            }
+        let sent = self
+            .readiness
+            .write(&mut self.stream, &self.outgoing)
+            .map_err(|err| Outcome::Wrong(format!("write: {err}")))?;
+        self.outgoing.drain(..sent);
+        if !self.outgoing.is_empty() {
+            return Ok(());
         }
         match self.after_send.take() {
             Some(AfterSend::HalfClose) => self.stream.shutdown(Shutdown::Write).map_err(|err| {
@@ -195,22 +207,23 @@ impl FaultClient {
     /// answer due; the server's EOF ends the script.
     fn read(&mut self, read_buf: &mut [u8], now: Instant) -> Going {
         let mut trickle = None;
-        loop {
-            let n = match self.stream.read(read_buf) {
-                Ok(n) => n,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(trickle),
-                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+        while self.readiness.may_read() {
+            let n = match self.readiness.read(&mut self.stream, read_buf) {
+                Ok(Received::Bytes(n)) => n,
+                Ok(Received::Nothing) => break,
+                Ok(Received::Eof) if self.step == self.steps.len() => {
+                    return Err(Outcome::Answered);
+                }
+                Ok(Received::Eof) => {
+                    return Err(Outcome::Wrong(format!(
+                        "the server closed, {}",
+                        self.awaiting()
+                    )));
+                }
                 Err(err) => {
                     return Err(Outcome::Wrong(format!("read: {err}, {}", self.awaiting())));
                 }
             };
-            if n == 0 {
-                return Err(if self.step == self.steps.len() {
-                    Outcome::Answered
-                } else {
-                    Outcome::Wrong(format!("the server closed, {}", self.awaiting()))
-                });
-            }
             let mut input = &read_buf[..n];
             while !input.is_empty() {
                 let taken = self.check(input, now)?;
@@ -221,6 +234,7 @@ impl FaultClient {
                 }
             }
         }
+        Ok(trickle)
     }
 
     /// Checks the front of `input` against the current step's answer;

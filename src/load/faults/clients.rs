@@ -14,6 +14,7 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
@@ -120,7 +121,7 @@ impl FaultClients {
         registry.register(
             &mut stream,
             Token(TOKEN_BASE + entry.key()),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         )?;
         let steps = kind.script(&self.settings, id);
         let pace = (self.timeout, self.settings.trickle_interval());
@@ -139,27 +140,21 @@ impl FaultClients {
             .record_wrong(kind, format!("{kind}: connect: {err}"));
     }
 
-    /// Readiness for the client with this token.
-    pub fn on_event(
-        &mut self,
-        token: Token,
-        readable: bool,
-        writable: bool,
-        read_buf: &mut [u8],
-        now: Instant,
-    ) {
-        let key = token.0 - TOKEN_BASE;
+    /// An event for one of the fault clients (its token says which).
+    pub fn on_event(&mut self, event: &Event, read_buf: &mut [u8], now: Instant) {
+        let key = event.token().0 - TOKEN_BASE;
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
+        client.on_event(event);
         if client.connecting {
             match connect_outcome(&client.stream) {
-                Ok(false) => return,
+                Ok(false) => return client.still_connecting(),
                 Ok(true) => self.connecting -= 1,
                 Err(err) => return self.end(key, Outcome::Wrong(format!("connect: {err}"))),
             }
         }
-        let going = client.service(readable || writable, read_buf, now);
+        let going = client.service(read_buf, now);
         self.carry_on(key, going);
     }
 
