@@ -147,16 +147,11 @@ pub struct ServerSession {
     /// Received bytes not yet answered: an unfinished message, or input held
     /// back behind full output. Empty (and unallocated) when idle.
     input: Vec<u8>,
-    /// `input` holds complete lines, held back because the output is full.
-    /// Kept up to date by `answer_lines`, so that nobody scans for them.
-    lines_held_back: bool,
-    /// The peer paused after an unterminated remainder (auto framing) while
-    /// the output was full: the remainder is a message, held back.
-    pause_held_back: bool,
+    /// What of the input received whole waits for output room.
+    held_back: HeldBack,
     /// The peer has ended a message with `\n`: in auto framing its messages
     /// now end only at `\n`, never at a pause.
     line_client: bool,
-    peer_closed: bool,
     /// Names answered with a greeting since the shell last took the count
     /// ([`ServerSession::take_names_answered`]), for its metrics.
     names_answered: u32,
@@ -168,11 +163,9 @@ impl ServerSession {
             state: SessionState::Greeting,
             limits,
             input: Vec::new(),
-            lines_held_back: false,
-            pause_held_back: false,
+            held_back: HeldBack::NOTHING,
             names_answered: 0,
             line_client: false,
-            peer_closed: false,
         }
     }
 
@@ -194,17 +187,14 @@ impl ServerSession {
     /// (`unsent` bytes) is below the limit.
     pub fn wants_input(&self, unsent: usize) -> bool {
         self.state == SessionState::AwaitingName
-            && !self.peer_closed
-            && !self.pause_held_back
-            && !self.lines_held_back
+            && self.held_back == HeldBack::NOTHING
             && unsent < self.limits.max_output
     }
 
     /// Whether input received whole (lines, a remainder a pause ended, the
     /// EOF) waits for output room: [`ServerSession::output_sent`] answers it.
     pub fn holds_back_input(&self) -> bool {
-        self.state == SessionState::AwaitingName
-            && (self.lines_held_back || self.pause_held_back || self.peer_closed)
+        self.state == SessionState::AwaitingName && self.held_back != HeldBack::NOTHING
     }
 
     /// The message the peer has started and not finished, while the session
@@ -214,9 +204,7 @@ impl ServerSession {
     pub fn unfinished_message(&self) -> Option<Unfinished> {
         let waiting = self.state == SessionState::AwaitingName
             && !self.input.is_empty()
-            && !self.lines_held_back
-            && !self.pause_held_back
-            && !self.peer_closed;
+            && self.held_back == HeldBack::NOTHING;
         waiting.then(|| Unfinished {
             pause_ends_it: self.limits.framing == Framing::Auto && !self.line_client,
         })
@@ -235,11 +223,11 @@ impl ServerSession {
         self.input.len()
     }
 
-    /// Whether the `lines_held_back` flag says what a scan of the input
+    /// Whether the held-back lines flag says what a scan of the input
     /// would: the flag stands in for that scan on every call.
     #[cfg(test)]
     pub(super) fn lines_held_back_is_accurate(&self) -> bool {
-        self.lines_held_back == self.input.contains(&b'\n')
+        self.held_back.contains(HeldBack::LINES) == self.input.contains(&b'\n')
     }
 
     /// How many names were answered with a greeting since the last call: the
@@ -256,12 +244,12 @@ impl ServerSession {
             Input::Bytes(bytes) => self.receive_bytes(bytes, out),
             Input::Pause => {
                 if self.unfinished_message().is_some_and(|m| m.pause_ends_it) {
-                    self.pause_held_back = true;
+                    self.held_back.insert(HeldBack::PAUSED_REMAINDER);
                     self.answer_ended_remainder(out);
                 }
             }
             Input::Eof => {
-                self.peer_closed = true;
+                self.held_back.insert(HeldBack::EOF);
                 self.finish_if_answered(out);
             }
         }
@@ -302,10 +290,10 @@ impl ServerSession {
         if !self.holds_back_input() {
             return;
         }
-        if self.lines_held_back {
+        if self.held_back.contains(HeldBack::LINES) {
             self.answer_held_input(out);
         }
-        if self.pause_held_back {
+        if self.held_back.contains(HeldBack::PAUSED_REMAINDER) {
             self.answer_ended_remainder(out);
         }
         self.finish_if_answered(out);
@@ -360,19 +348,19 @@ impl ServerSession {
             let rest = &buf[used..];
             if rest.is_empty() {
                 // Every byte answered (the usual end): nothing to scan.
-                self.lines_held_back = false;
+                self.held_back.remove(HeldBack::LINES);
                 break;
             }
             let Some((line, len)) = split_line(rest) else {
                 // No line left: `rest` is an unfinished message.
-                self.lines_held_back = false;
+                self.held_back.remove(HeldBack::LINES);
                 if !remainder_fits(rest, self.limits.max_line) {
                     self.reject_long_line(out);
                 }
                 break;
             };
             if out.len() >= self.limits.max_output {
-                self.lines_held_back = true;
+                self.held_back.insert(HeldBack::LINES);
                 break;
             }
             used += len;
@@ -406,11 +394,11 @@ impl ServerSession {
     fn answer_ended_remainder(&mut self, out: &mut Vec<u8>) {
         if self.state != SessionState::AwaitingName
             || out.len() >= self.limits.max_output
-            || self.lines_held_back
+            || self.held_back.contains(HeldBack::LINES)
         {
             return;
         }
-        self.pause_held_back = false;
+        self.held_back.remove(HeldBack::PAUSED_REMAINDER);
         let remainder = std::mem::take(&mut self.input);
         if !remainder.is_empty() {
             self.answer(remainder.strip_suffix(b"\r").unwrap_or(&remainder), out);
@@ -418,7 +406,7 @@ impl ServerSession {
     }
 
     fn finish_if_answered(&mut self, out: &mut Vec<u8>) {
-        if !self.peer_closed || self.lines_held_back {
+        if !self.held_back.contains(HeldBack::EOF) || self.held_back.contains(HeldBack::LINES) {
             return;
         }
         self.answer_ended_remainder(out);
@@ -437,7 +425,38 @@ impl ServerSession {
     fn enter_closing(&mut self) {
         self.state = SessionState::Closing;
         self.input = Vec::new();
-        self.lines_held_back = false;
+        self.held_back.remove(HeldBack::LINES);
+    }
+}
+
+/// Input received whole that waits for output room, as one set of flags: the
+/// session asks "does anything wait?" on every call, and that is then one
+/// comparison instead of three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeldBack(u8);
+
+impl HeldBack {
+    const NOTHING: HeldBack = HeldBack(0);
+    /// `input` holds complete lines, held back because the output is full.
+    /// Kept up to date by `answer_lines`, so that nobody scans for them.
+    const LINES: HeldBack = HeldBack(1);
+    /// The peer paused after an unterminated remainder (auto framing) while
+    /// the output was full: the remainder is a message, held back.
+    const PAUSED_REMAINDER: HeldBack = HeldBack(2);
+    /// The peer closed its side: the good bye waits until all it sent
+    /// before is answered.
+    const EOF: HeldBack = HeldBack(4);
+
+    fn contains(self, what: HeldBack) -> bool {
+        self.0 & what.0 != 0
+    }
+
+    fn insert(&mut self, what: HeldBack) {
+        self.0 |= what.0;
+    }
+
+    fn remove(&mut self, what: HeldBack) {
+        self.0 &= !what.0;
     }
 }
 
@@ -848,7 +867,7 @@ mod tests {
             assert_eq!(held.capacity(), capacity, "the test controls the capacity");
             // As answer_lines leaves it when the output was full.
             session.input = held;
-            session.lines_held_back = true;
+            session.held_back.insert(HeldBack::LINES);
 
             let mut out = Vec::new();
             session.output_sent(&mut out);
