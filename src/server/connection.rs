@@ -107,6 +107,11 @@ pub struct Connection {
     message_started: Option<Instant>,
     /// When the session's last reply was queued.
     closing_since: Option<Instant>,
+    /// Recorded by every service call: no clock but the idle one runs, so
+    /// the reactor's question after an exchange ([`Connection::deadline_before`])
+    /// is answered without deriving the clocks again. `false` until the
+    /// first service, and whenever unsure: then the clocks are derived.
+    only_idle_clock: bool,
     /// Every byte handed to the kernel, and how many of them the peer had
     /// acknowledged when last sampled: to see a slow reader read.
     bytes_written: u64,
@@ -144,6 +149,7 @@ impl Connection {
             last_progress: now,
             message_started: None,
             closing_since: None,
+            only_idle_clock: false,
             bytes_written: 0,
             acked_seen: 0,
             held_off: false,
@@ -192,16 +198,20 @@ impl Connection {
         // The message clock runs only while the server is reading: not while
         // its own output is full and the rest of the message may be waiting
         // unread in the socket.
-        if self.session.unfinished_message().is_some()
-            && self.session.wants_input(self.unsent.len())
-        {
+        let unfinished = self.session.unfinished_message();
+        if unfinished.is_some() && self.session.wants_input(self.unsent.len()) {
             self.message_started.get_or_insert(now);
         } else {
             self.message_started = None;
         }
-        if self.session.state() == SessionState::Closing {
+        let closing = self.session.state() == SessionState::Closing;
+        if closing {
             self.closing_since.get_or_insert(now);
         }
+        // From what is at hand, erring towards "no": with no message
+        // unfinished, neither its clock nor the quiet time runs, and a
+        // connection drains (linger) only once its session is closing.
+        self.only_idle_clock = !closing && unfinished.is_none();
         next
     }
 

@@ -6,10 +6,10 @@
 //! `closing_since`); [`Connection::next_deadline`] turns them into the one
 //! deadline that matters now and says which clock it is ([`Due`]). The
 //! reactor asks [`Connection::deadline_before`] after every exchange, which
-//! answers from a few flags when only the idle clock runs, and calls
-//! [`Connection::on_deadline`] when a queued entry comes due. The protocol
-//! core has no clock: it only says when a message is unfinished and whether
-//! a pause would end it.
+//! answers from one flag (recorded by the last service call) when only the
+//! idle clock runs, and calls [`Connection::on_deadline`] when a queued entry
+//! comes due. The protocol core has no clock: it only says when a message is
+//! unfinished and whether a pause would end it.
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
@@ -66,11 +66,15 @@ impl Connection {
     /// grows), and a queued entry was at or before it when it was queued.
     /// So with an entry queued, the idle clock is not even computed; the
     /// entry, when it comes due, finds the current one.
-    /// Usually only the idle clock runs, and the answer is known from a few
-    /// flags, without computing a deadline.
+    /// Usually only the idle clock runs, which the last service call
+    /// recorded, and the answer is known without computing a deadline.
     #[inline]
     pub fn deadline_before(&self, queued: Option<Instant>, timeouts: &Timeouts) -> Option<Instant> {
-        if queued.is_some() && !self.runs_a_clock_besides_idle() {
+        debug_assert!(
+            !self.only_idle_clock || !self.runs_a_clock_besides_idle(),
+            "only_idle_clock is stale: every change to the clocks' states ends in a service call"
+        );
+        if queued.is_some() && self.only_idle_clock {
             debug_assert_eq!(self.next_deadline(timeouts, false), None);
             return None;
         }
