@@ -21,6 +21,7 @@
 
 pub mod activation;
 mod admission;
+mod board;
 mod connection;
 mod kernel;
 mod listener;
@@ -46,8 +47,8 @@ pub use reactor::Stopped;
 use crate::limits;
 use crate::protocol::SessionLimits;
 use admission::Admission;
+use board::Board;
 use reactor::{Reactor, Settings};
-use scrape::Board;
 
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";

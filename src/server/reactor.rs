@@ -29,9 +29,10 @@ use slab::Slab;
 
 use super::Timeouts;
 use super::admission::Admission;
+use super::board::Board;
 use super::connection::{CloseCause, Connection, Next};
 use super::listener::Acceptor;
-use super::scrape::{Board, MAX_SCRAPES, MetricsEndpoint};
+use super::scrape::{MAX_SCRAPES, MetricsEndpoint};
 use super::timers::{ConnectionRef, Timers};
 use crate::metrics::{ClosedBecause, Counters};
 use crate::protocol::SessionLimits;

@@ -12,7 +12,6 @@
 
 use std::io::{self, ErrorKind};
 use std::net::Shutdown;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -20,66 +19,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::metrics::Counters;
 use crate::metrics::http::{self, Answer, MAX_REQUEST_HEAD};
 use crate::readiness::{Readiness, Received};
 use crate::server::listener::is_per_client;
-
-/// Where every reactor of a server posts a copy of its counters, so that the
-/// one serving scrapes can add them up. Posting is a lock and a copy of a
-/// few hundred bytes once per loop turn, never per exchange, and only with
-/// `--metrics-listen` and several reactors; nothing waits on it but a scrape.
-#[derive(Clone)]
-pub struct Board {
-    posts: Arc<[Mutex<Post>]>,
-}
-
-/// One reactor's counters, posted at the end of a turn, just before it
-/// waits in `poll` again.
-#[derive(Clone, Copy, Default)]
-struct Post {
-    counters: Counters,
-    /// When it was posted: from then until its next post the reactor is
-    /// waiting in poll (an idle reactor posts nothing for a long time).
-    at: Option<Instant>,
-}
-
-impl Board {
-    pub fn new(reactors: usize) -> Self {
-        Board {
-            posts: (0..reactors).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    /// Reactor `index` posts its counters as they are `now`, as it is about
-    /// to wait for events.
-    pub fn post(&self, index: usize, counters: Counters, now: Instant) {
-        if let Some(post) = self.posts.get(index) {
-            // A poisoned post holds a whole copy: take it as it is.
-            *post.lock().unwrap_or_else(PoisonError::into_inner) = Post {
-                counters,
-                at: Some(now),
-            };
-        }
-    }
-
-    /// The other reactors' counters as of `now`, added up: each one's time
-    /// in poll includes the wait it has been in since its last post.
-    pub fn others(&self, index: usize, now: Instant) -> Counters {
-        let mut sum = Counters::default();
-        for (i, post) in self.posts.iter().enumerate() {
-            if i != index {
-                let post = *post.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut counters = post.counters;
-                if let Some(at) = post.at {
-                    counters.poll_time += now.saturating_duration_since(at);
-                }
-                sum += counters;
-            }
-        }
-        sum
-    }
-}
 
 /// The metrics listener and the scrapes it accepted: what a reactor adds to
 /// its loop for `--metrics-listen`. A scrape's token is `first_token` plus
@@ -435,23 +377,6 @@ mod tests {
             }
             panic!("the scrape never finished");
         }
-    }
-
-    /// An idle reactor posts nothing while it waits: the wait since its
-    /// last post is its time in poll too.
-    #[test]
-    fn the_board_counts_a_waiting_reactors_wait_as_time_in_poll() {
-        let board = Board::new(3);
-        let posted = Instant::now();
-        let mut counters = Counters::default();
-        counters.accepted = 5;
-        counters.poll_time = Duration::from_secs(1);
-        board.post(1, counters, posted);
-        board.post(2, counters, posted);
-        board.post(0, counters, posted);
-        let others = board.others(0, posted + Duration::from_secs(2));
-        assert_eq!(others.accepted, 10, "reactor 0's own post is not added");
-        assert_eq!(others.poll_time, Duration::from_secs(6));
     }
 
     #[test]
