@@ -1,10 +1,12 @@
 //! The event loop: one thread, one `mio::Poll`, a slab of connections.
 //!
-//! This file is the reactor and nothing else (Redis' `ae.c` plays the same
+//! This file is the loop and nothing else (Redis' `ae.c` plays the same
 //! role): it waits for readiness, routes each event to its connection or
-//! listener, runs deadlines, and frees what closed. It does not know what a
-//! name or a greeting is; [`Connection`] does the per-client work and the
-//! protocol core decides every reply.
+//! listener, and runs deadlines. How connections are closed and their slots
+//! freed is in the child module `closing`; what a reactor adds for
+//! `--metrics-listen` is in `metrics`. It does not know what a name or a
+//! greeting is; [`Connection`] does the per-client work and the protocol
+//! core decides every reply.
 //!
 //! One turn of the loop is [`Reactor::run`], read top to bottom: poll
 //! (sleeping until the nearest deadline), dispatch each event, act on
@@ -13,8 +15,10 @@
 //! shutdown. docs/architecture.md ("One turn of the loop") walks through
 //! each phase and why it comes where it does.
 //!
-//! Tokens: a connection's token is its slab key; listeners and the signal pipe
-//! use tokens from the top of the range, which the slab never reaches.
+//! Tokens: a connection's token is its slab key; listeners, the signal pipe
+//! and the metrics endpoint use tokens from the top of the range, which the
+//! slab never reaches. The whole layout is here, beside the dispatch that
+//! reads it.
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -27,14 +31,17 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+mod closing;
+mod metrics;
+
 use super::Timeouts;
 use super::admission::Admission;
 use super::board::Board;
-use super::connection::{CloseCause, Connection, Next};
+use super::connection::{Connection, Next};
 use super::listener::Acceptor;
 use super::scrape::{MAX_SCRAPES, MetricsEndpoint};
 use super::timers::{ConnectionRef, Timers};
-use crate::metrics::{ClosedBecause, Counters};
+use crate::metrics::Counters;
 use crate::protocol::SessionLimits;
 
 /// Listener `i` has token `LISTENER_TOKENS + i`; every smaller token is a slab
@@ -50,8 +57,6 @@ const EVENTS_PER_POLL: usize = 1024;
 /// The one read buffer all connections share. Per-connection memory then holds
 /// only an unfinished line and unsent output, so idle clients cost little.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
-/// Timer entries of closed connections tolerated before the heap is rebuilt.
-const STALE_TIMERS_ALLOWED: usize = 1024;
 
 /// What the running reactor is told, resolved from the server's `Config`.
 #[derive(Clone, Copy, Debug)]
@@ -298,91 +303,6 @@ impl Reactor {
         }
     }
 
-    /// Marks a connection closed and logs why; its slot (and socket) is
-    /// freed at the end of the turn, in `free_closed`.
-    fn mark_closed(&mut self, key: usize, why: CloseCause) {
-        let slot = &mut self.slots[key];
-        slot.closed = true;
-        let held = std::mem::take(&mut slot.buffered);
-        self.buffered -= held;
-        let peer = slot.conn.peer();
-        self.counters.closed(match why {
-            CloseCause::Done => ClosedBecause::Done,
-            CloseCause::LingerExpired => ClosedBecause::LingerExpired,
-            CloseCause::Failed(_) => ClosedBecause::Failed,
-            CloseCause::OverBudget => ClosedBecause::OverBudget,
-            CloseCause::BadProxyHeader => ClosedBecause::BadProxyHeader,
-        });
-        match why {
-            CloseCause::Done => log::info!("Connection from {peer} is closed"),
-            CloseCause::LingerExpired => {
-                log::info!(
-                    "Connection from {peer} is closed (no EOF from the client within the linger time)"
-                )
-            }
-            CloseCause::Failed(kind) => log::info!("Connection from {peer} is closed ({kind})"),
-            CloseCause::BadProxyHeader => {
-                log::info!("Connection from {peer} is closed (no valid PROXY protocol header)")
-            }
-            CloseCause::OverBudget => log::warn!(
-                "Connection from {peer} is closed: it held {held} bytes of buffers, the most of \
-                 any, while all connections together held more than --max-buffered {} bytes \
-                 (raise --max-buffered, or lower --max-output)",
-                self.settings.max_buffered
-            ),
-        }
-        // No deregister call: closing the socket (when the slot is freed)
-        // removes it from epoll, and one syscall per connection is saved.
-        self.to_free.push(key);
-    }
-
-    /// Keeps the bytes held in connection buffers within the server-wide
-    /// budget, as Redis' `maxmemory-clients` does: while over it, the
-    /// connection holding the most is closed. Those are the clients that
-    /// send but do not read (unsent replies) or hold back a burst of input;
-    /// closing them frees the most memory for the fewest clients. The scan
-    /// is linear, but it runs only when over budget, which a well-sized
-    /// budget makes rare.
-    fn enforce_buffer_budget(&mut self) {
-        while self.buffered > self.settings.max_buffered {
-            let largest = self
-                .slots
-                .iter()
-                .filter(|(_, slot)| !slot.closed && slot.buffered > 0)
-                .max_by_key(|(_, slot)| slot.buffered);
-            let Some((key, _)) = largest else {
-                return;
-            };
-            self.mark_closed(key, CloseCause::OverBudget);
-        }
-    }
-
-    fn free_closed(&mut self) {
-        for key in self.to_free.drain(..) {
-            // Counted as open until now, when its descriptor is closed: the
-            // limit then also bounds descriptors.
-            let slot = self.slots.remove(key);
-            self.admission.release(slot.conn.admitted_as());
-        }
-        // Entries stay in the timer heap until they come due (up to
-        // --idle-timeout later): those of closed connections, and those a
-        // live connection superseded with an earlier one (every bare name
-        // queues its quiet time ahead of the idle entry). Under churn, or a
-        // stream of bare names, they would pile up; once they outnumber the
-        // live connections, the heap is rebuilt with one entry per
-        // connection, so its size, and the cost of rebuilding averaged over
-        // the entries pushed, stay bounded.
-        if self.timers.len() > 2 * self.slots.len() + STALE_TIMERS_ALLOWED {
-            let timeouts = &self.settings.timeouts;
-            let live = self.slots.iter_mut().filter_map(|(key, slot)| {
-                slot.queued_deadline = slot.conn.deadline(timeouts);
-                let at = slot.queued_deadline?;
-                Some((at, ConnectionRef { key, id: slot.id }))
-            });
-            self.timers.rebuild(live);
-        }
-    }
-
     fn service_again(&mut self, now: Instant) {
         // Most turns have none: then not even the list is moved out and back.
         if self.budget_spent.is_empty() {
@@ -464,109 +384,6 @@ impl Reactor {
         self.service_slot(key, Some(id), |slot, read_buf, counters| {
             slot.conn.service(read_buf, now, counters)
         });
-    }
-
-    /// Serves `GET /metrics` on `listener`; with several reactors, `board`
-    /// holds the others' counters. Each scrape gets the message timeout
-    /// (else the idle timeout, else 30 s) and the linger time.
-    pub fn serve_metrics(&mut self, listener: TcpListener, board: Option<Board>) -> io::Result<()> {
-        let timeouts = &self.settings.timeouts;
-        let timeout = timeouts
-            .message
-            .or(timeouts.idle)
-            .unwrap_or(Duration::from_secs(30));
-        self.metrics = Some(MetricsEndpoint::new(
-            listener,
-            self.poll.registry(),
-            METRICS_TOKEN,
-            SCRAPE_TOKENS,
-            timeout,
-            timeouts.linger,
-        )?);
-        if let Some(board) = board {
-            self.board = Some((board, 0));
-        }
-        Ok(())
-    }
-
-    /// Posts this reactor's counters on `board` at the end of every turn, as
-    /// reactor `index`, for the one serving metrics.
-    pub fn post_counters_to(&mut self, board: Board, index: usize) {
-        self.board = Some((board, index));
-    }
-
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref()?.local_addr()
-    }
-
-    /// This reactor's counters as of now, with its open connections.
-    fn counters_now(&self) -> Counters {
-        let mut counters = self.counters;
-        counters.open = (self.slots.len() - self.to_free.len()) as u64;
-        self.admission.add_refusals_to(&mut counters);
-        counters
-    }
-
-    fn accept_scrapes(&mut self, now: Instant) {
-        if let Some(metrics) = &mut self.metrics {
-            metrics.accept(self.poll.registry(), now);
-        }
-    }
-
-    fn on_scrape_event(&mut self, event: &Event, now: Instant) {
-        let mut total = self.counters_now();
-        if let Some((board, index)) = &self.board {
-            total += board.others(*index, Instant::now());
-        }
-        if let Some(metrics) = &mut self.metrics {
-            metrics.on_event(event, &mut self.read_buf, now, || total.render());
-        }
-    }
-
-    /// Closes scrapes past their deadline, and posts the counters for the
-    /// reactor serving metrics.
-    fn end_turn_for_metrics(&mut self, now: Instant) {
-        if let Some(metrics) = &mut self.metrics {
-            metrics.on_turn_end(self.poll.registry(), now);
-        } else if let Some((board, index)) = &self.board {
-            board.post(*index, self.counters_now(), Instant::now());
-        }
-    }
-
-    /// Handles pending signals. The first starts a graceful shutdown; a second
-    /// one means "now".
-    fn on_signals(&mut self, now: Instant) -> Option<Stopped> {
-        let count = self.signals.pending().count();
-        if count == 0 {
-            return None;
-        }
-        if self.shutdown_deadline.is_some() || count > 1 {
-            log::warn!("{}second shutdown signal; exiting now", self.name());
-            return Some(Stopped::Forced);
-        }
-        let grace = self.settings.shutdown_grace;
-        log::info!(
-            "{}shutting down: no new connections, good bye to {} clients (grace {grace:?}; signal again to exit now)",
-            self.name(),
-            self.slots.len()
-        );
-        self.acceptor.close(self.poll.registry());
-        if let Some(metrics) = &mut self.metrics {
-            metrics.close_listener(self.poll.registry());
-        }
-        self.shutdown_deadline = Some(now + grace);
-        let open: Vec<usize> = self
-            .slots
-            .iter()
-            .filter(|(_, slot)| !slot.closed)
-            .map(|(key, _)| key)
-            .collect();
-        for key in open {
-            self.service_slot(key, None, |slot, read_buf, counters| {
-                slot.conn.begin_shutdown(read_buf, now, counters)
-            });
-        }
-        None
     }
 }
 
