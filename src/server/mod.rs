@@ -48,7 +48,7 @@ use crate::limits;
 use crate::protocol::SessionLimits;
 use admission::Admission;
 use board::Board;
-use reactor::{Reactor, Settings};
+use reactor::{Reactor, ReactorId, Settings};
 
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -251,7 +251,10 @@ impl Server {
                 shutdown_grace: config.shutdown_grace,
                 limits: config.limits,
                 max_buffered: config.max_buffered,
-                reactor: (reactors > 1).then_some((index + 1, reactors)),
+                reactor: (reactors > 1).then_some(ReactorId {
+                    index: index + 1,
+                    of: reactors,
+                }),
                 proxy_protocol: config.proxy_protocol,
             };
             let reactor =

@@ -66,10 +66,18 @@ pub(super) struct Settings {
     pub shutdown_grace: Duration,
     pub limits: SessionLimits,
     pub max_buffered: usize,
-    /// Which reactor this is, and of how many, when there are several.
-    pub reactor: Option<(usize, usize)>,
+    /// Which reactor this is, when there are several.
+    pub reactor: Option<ReactorId>,
     /// Every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+}
+
+/// Which of a server's several reactors one is: reactor `index` (from 1)
+/// `of` them, as its log lines say.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReactorId {
+    pub index: usize,
+    pub of: usize,
 }
 
 /// How the server stopped.
@@ -168,18 +176,21 @@ impl Reactor {
         if self.settings.reactor.is_some() {
             log::info!(
                 "{}stopped (connections served: {})",
-                self.name(),
+                self.log_prefix(),
                 self.counters.accepted
             );
         }
         stopped
     }
 
-    /// "reactor 2 of 4: " when there are several, to start its log lines.
-    fn name(&self) -> String {
-        self.settings.reactor.map_or(String::new(), |(index, of)| {
-            format!("reactor {index} of {of}: ")
-        })
+    /// "reactor 2 of 4: " when there are several, to start its log lines
+    /// (nothing when there is one).
+    fn log_prefix(&self) -> String {
+        self.settings
+            .reactor
+            .map_or(String::new(), |ReactorId { index, of }| {
+                format!("reactor {index} of {of}: ")
+            })
     }
 
     fn turn_until_stopped(&mut self) -> io::Result<Stopped> {
@@ -219,13 +230,13 @@ impl Reactor {
             self.end_turn_for_metrics(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.slots.is_empty() {
-                    log::info!("{}all connections closed; exiting", self.name());
+                    log::info!("{}all connections closed; exiting", self.log_prefix());
                     return Ok(Stopped::Graceful);
                 }
                 if now >= deadline {
                     log::warn!(
                         "{}{} connections still open at the end of the shutdown grace period; closing them",
-                        self.name(),
+                        self.log_prefix(),
                         self.slots.len()
                     );
                     return Ok(Stopped::Graceful);

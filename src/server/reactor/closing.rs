@@ -109,13 +109,13 @@ impl Reactor {
             return None;
         }
         if self.shutdown_deadline.is_some() || count > 1 {
-            log::warn!("{}second shutdown signal; exiting now", self.name());
+            log::warn!("{}second shutdown signal; exiting now", self.log_prefix());
             return Some(Stopped::Forced);
         }
         let grace = self.settings.shutdown_grace;
         log::info!(
             "{}shutting down: no new connections, good bye to {} clients (grace {grace:?}; signal again to exit now)",
-            self.name(),
+            self.log_prefix(),
             self.slots.len()
         );
         self.acceptor.close(self.poll.registry());
