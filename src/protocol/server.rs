@@ -273,9 +273,10 @@ impl ServerSession {
                 }
             }
             // Otherwise, answer straight from the shell's read buffer and
-            // copy only what is left over.
+            // copy only what is left over (nothing, and no allocation, when
+            // every byte was answered).
             let used = self.answer_lines(bytes, out);
-            if self.state == SessionState::AwaitingName && used < bytes.len() {
+            if self.state == SessionState::AwaitingName {
                 self.input.extend_from_slice(&bytes[used..]);
             }
         } else {
