@@ -237,19 +237,23 @@ def idle_memory(name, connections, warmup, duration):
 def reactor_spread(reactors, connections, duration):
     """Connections each reactor served in a churn run (from their stop lines)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [os.path.join(RELEASE, "greeter-server"), "--log-level", "info", "--reactors", str(reactors),
-         "--listen", f"127.0.0.1:{port}", "--backlog", str(BACKLOG)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_listening(port)
-        report(load("churn", f"127.0.0.1:{port}", "-c", connections, "--duration", duration),
-               f"greeter --reactors {reactors} churn")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    served = [int(line.rsplit("connections served: ", 1)[1].rstrip(")"))
-              for line in err.splitlines() if "connections served: " in line]
+    # The log goes to a file, not a pipe read only at the end: a full pipe
+    # would make the server drop log lines (by design), the stop lines too.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(
+            [os.path.join(RELEASE, "greeter-server"), "--log-level", "info", "--reactors",
+             str(reactors), "--listen", f"127.0.0.1:{port}", "--backlog", str(BACKLOG)],
+            stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_listening(port)
+            report(load("churn", f"127.0.0.1:{port}", "-c", connections, "--duration", duration),
+                   f"greeter --reactors {reactors} churn")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        log.seek(0)
+        served = [int(line.rsplit("connections served: ", 1)[1].rstrip(")\n"))
+                  for line in log if "connections served: " in line]
     return {"connections": connections, "served": served,
             "min_over_max": min(served) / max(max(served), 1) if served else 0.0}
 
