@@ -821,6 +821,29 @@ mod tests {
         assert_eq!(out, b"Server: Hello b!\nServer: What's your name?");
     }
 
+    /// A read that is one whole line takes a shortcut past the line loop;
+    /// it must stop at the output limit just the same, whether the output
+    /// is exactly full or already past it (a reply may overshoot).
+    #[test]
+    fn a_lone_line_waits_when_the_output_is_full() {
+        for unsent in [ONE_REPLY, ONE_REPLY + 5] {
+            let mut session = greeted(SessionLimits {
+                max_output: ONE_REPLY,
+                ..SessionLimits::default()
+            });
+            let mut out = vec![b'x'; unsent];
+            session.receive(Input::Bytes(b"b\n"), &mut out);
+            assert_eq!(out.len(), unsent, "nothing answered past the limit");
+            assert!(
+                session.holds_back_input(),
+                "the line waits ({unsent} unsent)"
+            );
+            out.clear();
+            session.output_sent(&mut out);
+            assert_eq!(out, b"Server: Hello b!\nServer: What's your name?");
+        }
+    }
+
     #[test]
     fn buffered_bytes_count_the_unanswered_input() {
         let mut session = greeted(limits(Framing::Line));
