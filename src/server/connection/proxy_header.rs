@@ -59,15 +59,13 @@ impl Connection {
         }
         let window_len = MAX_HEADER.min(read_buf.len());
         let window = &mut read_buf[..window_len];
-        let peeked = loop {
-            match self.stream.peek(window) {
-                // Closed before a byte: a balancer's plain TCP health check.
-                Ok(0) => return Some(Next::Close(CloseCause::Done)),
-                Ok(n) => break n,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => return Some(Next::Wait),
-                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
-                Err(err) => return Some(Next::Close(CloseCause::Failed(err.kind()))),
-            }
+        // A non-blocking peek never waits, so no signal can interrupt it.
+        let peeked = match self.stream.peek(window) {
+            // Closed before a byte: a balancer's plain TCP health check.
+            Ok(0) => return Some(Next::Close(CloseCause::Done)),
+            Ok(n) => n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => return Some(Next::Wait),
+            Err(err) => return Some(Next::Close(CloseCause::Failed(err.kind()))),
         };
         let (len, addresses) = match decode(&window[..peeked]) {
             // The rest raises a new edge when it comes; after the peer's
@@ -214,6 +212,21 @@ mod tests {
         assert_eq!(
             readable(&mut conn, true, &mut Counters::default()),
             Next::Close(CloseCause::BadProxyHeader)
+        );
+    }
+
+    /// A balancer that resets the connection before its header: closed as
+    /// failed at once, not waited for.
+    #[test]
+    fn a_reset_before_the_header_closes_as_failed() {
+        let (mut conn, balancer) = relayed(Instant::now());
+        socket2::SockRef::from(&balancer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(balancer);
+        assert_eq!(
+            readable(&mut conn, true, &mut Counters::default()),
+            Next::Close(CloseCause::Failed(ErrorKind::ConnectionReset))
         );
     }
 
