@@ -619,28 +619,8 @@ fn an_unread_goodbye_is_bounded_by_linger_when_idle_is_off() {
 fn data_behind_an_urgent_mark_is_answered() {
     let server = TestServer::start(&["--idle-timeout", "0", "--framing", "line"]);
     let mut client = server.connect_greeted();
-    let fd = client.as_raw_fd();
-    let set_cork = |on: libc::c_int| {
-        // SAFETY: setsockopt reads one c_int from `on`, alive for the call.
-        let result = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_CORK,
-                std::ptr::from_ref(&on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(result, 0, "TCP_CORK");
-    };
     // One segment: "one\n", the urgent byte, "two\n".
-    set_cork(1);
-    client.write_all(b"one\n").unwrap();
-    // SAFETY: sends one byte from a static buffer on our own socket.
-    let sent = unsafe { libc::send(fd, b"X".as_ptr().cast(), 1, libc::MSG_OOB) };
-    assert_eq!(sent, 1, "send(MSG_OOB)");
-    client.write_all(b"two\n").unwrap();
-    set_cork(0);
+    write_around_an_urgent_byte(&mut client, b"one\n", b"two\n").unwrap();
     expect_bytes(&mut client, &[hello(b"one"), hello(b"two")].concat());
 }
 

@@ -252,35 +252,8 @@ fn serve_fake(
 /// TCP urgent data (out of band: the client's stream does not hold it), and
 /// the prompt.
 fn greet_around_an_urgent_byte(stream: &mut TcpStream) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = stream.as_raw_fd();
-    let set_cork = |on: libc::c_int| {
-        // SAFETY: setsockopt reads one c_int from `on`, alive for the call.
-        let result = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_CORK,
-                std::ptr::from_ref(&on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
     let first_line = GREETING.iter().position(|&b| b == b'\n').unwrap() + 1;
-    set_cork(1)?;
-    stream.write_all(&GREETING[..first_line])?;
-    // SAFETY: sends one byte from a static buffer on our own socket.
-    let sent = unsafe { libc::send(fd, b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
-    if sent != 1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    stream.write_all(&GREETING[first_line..])?;
-    set_cork(0)
+    common::write_around_an_urgent_byte(stream, &GREETING[..first_line], &GREETING[first_line..])
 }
 
 #[test]

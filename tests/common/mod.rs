@@ -546,3 +546,41 @@ pub fn raise_own_descriptor_limit(wanted: u64) {
         }
     }
 }
+
+/// Writes `before`, one byte of TCP urgent data (out of band: the peer's
+/// stream does not hold it), and `after`, corked into one segment, so the
+/// peer's read stops short at the urgent mark with data queued behind it.
+pub fn write_around_an_urgent_byte(
+    stream: &mut TcpStream,
+    before: &[u8],
+    after: &[u8],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set_cork = |on: libc::c_int| {
+        // SAFETY: setsockopt reads one c_int from `on`, alive for the call.
+        let result = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    set_cork(1)?;
+    stream.write_all(before)?;
+    // SAFETY: sends one byte from a static buffer on our own socket.
+    let sent = unsafe { libc::send(fd, b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+    if sent != 1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.write_all(after)?;
+    set_cork(0)
+}
