@@ -350,7 +350,7 @@ fn an_idle_line_before_the_idle_timeout_is_wrong() {
     let (run, report) = against_fake(Wrong::IdleLineAtOnce, "stall");
     let first = report.text("faults/stall/first_wrong");
     assert!(
-        first.contains("before the server's timeout"),
+        first.starts_with("stall: ") && first.contains("before the server's timeout"),
         "{first}; {run}"
     );
 }
@@ -360,7 +360,9 @@ fn a_reset_instead_of_a_clean_close_is_wrong_for_halfclose() {
     let (run, report) = against_fake(Wrong::ResetAfterGoodbye, "halfclose");
     let first = report.text("faults/halfclose/first_wrong");
     assert!(
-        first.contains("reset") && first.contains("while the server's close was expected"),
+        first.starts_with("halfclose: ")
+            && first.contains("reset")
+            && first.contains("while the server's close was expected"),
         "{first}; {run}"
     );
 }

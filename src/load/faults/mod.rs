@@ -155,15 +155,8 @@ impl fmt::Display for FaultKind {
 /// and never exactly `exit`. The same client id gives the same bytes, so a
 /// wrong answer can be reproduced.
 fn random_name(id: u64, max_line: usize) -> Vec<u8> {
-    let mut state = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5eed;
-    let mut next = || {
-        // splitmix64: small, fast, and plenty for test bytes.
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut state = id;
+    let mut next = || splitmix64(&mut state);
     let len = 1 + (next() % max_line.max(1) as u64) as usize;
     let mut name: Vec<u8> = (0..len)
         .map(|_| match next() as u8 {
@@ -175,6 +168,16 @@ fn random_name(id: u64, max_line: usize) -> Vec<u8> {
         *name.last_mut().unwrap_or(&mut 0) = b'!';
     }
     name
+}
+
+/// The next number of the splitmix64 generator: small, fast, well mixed
+/// even from sequential seeds such as client ids, and plenty for test bytes.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// What one step sends.
@@ -229,6 +232,52 @@ mod tests {
         }
         assert_eq!(random_name(7, 64), random_name(7, 64), "reproducible");
         assert_ne!(random_name(7, 64), random_name(8, 64));
+    }
+
+    #[test]
+    fn splitmix64_gives_the_reference_sequence() {
+        // The first outputs of the published algorithm from seed 0.
+        let mut state = 0;
+        let outputs = [(); 3].map(|()| splitmix64(&mut state));
+        assert_eq!(
+            outputs,
+            [
+                0xe220_a839_7b1d_cdaf,
+                0x6e78_9e6a_a1b9_65f4,
+                0x06c4_5d18_8009_454f
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_spreads_over_every_byte_and_length() {
+        // A bias in the mixing (an `&` or `|` where an `^` belongs) still
+        // gives bytes, but fewer kinds of them: garbage that no longer tries
+        // what the server might mishandle.
+        let names: Vec<Vec<u8>> = (0..2000).map(|id| random_name(id, 64)).collect();
+        let mut bytes_seen = [false; 256];
+        let mut lengths_seen = [false; 65];
+        let mut last_bytes_seen = [false; 256];
+        for name in &names {
+            name.iter()
+                .for_each(|&byte| bytes_seen[usize::from(byte)] = true);
+            lengths_seen[name.len()] = true;
+            last_bytes_seen[usize::from(name[name.len() - 1])] = true;
+        }
+        let count = |seen: &[bool]| seen.iter().filter(|&&seen| seen).count();
+        assert_eq!(count(&bytes_seen), 255, "every byte but the newline");
+        assert_eq!(count(&lengths_seen), 64, "every length from 1 to 64");
+        assert!(
+            count(&last_bytes_seen) > 200,
+            "names end in many bytes, not one mark"
+        );
+        // Apart from the shortest, which repeat by chance, each client id
+        // gets a name of its own.
+        let mut long_names: Vec<&Vec<u8>> = names.iter().filter(|name| name.len() >= 4).collect();
+        let long = long_names.len();
+        long_names.sort();
+        long_names.dedup();
+        assert_eq!(long_names.len(), long, "one name per client id");
     }
 
     #[test]
