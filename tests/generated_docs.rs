@@ -22,9 +22,12 @@ fn generate(binary: &str, args: &[&str]) -> Finished {
     run(command, b"")
 }
 
-/// A fresh directory for one test's files, under cargo's scratch space.
+/// A fresh directory for one test's files, under cargo's scratch space,
+/// named for this process too: two runs of the suite at once in one tree
+/// (nextest beside cargo test, say) must not remove each other's pages.
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -85,6 +88,7 @@ fn each_binary_writes_man_pages_naming_its_flags_and_variables() {
                 "{page} does not mention {variable}:\n{text}"
             );
         }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
