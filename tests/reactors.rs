@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::process::Stdio;
 
 use common::{
     GOODBYE, GREETING, TestServer, connect, exchange, expect_bytes, hello, read_to_close,
@@ -110,4 +111,41 @@ fn only_servers_that_ask_for_it_share_a_port() {
     assert_eq!(second.addr, first.addr);
     let mut client = connect(second.addr);
     expect_bytes(&mut client, GREETING);
+}
+
+/// A server that did not ask for --reuse-port keeps its port to itself:
+/// a later server that asks for it cannot join.
+#[test]
+fn a_port_taken_without_reuse_port_is_not_shared() {
+    let first = TestServer::start(&[]);
+    let listen = first.addr.to_string();
+    let mut second = common::server_command(&["--reuse-port", "--listen", &listen])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("greeter-server starts");
+    let exited = common::wait_until(|| matches!(second.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = second.kill();
+    }
+    let refused = second.wait_with_output().expect("its output");
+    assert!(exited, "the second server joined the first's port");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("address in use"),
+        "{refused:?}"
+    );
+}
+
+/// One reactor's log lines carry no reactor name: the names are there to
+/// tell several apart.
+#[test]
+fn a_single_reactor_names_no_reactor_in_its_log() {
+    let mut server = TestServer::start(&[]);
+    dialogue(&mut server.connect_greeted(), b"Michael");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success(), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("Accept new connection from"), "{log}");
+    assert!(log.contains("all connections closed; exiting"), "{log}");
+    assert!(!log.contains("reactor 1 of 1"), "{log}");
 }
