@@ -27,7 +27,7 @@ use common::{
     DEADLINE, GOODBYE, GREETING, PROMPT, TestServer, binary_command, hello, refusing_port,
     without_our_variables,
 };
-use load_runner::{Json, TempFile, assert_no_errors, greeter_load, greeter_load_with, load};
+use load_runner::{Json, Run, TempFile, assert_no_errors, greeter_load, greeter_load_with, load};
 use process::run;
 
 // ---------------------------------------------------------------------------
@@ -652,14 +652,10 @@ fn open_loop_exchanges_due_during_a_timeout_are_still_counted() {
     assert!(report.count("latency_us/max") >= 300_000, "{run}");
 }
 
-/// When the descriptor limit cannot hold --connections, greeter-load says so
-/// and runs with as many as fit, instead of failing part way through. It
-/// starts with a soft limit below the hard one, so the figures show that it
-/// raised the soft limit first (unraised, the cap would be 16 of 48).
-#[test]
-fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
+/// Runs greeter-load with a descriptor limit of 48 (soft) and 64 (hard):
+/// room for 32 connections once it has raised the soft limit.
+fn load_within_64_descriptors(addr: &str, args: &[&str]) -> Run {
     use std::os::unix::process::CommandExt;
-    let server = TestServer::start(&[]);
     let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-load"));
     // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
     unsafe {
@@ -674,21 +670,19 @@ fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
             Ok(())
         });
     }
-    let addr = server.addr.to_string();
-    let run = greeter_load_with(
-        command,
-        &[
-            "pingpong",
-            "--addr",
-            &addr,
-            "--quiet",
-            "-c",
-            "1000",
-            "--duration",
-            "0.5",
-            "--json",
-        ],
-    );
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--addr", addr, "--quiet", "--duration", "0.5", "--json"]);
+    greeter_load_with(command, &all)
+}
+
+/// When the descriptor limit cannot hold --connections, greeter-load says so
+/// and runs with as many as fit, instead of failing part way through. It
+/// starts with a soft limit below the hard one, so the figures show that it
+/// raised the soft limit first (unraised, the cap would be 16 of 48).
+#[test]
+fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
+    let server = TestServer::start(&[]);
+    let run = load_within_64_descriptors(&server.addr.to_string(), &["pingpong", "-c", "1000"]);
     run.assert_code(0);
     assert!(
         run.stderr
@@ -699,6 +693,28 @@ fn the_descriptor_limit_caps_connections_with_a_clear_warning() {
     assert_eq!(report.count("connections"), 32, "{run}");
     assert_eq!(report.count("peak_open"), 32, "{run}");
     assert_no_errors(&report, &run);
+}
+
+/// The cap counts hold's probe, one connection beyond --connections, and
+/// warns only when it changes something: 31 held connections and the probe
+/// fit in the room for 32; 32 of them do not.
+#[test]
+fn the_descriptor_cap_counts_the_hold_probe_and_is_silent_when_all_fit() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let fits = load_within_64_descriptors(&addr, &["hold", "-c", "31"]);
+    fits.assert_code(0);
+    assert!(!fits.stderr.contains("capped"), "{fits}");
+    assert_eq!(fits.json().count("peak_open"), 32, "{fits}");
+    let capped = load_within_64_descriptors(&addr, &["hold", "-c", "32"]);
+    capped.assert_code(0);
+    assert!(
+        capped
+            .stderr
+            .contains("--connections 32 capped to 31 by the file descriptor limit (64)"),
+        "{capped}"
+    );
+    assert_eq!(capped.json().count("peak_open"), 32, "{capped}");
 }
 
 /// Open loop, a stall that outlasts the window: the exchanges that fell due
