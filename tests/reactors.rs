@@ -149,3 +149,33 @@ fn a_single_reactor_names_no_reactor_in_its_log() {
     assert!(log.contains("all connections closed; exiting"), "{log}");
     assert!(!log.contains("reactor 1 of 1"), "{log}");
 }
+
+/// A second signal forces the reactors still waiting for clients to leave,
+/// and the exit status says the stop was forced (130), whichever reactor
+/// was forced.
+#[test]
+fn a_second_signal_forces_every_reactor_and_the_exit_status_says_so() {
+    let mut server = TestServer::start(&[
+        "--reactors",
+        "2",
+        "--shutdown-grace",
+        "60",
+        "--linger",
+        "60",
+    ]);
+    // Enough clients that, whichever way the kernel spreads them, at least
+    // one reactor is left waiting for its clients after the first signal.
+    let mut waiting: Vec<TcpStream> = (0..16).map(|_| server.connect_greeted()).collect();
+    server.signal(libc::SIGTERM);
+    for client in &mut waiting {
+        expect_bytes(client, GOODBYE);
+    }
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit after two SIGTERMs: {status}\n{}",
+        server.log()
+    );
+}
