@@ -307,14 +307,11 @@ pub unsafe fn take_from_environment() -> Result<Inheritance, ActivationError> {
 }
 
 fn set_close_on_exec(fd: RawFd) -> Result<(), Problem> {
-    // SAFETY: F_GETFD and F_SETFD only read and set the descriptor's flags;
-    // on a number that is not an open descriptor they fail with EBADF.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(query_problem(&io::Error::last_os_error()));
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+    // FD_CLOEXEC is the only descriptor flag there is, so it is set outright
+    // rather than added to flags read first.
+    // SAFETY: F_SETFD only sets the descriptor's flags; on a number that is
+    // not an open descriptor it fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
         return Err(query_problem(&io::Error::last_os_error()));
     }
     Ok(())
@@ -374,6 +371,29 @@ mod tests {
             count: list.len(),
             names: Some(list.iter().map(|name| name.to_string()).collect()),
         }
+    }
+
+    #[test]
+    fn each_problem_names_what_the_socket_is() {
+        let says = |problem: Problem| problem.to_string();
+        assert_eq!(
+            says(Problem::NotStream(Type::DGRAM)),
+            "is a datagram socket (ListenDatagram=), not a stream"
+        );
+        let seqpacket = says(Problem::NotStream(Type::SEQPACKET));
+        assert!(
+            seqpacket.starts_with("is a socket of type ") && seqpacket.ends_with(", not a stream"),
+            "{seqpacket}"
+        );
+        assert_eq!(
+            says(Problem::NotInternet(Domain::UNIX)),
+            "is a unix socket, not an IPv4 or IPv6 one"
+        );
+        let packet = says(Problem::NotInternet(Domain::PACKET));
+        assert!(
+            packet.starts_with("is a ") && !packet.contains("unix"),
+            "{packet}"
+        );
     }
 
     #[test]
