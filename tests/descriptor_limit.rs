@@ -77,3 +77,40 @@ fn limits_of_this_process() -> (u64, u64) {
     );
     (limit.rlim_cur, limit.rlim_max)
 }
+
+/// A server started with a descriptor limit of 64, soft and hard: room for
+/// 32 connections.
+fn server_within_64_descriptors(args: &[&str]) -> TestServer {
+    let mut command = server_command(args);
+    // SAFETY: as in the test above.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    TestServer::start_command(command)
+}
+
+/// --max-connections up to what the descriptors allow is taken silently;
+/// one more is taken with a warning that says what to raise.
+#[test]
+fn max_connections_beyond_the_descriptors_is_warned_about_and_not_before() {
+    let fits = server_within_64_descriptors(&["--max-connections", "32"]);
+    assert_eq!(fits.wait_for_log_value("capacity ").as_deref(), Some("32"));
+    assert!(!fits.log().contains("exceeds"), "{}", fits.log());
+    let beyond = server_within_64_descriptors(&["--max-connections", "33"]);
+    assert!(
+        beyond.wait_for_log(
+            "--max-connections 33 exceeds what the file descriptor limit (64) allows (about 32)"
+        ),
+        "{}",
+        beyond.log()
+    );
+}
