@@ -387,6 +387,50 @@ fn hold_keeps_every_connection_answering() {
     assert!(report.flag("passed"), "{run}");
 }
 
+/// More connections than half the ephemeral port range (from one source
+/// address) is warned about at the start, with the way out. The ramp keeps
+/// the run from opening more than a few of them.
+#[test]
+fn more_connections_than_half_the_port_range_are_warned_about() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .expect("the ephemeral port range");
+    let ports: Vec<usize> = range
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let over_half = (ports[1] - ports[0]).div_ceil(2) + 1;
+    // greeter-load caps --connections to its descriptors before it warns.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct passed and reads nothing else.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    if over_half as u64 + 64 > limit.rlim_max {
+        common::report_skip(
+            "more_connections_than_half_the_port_range_are_warned_about",
+            &format!("{over_half} connections do not fit the descriptor limit here"),
+        );
+        return;
+    }
+    let server = TestServer::start(&[]);
+    let addr = server.addr.to_string();
+    let flags = format!("-c {over_half} --ramp 100 --duration 0.2 --timeout 5 --json");
+    let run = load("pingpong", &addr, &flags);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains(&format!(
+            "{over_half} connections from 1 source address(es) use more than half the \
+             ephemeral port range"
+        )),
+        "{run}"
+    );
+    assert!(run.json().count("connections_opened") < 100, "{run}");
+}
+
 /// --ramp is accepted and effective: with enough time all 50 connections
 /// open (without failures), and with too little time the ramp has opened
 /// only some of them when the run ends.

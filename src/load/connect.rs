@@ -76,21 +76,59 @@ pub fn warn_about_port_search(config: &LoadConfig) {
     let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
         return;
     };
+    if let Some(warning) =
+        port_search_warning(config.connections, config.source_addrs.len(), &range)
+    {
+        log::warn!("{warning}");
+    }
+}
+
+/// The warning for `connections` from `sources` source addresses (0: the
+/// kernel picks one) against the ephemeral port range as
+/// `ip_local_port_range` gives it ("LOW HIGH"), if they need more than half.
+fn port_search_warning(connections: usize, sources: usize, range: &str) -> Option<String> {
     let ports: Vec<usize> = range
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect();
     let [low, high] = ports[..] else {
-        return;
+        return None;
     };
-    let sources = config.source_addrs.len().max(1);
+    let sources = sources.max(1);
     let half = high.saturating_sub(low).div_ceil(2);
-    if config.connections / sources > half {
-        log::warn!(
-            "{} connections from {sources} source address(es) use more than half the ephemeral port \
-             range ({low}-{high}); connect() slows down sharply beyond that. Spread them with \
-             --source-addrs (e.g. 127.0.0.2,127.0.0.3 for a loopback server)",
-            config.connections
+    (connections / sources > half).then(|| {
+        format!(
+            "{connections} connections from {sources} source address(es) use more than half the \
+             ephemeral port range ({low}-{high}); connect() slows down sharply beyond that. Spread \
+             them with --source-addrs (e.g. 127.0.0.2,127.0.0.3 for a loopback server)"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_than_half_the_port_range_per_source_is_warned_about() {
+        // The range 1000-2000 has 1000 ports after the first: half is 500.
+        let range = "1000\t2000\n";
+        assert_eq!(port_search_warning(500, 0, range), None);
+        let warning = port_search_warning(501, 0, range).expect("a warning");
+        assert!(
+            warning.starts_with(
+                "501 connections from 1 source address(es) use more than half the ephemeral \
+                 port range (1000-2000)"
+            ),
+            "{warning}"
         );
+        // Each source address has a range of its own.
+        assert_eq!(port_search_warning(1000, 2, range), None);
+        assert!(port_search_warning(1002, 2, range).is_some());
+        // An odd span rounds half up: 1001 ports after the first, half 501.
+        assert_eq!(port_search_warning(501, 1, "1000 2001"), None);
+        assert!(port_search_warning(502, 1, "1000 2001").is_some());
+        // A range that cannot be read warns about nothing.
+        assert_eq!(port_search_warning(100_000, 1, "garbage"), None);
     }
 }
