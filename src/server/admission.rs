@@ -364,6 +364,28 @@ mod tests {
         assert_eq!(admission.open(), 3);
     }
 
+    /// What the metrics page counts as refused, by reason: a client told
+    /// "out of descriptors" counts, one dropped unheard does not.
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let mut admission = Admission::new(2, Some(1));
+        assert_eq!(admission.admit(peer("10.0.0.1:1")), Ok(()));
+        assert!(admission.admit(peer("10.0.0.1:2")).is_err());
+        assert!(admission.admit(peer("10.0.0.1:3")).is_err());
+        assert_eq!(admission.admit(peer("10.0.0.2:1")), Ok(()));
+        assert!(admission.admit(peer("10.0.0.3:1")).is_err());
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        admission.out_of_descriptors(&emfile, true);
+        admission.out_of_descriptors(&emfile, false);
+        let mut counted = Counters::default();
+        admission.add_refusals_to(&mut counted);
+        let mut expected = Counters::default();
+        expected.add_refused(RefusedBecause::TooManyFromAddress, 2);
+        expected.add_refused(RefusedBecause::Full, 1);
+        expected.add_refused(RefusedBecause::OutOfDescriptors, 1);
+        assert_eq!(counted, expected);
+    }
+
     #[test]
     fn the_connection_limit_comes_before_the_address_limit() {
         let mut admission = Admission::new(1, Some(1));
