@@ -202,9 +202,24 @@ fn clients_beyond_the_per_address_limit_are_told_and_closed() {
         String::from_utf8_lossy(&read_to_close(&mut sixth)),
         too_many_from_address(2)
     );
-    for client in [&mut fourth, &mut fifth, &mut other] {
-        exchange(client, b"exit\n", GOODBYE);
+    // 127.0.0.2's client leaves first, so its slot is freed before the
+    // line awaited below.
+    for mut client in [other, fourth, fifth] {
+        exchange(&mut client, b"exit\n", GOODBYE);
+        assert_eq!(read_to_close(&mut client), b"");
     }
+    // The last of 127.0.0.1's clients gone, the log sums up its refusals
+    // since it was last admitted; 127.0.0.2, never refused, gets no line.
+    assert!(
+        server.wait_for_log(
+            "127.0.0.1 has no connections left; 1 of its clients were turned away (--max-per-ip)"
+        ),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(!log.contains("127.0.0.2 has no connections left"), "{log}");
+    assert!(!log.contains(" 0 of its clients"), "{log}");
 }
 
 /// The kernel's cap on accept queues.
