@@ -35,12 +35,6 @@ fn server_with_descriptor_limit(descriptors: libc::rlim_t, args: &[&str]) -> Com
     command
 }
 
-/// The process state letter in /proc/PID/stat ('T' when stopped).
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
-}
-
 /// How the server answered one client of a burst.
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {

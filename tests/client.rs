@@ -290,3 +290,34 @@ fn bytes_after_a_complete_reply_are_named() {
     );
     assert_eq!(hasty.join().unwrap(), b"Zed\n", "only the name was sent");
 }
+
+/// Stopped and continued (Ctrl-Z, `fg`) while it waits for the server, the
+/// client carries on: Linux ends its read with EINTR then, because the read
+/// has a timeout, and the client reads again.
+#[test]
+fn a_client_stopped_and_continued_while_waiting_carries_on() {
+    let server = TestServer::start(&[]);
+    // A paused server lets the kernel finish the handshake but sends no
+    // greeting: the client waits in its read.
+    server.pause();
+    let mut child = client_command()
+        .args(["--addr", &server.addr.to_string(), "Michael"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("greeter-client starts");
+    assert!(
+        wait_until(|| process_state(child.id()) == Some('S')),
+        "the client never waited"
+    );
+    stop_and_continue(child.id());
+    server.resume();
+    let status = wait_for_exit(&mut child, || "the client did not finish".to_string());
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut err| err.read_to_string(&mut stderr));
+    assert!(status.success(), "{status}: {stderr}");
+}

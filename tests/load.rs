@@ -431,6 +431,35 @@ fn more_connections_than_half_the_port_range_are_warned_about() {
     assert!(run.json().count("connections_opened") < 100, "{run}");
 }
 
+/// Stopped and continued (Ctrl-Z, `fg`) in the middle of a run, greeter-load
+/// carries on: Linux ends its epoll_wait with EINTR then, even without a
+/// signal handler, and the loop polls again.
+#[test]
+fn a_load_generator_stopped_and_continued_carries_on() {
+    let server = TestServer::start(&[]);
+    let mut child = binary_command(env!("CARGO_BIN_EXE_greeter-load"))
+        .args(["hold", "--addr", &server.addr.to_string()])
+        .args(["-c", "2", "--probe-rate", "5", "--duration", "1", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("greeter-load starts");
+    // Holding idle connections with a probe every 200 ms, it sleeps in its
+    // poll nearly all the time.
+    assert!(
+        common::wait_until(|| common::process_state(child.id()) == Some('S')),
+        "greeter-load never waited"
+    );
+    common::stop_and_continue(child.id());
+    let status = common::wait_for_exit(&mut child, || "greeter-load did not finish".into());
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut err| err.read_to_string(&mut stderr));
+    assert!(status.success(), "{status}: {stderr}");
+}
+
 /// --ramp is accepted and effective: with enough time all 50 connections
 /// open (without failures), and with too little time the ramp has opened
 /// only some of them when the run ends.

@@ -210,10 +210,8 @@ impl TestServer {
         self.signal(libc::SIGCONT);
     }
 
-    /// The process state letter from /proc/PID/stat (R, S, T, Z, ...).
     fn process_state(&self) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+        process_state(self.pid())
     }
 
     /// Waits for the server to exit, and for the last of its log.
@@ -380,6 +378,32 @@ pub fn wait_for_exit(child: &mut Child, describe: impl Fn() -> String) -> ExitSt
         assert!(start.elapsed() < DEADLINE, "{}", describe());
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The process state letter from /proc/PID/stat (R, S, T, Z, ...).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Stops process `pid` (SIGSTOP) and lets it go on (SIGCONT), as a shell's
+/// Ctrl-Z and `fg` do. On Linux that makes some blocking calls it was in
+/// fail with EINTR although it has no signal handler: epoll_wait, and a
+/// socket read under a read timeout (signal(7)).
+pub fn stop_and_continue(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill only sends a signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    assert!(
+        wait_until(|| process_state(pid as u32) == Some('T')),
+        "process {pid} did not stop"
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(
+        wait_until(|| process_state(pid as u32) != Some('T')),
+        "process {pid} did not go on"
+    );
 }
 
 /// Polls `condition` every few milliseconds until it holds or [`DEADLINE`]
