@@ -174,7 +174,7 @@ fn clients_beyond_the_per_address_limit_are_told_and_closed() {
     assert_eq!(read_to_close(&mut first), b"");
     drop(first);
     assert!(server.wait_for_log(&first_closed), "{}", server.log());
-    let mut fourth = server.connect_greeted();
+    let fourth = server.connect_greeted();
     assert!(
         server.wait_for_log("accepting from 127.0.0.1 again; 1 of its clients were turned away"),
         "{}",
@@ -188,7 +188,7 @@ fn clients_beyond_the_per_address_limit_are_told_and_closed() {
         .unwrap();
     drop(second);
     assert!(server.wait_for_log(&second_closed), "{}", server.log());
-    let mut fifth = server.connect_greeted();
+    let fifth = server.connect_greeted();
 
     // Two are connected again: the next one is refused.
     let mut sixth = server.connect();
