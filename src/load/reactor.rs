@@ -282,19 +282,25 @@ impl Reactor<'_> {
         let plan = &mut self.clients[key].plan;
         match turn {
             Turn::Greeting => {}
+            // The live line counts what the report counts, warm-up included:
+            // replies, or in churn whole dialogues.
             Turn::Hello | Turn::Prompt => {
                 if plan.role == Role::Held {
                     plan.checked = true;
                     self.held_checked += 1;
-                } else if !churn && counts {
-                    self.stats.record(now - started);
+                } else if !churn {
+                    if counts {
+                        self.stats.record(now - started);
+                    }
+                    self.live.completed += 1;
                 }
-                self.live.completed += 1;
             }
             // Churn measures whole dialogues; the client now awaits the EOF.
             Turn::Goodbye => {
-                if churn && counts {
-                    self.stats.record(now - started);
+                if churn {
+                    if counts {
+                        self.stats.record(now - started);
+                    }
                     self.live.completed += 1;
                 }
                 return Ok(());
