@@ -256,3 +256,53 @@ fn each_cause_is_counted_under_its_label() {
         "greeter_connections_closed_total{reason=\"bad_proxy_header\"}"
     ) == 1));
 }
+
+/// A client that sends without reading makes the server stop reading from
+/// it once its replies back up: one backpressure pause, however many more
+/// bytes arrive while it lasts.
+#[test]
+fn a_client_that_never_reads_is_one_backpressure_pause() {
+    let (server, metrics) = server_with_metrics(&["--max-output", "4096", "--framing", "line"]);
+    let pauses = || {
+        value(
+            &http_get(metrics, "/metrics").1,
+            "greeter_backpressure_pauses_total",
+        )
+    };
+    let mut flooder = server.connect_greeted();
+    flooder.set_nonblocking(true).unwrap();
+    let names = b"x\n".repeat(32 * 1024);
+    let mut sent = 0;
+    let mut paused = false;
+    // Writes what the kernel takes (names has even length, so the "x\n"
+    // pattern goes on); each time it takes nothing, looks at the page.
+    // Bounded in writes and looks, and, once the server stops reading, in
+    // bytes.
+    let mut looks = 0;
+    for _ in 0..100_000 {
+        match flooder.write(&names[sent % 2..]) {
+            Ok(n) => sent += n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                looks += 1;
+                if pauses() > 0 {
+                    paused = true;
+                    break;
+                }
+                if looks == 20 {
+                    break;
+                }
+            }
+            Err(err) => panic!("flooding: {err}"),
+        }
+    }
+    assert!(paused, "no pause after {sent} bytes:\n{}", server.log());
+    // More bytes while the pause lasts, then a whole dialogue of another
+    // client, which the server serves in later turns than those bytes.
+    for _ in 0..20 {
+        let _ = flooder.write(&names[sent % 2..]).map(|n| sent += n);
+    }
+    let mut other = server.connect_greeted();
+    other.write_all(b"Michael\n").unwrap();
+    common::expect_bytes(&mut other, &common::hello(b"Michael"));
+    assert_eq!(pauses(), 1, "{}", server.log());
+}
