@@ -374,14 +374,17 @@ mod tests {
         assert_eq!(json.as_object().unwrap().len(), FaultKind::ALL.len());
     }
 
-    #[test]
-    fn the_json_report_keeps_the_fields_scripts_read() {
+    /// A report of a run of `workload` over 2 connections that completed
+    /// `completed` units of 40 µs in `measured`.
+    fn report(workload: Workload, completed: u32, measured: Duration) -> Report {
         let mut stats = Stats::default();
-        stats.record(Duration::from_micros(40));
-        let report = Report {
+        for _ in 0..completed {
+            stats.record(Duration::from_micros(40));
+        }
+        Report {
             config: LoadConfig {
                 addr: "127.0.0.1:6000".parse().unwrap(),
-                workload: Workload::PingPong { rate: None },
+                workload,
                 connections: 2,
                 duration: Duration::from_secs(1),
                 count: None,
@@ -397,12 +400,50 @@ mod tests {
             faults: Some(FaultTally::default()),
             server: None,
             server_metrics: None,
-            measured: Duration::from_millis(1500),
+            measured,
             peak_open: 2,
             connections_opened: 2,
             held_checked: 0,
             cpu: CpuTime::default(),
+        }
+    }
+
+    #[test]
+    fn rates_are_per_measured_second_and_cpu_per_unit() {
+        let pingpong = Workload::PingPong { rate: None };
+        let mut run = report(pingpong, 3, Duration::from_millis(1500));
+        run.cpu = CpuTime {
+            user: Duration::from_millis(4),
+            system: Duration::from_millis(2),
         };
+        let json: serde_json::Value = serde_json::to_value(&run).unwrap();
+        assert_eq!(json["per_second"], 2.0, "{json}");
+        assert_eq!(json["cpu"]["us_per_unit"], 2000.0, "{json}");
+        let human = run.human();
+        assert!(human.contains("exchanges  3 (2/s)"), "{human}");
+        assert!(human.contains("(2000.0 µs per exchange)"), "{human}");
+        // A run that measured no time has no rate rather than a division by 0.
+        let instant = report(pingpong, 3, Duration::ZERO);
+        assert_eq!(serde_json::to_value(&instant).unwrap()["per_second"], 0.0);
+    }
+
+    #[test]
+    fn hold_passes_only_when_every_held_connection_answered() {
+        let hold = Workload::Hold { probe_rate: 10.0 };
+        let mut run = report(hold, 1, Duration::from_secs(1));
+        run.held_checked = 1;
+        assert!(!run.passed(), "one of two held connections checked");
+        run.held_checked = 2;
+        assert!(run.passed());
+    }
+
+    #[test]
+    fn the_json_report_keeps_the_fields_scripts_read() {
+        let report = report(
+            Workload::PingPong { rate: None },
+            1,
+            Duration::from_millis(1500),
+        );
         let text = serde_json::to_string(&report).unwrap();
         // serde_json's Value keeps keys sorted unless told otherwise: read
         // the order from the text itself.
