@@ -422,6 +422,14 @@ mod tests {
         let human = run.human();
         assert!(human.contains("exchanges  3 (2/s)"), "{human}");
         assert!(human.contains("(2000.0 µs per exchange)"), "{human}");
+        // Fault clients' latency is not measured, so the line says whose is.
+        assert!(
+            human.contains("  well-behaved clients' latency: p50 40 µs"),
+            "{human}"
+        );
+        run.faults = None;
+        let human = run.human();
+        assert!(human.contains("  latency: p50 40 µs"), "{human}");
         // A run that measured no time has no rate rather than a division by 0.
         let instant = report(pingpong, 3, Duration::ZERO);
         assert_eq!(serde_json::to_value(&instant).unwrap()["per_second"], 0.0);

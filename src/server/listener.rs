@@ -71,18 +71,26 @@ const MIGRATE_REQUESTS_PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 /// resets them unless `net.ipv4.tcp_migrate_req` is 1, which moves them to
 /// the new server's queue instead. Warns if that is not so.
 pub fn warn_unless_requests_migrate() {
-    match std::fs::read_to_string(MIGRATE_REQUESTS_PATH) {
-        Ok(value) if value.trim() == "1" => {}
-        Ok(_) => log::warn!(
+    if let Some(warning) = migrate_warning(std::fs::read_to_string(MIGRATE_REQUESTS_PATH).ok()) {
+        log::warn!("{warning}");
+    }
+}
+
+/// The warning for the sysctl's value (None: the kernel has no such file).
+fn migrate_warning(setting: Option<String>) -> Option<String> {
+    match setting {
+        Some(value) if value.trim() == "1" => None,
+        Some(_) => Some(
             "--reuse-port: net.ipv4.tcp_migrate_req is 0, so when this server stops, clients \
              waiting in its accept queue are reset instead of handed to the server taking over \
              (set it: sysctl -w net.ipv4.tcp_migrate_req=1)"
+                .to_string(),
         ),
-        Err(_) => log::warn!(
+        None => Some(format!(
             "--reuse-port: this kernel cannot hand the clients waiting in a stopping server's \
              accept queue to the server taking over ({MIGRATE_REQUESTS_PATH} is missing; \
              Linux 5.14 and later have it); a restart may reset a few of them"
-        ),
+        )),
     }
 }
 
@@ -422,5 +430,23 @@ fn limit_unsent_in_kernel(stream: &TcpStream) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_is_warned_about_unless_the_kernel_migrates_waiting_clients() {
+        assert_eq!(migrate_warning(Some("1\n".into())), None);
+        let off = migrate_warning(Some("0\n".into())).expect("a warning");
+        assert!(
+            off.contains("tcp_migrate_req is 0")
+                && off.contains("sysctl -w net.ipv4.tcp_migrate_req=1"),
+            "{off}"
+        );
+        let missing = migrate_warning(None).expect("a warning");
+        assert!(missing.contains("Linux 5.14 and later"), "{missing}");
     }
 }
