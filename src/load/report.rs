@@ -436,6 +436,51 @@ mod tests {
     }
 
     #[test]
+    fn the_human_report_lists_only_kinds_that_happened() {
+        let mut run = report(Workload::Churn { names: 1 }, 2, Duration::from_secs(1));
+        run.stats.fail(Failure::Reset, "read: connection reset");
+        let mut tally = FaultTally::default();
+        tally.mix = crate::load::faults::FaultMix::parse("stall=10%").unwrap();
+        tally.slots[FaultKind::Stall.index()] = 1;
+        run.faults = Some(tally);
+        let human = run.human();
+        assert!(
+            human.contains("  well-behaved clients' errors: 1\n"),
+            "{human}"
+        );
+        assert!(
+            human.contains("reset               1  first: read: connection reset"),
+            "{human}"
+        );
+        assert!(!human.contains("timeout "), "{human}");
+        assert!(human.contains("  fault clients: kind"), "{human}");
+        // The fault table has a row for each kind in the mix, and no other.
+        let rows: Vec<&str> = human.lines().filter(|line| line.contains('%')).collect();
+        assert_eq!(rows.len(), 1, "{human}");
+        assert_eq!(
+            rows[0].split_whitespace().take(2).collect::<Vec<_>>(),
+            ["stall", "10.0%"],
+            "{human}"
+        );
+    }
+
+    /// The live line is due once a second: a tick before then changes
+    /// nothing; a tick then starts the next second's count.
+    #[test]
+    fn the_live_line_counts_by_the_second() {
+        let start = Instant::now();
+        let mut live = LiveLine::new(false, start);
+        live.completed = 7;
+        live.tick(start + Duration::from_millis(999), 1, 0);
+        assert_eq!((live.completed, live.next_at), (7, start + LIVE_INTERVAL));
+        live.tick(start + LIVE_INTERVAL, 1, 0);
+        assert_eq!(
+            (live.completed, live.next_at),
+            (0, start + 2 * LIVE_INTERVAL)
+        );
+    }
+
+    #[test]
     fn hold_passes_only_when_every_held_connection_answered() {
         let hold = Workload::Hold { probe_rate: 10.0 };
         let mut run = report(hold, 1, Duration::from_secs(1));

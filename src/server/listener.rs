@@ -449,4 +449,25 @@ mod tests {
         let missing = migrate_warning(None).expect("a warning");
         assert!(missing.contains("Linux 5.14 and later"), "{missing}");
     }
+
+    /// Each way a bind fails says what to do; tests run as root, where a
+    /// low port never fails, so the words are checked here.
+    #[test]
+    fn each_listen_error_says_what_to_do() {
+        let error = |kind| ListenError {
+            addr: "127.0.0.1:80".parse().unwrap(),
+            source: io::Error::from(kind),
+            flag: "--listen",
+        };
+        let says = |kind| error(kind).to_string();
+        assert!(says(ErrorKind::PermissionDenied).contains("try a port above 1023"));
+        assert!(says(ErrorKind::AddrInUse).contains("try --listen 127.0.0.1:0"));
+        assert!(says(ErrorKind::AddrNotAvailable).contains("try 127.0.0.1 or 0.0.0.0"));
+        let other = error(ErrorKind::InvalidInput);
+        let source = std::error::Error::source(&other).expect("the OS error beneath");
+        assert_eq!(
+            other.to_string(),
+            format!("cannot listen on 127.0.0.1:80: {source}")
+        );
+    }
 }
