@@ -154,7 +154,8 @@ impl Schedule {
         if open >= self.target || self.connecting >= MAX_CONNECTING {
             return Opening::Enough;
         }
-        if self.ramped < self.target && self.next_ramp_time().is_some_and(|at| at > now) {
+        // (The ramp has no next time once it has opened every connection.)
+        if self.next_ramp_time().is_some_and(|at| at > now) {
             return Opening::NotYet;
         }
         Opening::Client(match self.workload {
@@ -489,6 +490,63 @@ mod tests {
             !schedule.may_connect(1),
             "fault clients' connects count too"
         );
+    }
+
+    /// Once the ramp has opened every connection, a replacement opens at
+    /// once; until then the ramp paces, and only while connects may start
+    /// does it wake the loop.
+    #[test]
+    fn replacements_after_the_ramp_open_at_once() {
+        let start = Instant::now();
+        let closed = Workload::PingPong { rate: None };
+        let mut schedule = Schedule::new(&config(closed, 2, Some(1.0)), 2, start);
+        let first = schedule.opened(Role::Worker, 0, start);
+        assert_eq!(schedule.next_wake(), Some(start + Duration::from_secs(1)));
+        let later = start + Duration::from_secs(1);
+        schedule.opened(Role::Worker, 1, later);
+        assert_eq!(schedule.next_wake(), None, "the ramp is done");
+        schedule.ended(&first, Phase::AwaitingReply);
+        assert_eq!(
+            schedule.next_opening(1, later),
+            Opening::Client(Role::Worker)
+        );
+
+        // With MAX_CONNECTING connects in flight the ramp's next time does
+        // not wake the loop: nothing could be opened then.
+        let mut schedule = Schedule::new(&config(closed, 1000, Some(1e6)), 1000, start);
+        for id in 0..MAX_CONNECTING as u64 {
+            schedule.opened(Role::Worker, id, start);
+        }
+        assert_eq!(schedule.next_wake(), None);
+        schedule.connected();
+        assert!(schedule.next_wake().is_some());
+    }
+
+    /// A client gone while still connecting frees its place among the
+    /// connects in flight; one gone later has already freed it.
+    #[test]
+    fn a_client_ended_while_connecting_frees_its_connect() {
+        let start = Instant::now();
+        let closed = Workload::PingPong { rate: None };
+        let mut schedule = Schedule::new(&config(closed, 1000, None), 1000, start);
+        let plans: Vec<Plan> = (0..MAX_CONNECTING as u64)
+            .map(|id| schedule.opened(Role::Worker, id, start))
+            .collect();
+        assert!(!schedule.may_connect(0));
+        schedule.ended(&plans[0], Phase::Connecting);
+        assert!(schedule.may_connect(0));
+        assert!(!schedule.may_connect(1));
+    }
+
+    #[test]
+    fn a_failed_open_pauses_opening_for_the_reopen_delay() {
+        let start = Instant::now();
+        let closed = Workload::PingPong { rate: None };
+        let mut schedule = Schedule::new(&config(closed, 2, None), 2, start);
+        schedule.pause_opening(start);
+        assert!(!schedule.may_open(start + REOPEN_DELAY / 2));
+        assert_eq!(schedule.next_wake(), Some(start + REOPEN_DELAY));
+        assert!(schedule.may_open(start + REOPEN_DELAY));
     }
 
     #[test]
