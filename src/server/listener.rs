@@ -450,6 +450,28 @@ mod tests {
         assert!(missing.contains("Linux 5.14 and later"), "{missing}");
     }
 
+    /// Which accept errors end one client's turn and which mean the
+    /// process is out of descriptors; anything else is the listener's own.
+    #[test]
+    fn accept_errors_are_sorted_by_whom_they_concern() {
+        let os = io::Error::from_raw_os_error;
+        for per_client in [
+            os(libc::ECONNABORTED),
+            os(libc::ECONNRESET),
+            os(libc::EINTR),
+            os(libc::EPERM),
+        ] {
+            assert!(is_per_client(&per_client), "{per_client}");
+            assert!(!is_out_of_descriptors(&per_client), "{per_client}");
+        }
+        for out in [os(libc::EMFILE), os(libc::ENFILE)] {
+            assert!(is_out_of_descriptors(&out), "{out}");
+            assert!(!is_per_client(&out), "{out}");
+        }
+        let other = os(libc::EINVAL);
+        assert!(!is_per_client(&other) && !is_out_of_descriptors(&other));
+    }
+
     /// Each way a bind fails says what to do; tests run as root, where a
     /// low port never fails, so the words are checked here.
     #[test]
