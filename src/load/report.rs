@@ -357,7 +357,7 @@ impl LiveLine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -376,7 +376,11 @@ mod tests {
 
     /// A report of a run of `workload` over 2 connections that completed
     /// `completed` units of 40 µs in `measured`.
-    fn report(workload: Workload, completed: u32, measured: Duration) -> Report {
+    pub(in crate::load) fn report(
+        workload: Workload,
+        completed: u32,
+        measured: Duration,
+    ) -> Report {
         let mut stats = Stats::default();
         for _ in 0..completed {
             stats.record(Duration::from_micros(40));

@@ -125,3 +125,42 @@ pub fn soak(
         server_metrics: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Workload;
+    use crate::load::report::tests::report;
+    use crate::load::stats::Failure;
+
+    fn soak_report() -> SoakReport {
+        let second = Duration::from_secs(1);
+        SoakReport {
+            pingpong: report(Workload::PingPong { rate: None }, 10, second),
+            churn: report(Workload::Churn { names: 1 }, 5, second),
+            server: None,
+            server_metrics: None,
+        }
+    }
+
+    /// The soak passes only when both halves do.
+    #[test]
+    fn a_soak_fails_when_either_half_does() {
+        let passing = soak_report();
+        assert!(passing.passed());
+        assert!(passing.human().starts_with("greeter-load soak: passed\n"));
+        for half in ["pingpong", "churn"] {
+            let mut failing = soak_report();
+            let report = match half {
+                "pingpong" => &mut failing.pingpong,
+                _ => &mut failing.churn,
+            };
+            report.stats.fail(Failure::Mismatch, "got \"Hallo\"");
+            assert!(!failing.passed(), "{half}");
+            assert!(
+                failing.human().starts_with("greeter-load soak: FAILED\n"),
+                "{half}"
+            );
+        }
+    }
+}

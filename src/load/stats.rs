@@ -221,6 +221,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn socket_errors_count_by_what_they_mean() {
+        let of = |kind| Failure::of(&io::Error::from(kind));
+        assert_eq!(of(io::ErrorKind::ConnectionRefused), Failure::Refused);
+        for reset in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+        ] {
+            assert_eq!(of(reset), Failure::Reset, "{reset:?}");
+        }
+        assert_eq!(of(io::ErrorKind::TimedOut), Failure::Timeout);
+        assert_eq!(of(io::ErrorKind::InvalidInput), Failure::Io);
+    }
+
+    #[test]
     fn histograms_round_trip_and_merge() {
         let mut a = Stats::default();
         let mut b = Stats::default();
