@@ -221,6 +221,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn latencies_from_10_ms_are_shown_in_milliseconds() {
+        assert_eq!(format_us(9_999), "9999 µs");
+        assert_eq!(format_us(10_000), "10.0 ms");
+        assert_eq!(format_us(123_456), "123.5 ms");
+    }
+
+    #[test]
     fn socket_errors_count_by_what_they_mean() {
         let of = |kind| Failure::of(&io::Error::from(kind));
         assert_eq!(of(io::ErrorKind::ConnectionRefused), Failure::Refused);
