@@ -624,6 +624,48 @@ fn data_behind_an_urgent_mark_is_answered() {
     expect_bytes(&mut client, &[hello(b"one"), hello(b"two")].concat());
 }
 
+/// The same with a backlog small enough for the server's kernel to take it
+/// all at once: the server's own buffer is empty, and only the kernel's
+/// count of acknowledged bytes shows that the client is still reading.
+#[test]
+fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
+    let server = TestServer::start(&["--idle-timeout", "1", "--framing", "line"]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // The smallest receive buffer Linux gives (about 2 KB): once the server
+    // has sent the last byte, the client's kernel holds only what it reads
+    // well within the idle timeout, and the server rightly counts from then.
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket.connect(&server.addr.into()).expect("connect");
+    let mut client: TcpStream = socket.into();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    expect_bytes(&mut client, GREETING);
+
+    // About 12 KB of replies: less than the kernel takes from one write.
+    let names = 12 * 1024 / hello(b"x").len();
+    client.write_all(&b"x\n".repeat(names)).unwrap();
+    let expected = hello(b"x").len() * names;
+    let mut received = Vec::with_capacity(expected);
+    let mut buf = [0u8; 512];
+    let started = Instant::now();
+    while received.len() < expected && started.elapsed() < DEADLINE {
+        let n = client
+            .read(&mut buf)
+            .expect("the server keeps the connection open");
+        assert!(n > 0, "closed after {} of {expected} bytes", received.len());
+        received.extend_from_slice(&buf[..n]);
+        // About 5 KB/s: the backlog takes more than twice the idle timeout.
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        received
+            .chunks(hello(b"x").len())
+            .all(|reply| reply == hello(b"x")),
+        "only replies, no idle error: {:?}",
+        String::from_utf8_lossy(&received[received.len().saturating_sub(200)..])
+    );
+    assert_eq!(received.len(), expected, "every reply arrived");
+}
+
 /// A client that reads a long backlog of replies slowly but steadily is
 /// making progress, and the idle timeout must not close it. (Its small
 /// receive buffer keeps most of the backlog on the server's side.)
