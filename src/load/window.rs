@@ -149,6 +149,26 @@ mod tests {
         assert_eq!(window.measured(), SECOND);
     }
 
+    /// The CPU the report divides is sampled once, when the warmup ends,
+    /// not during it and not again later.
+    #[test]
+    fn the_cpu_is_sampled_when_the_window_opens() {
+        let start = Instant::now();
+        let mut window = Window::new(start, SECOND, SECOND, None);
+        window.is_over(start, 0);
+        assert!(window.cpu_at_start.is_none(), "in the warmup");
+        window.is_over(start + SECOND, 0);
+        let first = window.cpu_at_start.expect("sampled at the start");
+        // Spend some CPU, so that a second sample would differ.
+        let busy = Instant::now();
+        while CpuTime::now().user + CpuTime::now().system <= first.user + first.system {
+            assert!(busy.elapsed() < SECOND * 5, "the CPU clock moves");
+        }
+        window.is_over(start + SECOND + SECOND / 2, 0);
+        let kept = window.cpu_at_start.expect("still sampled");
+        assert_eq!((kept.user, kept.system), (first.user, first.system));
+    }
+
     #[test]
     fn count_ends_the_window_early() {
         let start = Instant::now();
