@@ -167,6 +167,12 @@ mod tests {
         window.is_over(start + SECOND + SECOND / 2, 0);
         let kept = window.cpu_at_start.expect("still sampled");
         assert_eq!((kept.user, kept.system), (first.user, first.system));
+        // What the window used is what was spent since that sample: some.
+        assert_eq!(window.cpu().user + window.cpu().system, Duration::ZERO);
+        window.close(start + SECOND * 2);
+        let used = window.cpu();
+        assert!(used.user + used.system > Duration::ZERO, "{used:?}");
+        assert!(used.user <= CpuTime::now().user - first.user, "{used:?}");
     }
 
     #[test]
