@@ -253,6 +253,8 @@ enum Wrong {
     /// read the client's EOF, then resets the connection instead of closing
     /// it cleanly.
     ResetAfterGoodbye,
+    /// Greets, then says nothing at all, however long the client waits.
+    Silent,
 }
 
 /// A server that greets correctly, then answers one fault wrongly; stopped
@@ -327,6 +329,9 @@ fn serve_wrongly(mut stream: TcpStream, wrong: Wrong) {
             let _ = stream.write_all(&[hello(&line), GOODBYE.to_vec()].concat());
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         }
+        Wrong::Silent => {
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
     }
 }
 
@@ -351,6 +356,19 @@ fn an_idle_line_before_the_idle_timeout_is_wrong() {
     let first = report.text("faults/stall/first_wrong");
     assert!(
         first.starts_with("stall: ") && first.contains("before the server's timeout"),
+        "{first}; {run}"
+    );
+}
+
+/// A server that never closes an idle client is caught by the fault
+/// client's own clock: it waited as long as the answer may take, and says
+/// so.
+#[test]
+fn no_answer_at_all_is_wrong_once_the_wait_is_over() {
+    let (run, report) = against_fake(Wrong::Silent, "stall");
+    let first = report.text("faults/stall/first_wrong");
+    assert!(
+        first.starts_with("stall: nothing more within "),
         "{first}; {run}"
     );
 }
