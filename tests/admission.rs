@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use common::*;
@@ -18,20 +17,7 @@ const OUT_OF_DESCRIPTORS: &[u8] =
 /// A server command whose descriptor limit (soft and hard) is `descriptors`.
 fn server_with_descriptor_limit(descriptors: libc::rlim_t, args: &[&str]) -> Command {
     let mut command = server_command(args);
-    // SAFETY: between fork and exec the child only calls setrlimit, which is
-    // async-signal-safe, and builds an io::Error from errno.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: descriptors,
-                rlim_max: descriptors,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_descriptor_limit(&mut command, descriptors, descriptors);
     command
 }
 

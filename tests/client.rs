@@ -313,11 +313,5 @@ fn a_client_stopped_and_continued_while_waiting_carries_on() {
     );
     stop_and_continue(child.id());
     server.resume();
-    let status = wait_for_exit(&mut child, || "the client did not finish".to_string());
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .map(|mut err| err.read_to_string(&mut stderr));
-    assert!(status.success(), "{status}: {stderr}");
+    assert_exits_successfully(&mut child, "the client");
 }

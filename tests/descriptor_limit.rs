@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io;
-use std::os::unix::process::CommandExt;
-
 use common::*;
 
 /// (soft, hard) "Max open files" of a process, from /proc/PID/limits.
@@ -36,20 +33,7 @@ fn the_server_raises_its_soft_descriptor_limit_to_the_hard_one() {
     }
     let lowered = hard / 2;
     let mut command = server_command(&[]);
-    // SAFETY: between fork and exec the child only calls setrlimit, which is
-    // async-signal-safe, and builds an io::Error from errno.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: lowered,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_descriptor_limit(&mut command, lowered, hard);
     let server = TestServer::start_command(command);
     assert_eq!(
         open_files_limits(server.pid()),
@@ -82,19 +66,7 @@ fn limits_of_this_process() -> (u64, u64) {
 /// 32 connections.
 fn server_within_64_descriptors(args: &[&str]) -> TestServer {
     let mut command = server_command(args);
-    // SAFETY: as in the test above.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_descriptor_limit(&mut command, 64, 64);
     TestServer::start_command(command)
 }
 

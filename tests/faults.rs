@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -405,20 +404,7 @@ fn out_of_descriptors_turns_clients_away_without_spinning() {
     const HARD_LIMIT: libc::rlim_t = 64;
     const REFUSALS: usize = 5;
     let mut command = server_command(&["--max-connections", "1000", "--linger", "1"]);
-    // SAFETY: between fork and exec the child only calls setrlimit, which is
-    // async-signal-safe, and builds an io::Error from errno.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: HARD_LIMIT,
-                rlim_max: HARD_LIMIT,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    with_descriptor_limit(&mut command, HARD_LIMIT, HARD_LIMIT);
     let server = TestServer::start_command(command);
     assert!(
         server.wait_for_log("exceeds what the file descriptor limit"),
@@ -624,28 +610,23 @@ fn data_behind_an_urgent_mark_is_answered() {
     expect_bytes(&mut client, &[hello(b"one"), hello(b"two")].concat());
 }
 
-/// The same with a backlog small enough for the server's kernel to take it
-/// all at once: the server's own buffer is empty, and only the kernel's
-/// count of acknowledged bytes shows that the client is still reading.
-#[test]
-fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
-    let server = TestServer::start(&["--idle-timeout", "1", "--framing", "line"]);
+/// A client with a receive buffer of `receive_buffer` bytes, greeted.
+fn slow_reader(server: &TestServer, receive_buffer: usize) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    // The smallest receive buffer Linux gives (about 2 KB): once the server
-    // has sent the last byte, the client's kernel holds only what it reads
-    // well within the idle timeout, and the server rightly counts from then.
-    socket.set_recv_buffer_size(1024).unwrap();
+    socket.set_recv_buffer_size(receive_buffer).unwrap();
     socket.connect(&server.addr.into()).expect("connect");
     let mut client: TcpStream = socket.into();
     client.set_read_timeout(Some(DEADLINE)).unwrap();
     expect_bytes(&mut client, GREETING);
+    client
+}
 
-    // About 12 KB of replies: less than the kernel takes from one write.
-    let names = 12 * 1024 / hello(b"x").len();
-    client.write_all(&b"x\n".repeat(names)).unwrap();
-    let expected = hello(b"x").len() * names;
+/// Reads `expected` bytes of replies to "x", at most `chunk` at a time with
+/// `pause` after each read (the slow reader), and checks they are only
+/// replies: no error line, no close before the last.
+fn read_slowly(client: &mut TcpStream, expected: usize, chunk: usize, pause: Duration) {
     let mut received = Vec::with_capacity(expected);
-    let mut buf = [0u8; 512];
+    let mut buf = vec![0u8; chunk];
     let started = Instant::now();
     while received.len() < expected && started.elapsed() < DEADLINE {
         let n = client
@@ -653,14 +634,13 @@ fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
             .expect("the server keeps the connection open");
         assert!(n > 0, "closed after {} of {expected} bytes", received.len());
         received.extend_from_slice(&buf[..n]);
-        // About 5 KB/s: the backlog takes more than twice the idle timeout.
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(pause);
     }
     assert!(
         received
             .chunks(hello(b"x").len())
             .all(|reply| reply == hello(b"x")),
-        "only replies, no idle error: {:?}",
+        "only replies, no error line: {:?}",
         String::from_utf8_lossy(&received[received.len().saturating_sub(200)..])
     );
     assert_eq!(received.len(), expected, "every reply arrived");
@@ -672,37 +652,32 @@ fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
 #[test]
 fn a_slow_steady_reader_is_not_idle() {
     let server = TestServer::start(&["--idle-timeout", "1", "--framing", "line"]);
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(64 * 1024).unwrap();
-    socket.connect(&server.addr.into()).expect("connect");
-    let mut client: TcpStream = socket.into();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    expect_bytes(&mut client, GREETING);
-
+    let mut client = slow_reader(&server, 64 * 1024);
     let names = 30_000;
     // Written from another thread, so this one reads at once even if the
     // socket buffers cannot take all the names before replies are read.
     let mut writer = client.try_clone().unwrap();
     let sender = thread::spawn(move || writer.write_all(&b"x\n".repeat(names)));
+    // The slow reader this test is about: about 400 KB/s.
     let expected = hello(b"x").len() * names;
-    let mut received = Vec::with_capacity(expected);
-    let mut buf = [0u8; 4096];
-    let started = Instant::now();
-    while received.len() < expected && started.elapsed() < DEADLINE {
-        let n = client
-            .read(&mut buf)
-            .expect("the server keeps the connection open");
-        assert!(n > 0, "closed after {} of {expected} bytes", received.len());
-        received.extend_from_slice(&buf[..n]);
-        // The slow reader this test is about: about 400 KB/s.
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(received.len(), expected, "every reply arrived");
+    read_slowly(&mut client, expected, 4096, Duration::from_millis(10));
     sender.join().unwrap().expect("every name was sent");
-    assert!(
-        received
-            .chunks(hello(b"x").len())
-            .all(|reply| reply == hello(b"x")),
-        "only replies, no error line"
-    );
+}
+
+/// The same with a backlog small enough for the server's kernel to take it
+/// all at once: the server's own buffer is empty, and only the kernel's
+/// count of acknowledged bytes shows that the client is still reading.
+#[test]
+fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
+    let server = TestServer::start(&["--idle-timeout", "1", "--framing", "line"]);
+    // The smallest receive buffer Linux gives (about 2 KB): once the server
+    // has sent the last byte, the client's kernel holds only what it reads
+    // well within the idle timeout, and the server rightly counts from then.
+    let mut client = slow_reader(&server, 1024);
+    // About 12 KB of replies: less than the kernel takes from one write.
+    let names = 12 * 1024 / hello(b"x").len();
+    client.write_all(&b"x\n".repeat(names)).unwrap();
+    // About 5 KB/s: the backlog takes more than twice the idle timeout.
+    let expected = hello(b"x").len() * names;
+    read_slowly(&mut client, expected, 512, Duration::from_millis(100));
 }

@@ -451,13 +451,7 @@ fn a_load_generator_stopped_and_continued_carries_on() {
         "greeter-load never waited"
     );
     common::stop_and_continue(child.id());
-    let status = common::wait_for_exit(&mut child, || "greeter-load did not finish".into());
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .map(|mut err| err.read_to_string(&mut stderr));
-    assert!(status.success(), "{status}: {stderr}");
+    common::assert_exits_successfully(&mut child, "greeter-load");
 }
 
 /// --ramp is accepted and effective: with enough time all 50 connections
@@ -728,21 +722,8 @@ fn open_loop_exchanges_due_during_a_timeout_are_still_counted() {
 /// Runs greeter-load with a descriptor limit of 48 (soft) and 64 (hard):
 /// room for 32 connections once it has raised the soft limit.
 fn load_within_64_descriptors(addr: &str, args: &[&str]) -> Run {
-    use std::os::unix::process::CommandExt;
     let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-load"));
-    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 48,
-                rlim_max: 64,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::with_descriptor_limit(&mut command, 48, 64);
     let mut all = args.to_vec();
     all.extend_from_slice(&["--addr", addr, "--quiet", "--duration", "0.5", "--json"]);
     greeter_load_with(command, &all)

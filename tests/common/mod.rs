@@ -380,6 +380,31 @@ pub fn wait_for_exit(child: &mut Child, describe: impl Fn() -> String) -> ExitSt
     }
 }
 
+/// Makes the process `command` starts begin with these descriptor limits
+/// (RLIMIT_NOFILE, soft and hard).
+pub fn with_descriptor_limit(
+    command: &mut Command,
+    soft: libc::rlim_t,
+    hard: libc::rlim_t,
+) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the child only calls setrlimit, which is
+    // async-signal-safe, and builds an io::Error from errno.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// The process state letter from /proc/PID/stat (R, S, T, Z, ...).
 pub fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -404,6 +429,18 @@ pub fn stop_and_continue(pid: u32) {
         wait_until(|| process_state(pid as u32) != Some('T')),
         "process {pid} did not go on"
     );
+}
+
+/// Waits for `child` to exit and asserts it succeeded, showing its stderr
+/// (if piped) when it did not.
+pub fn assert_exits_successfully(child: &mut Child, what: &str) {
+    let status = wait_for_exit(child, || format!("{what} did not finish"));
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut err| err.read_to_string(&mut stderr));
+    assert!(status.success(), "{what}: {status}: {stderr}");
 }
 
 /// Polls `condition` every few milliseconds until it holds or [`DEADLINE`]
