@@ -416,17 +416,17 @@ pub fn process_state(pid: u32) -> Option<char> {
 /// fail with EINTR although it has no signal handler: epoll_wait, and a
 /// socket read under a read timeout (signal(7)).
 pub fn stop_and_continue(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    let target = libc::pid_t::try_from(pid).expect("a pid");
     // SAFETY: kill only sends a signal.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    assert_eq!(unsafe { libc::kill(target, libc::SIGSTOP) }, 0);
     assert!(
-        wait_until(|| process_state(pid as u32) == Some('T')),
+        wait_until(|| process_state(pid) == Some('T')),
         "process {pid} did not stop"
     );
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert_eq!(unsafe { libc::kill(target, libc::SIGCONT) }, 0);
     assert!(
-        wait_until(|| process_state(pid as u32) != Some('T')),
+        wait_until(|| process_state(pid) != Some('T')),
         "process {pid} did not go on"
     );
 }
