@@ -771,6 +771,41 @@ fn the_descriptor_cap_counts_the_hold_probe_and_is_silent_when_all_fit() {
     assert_eq!(capped.json().count("peak_open"), 32, "{capped}");
 }
 
+/// Four fault kinds need four connections. `-c 10` passes the command
+/// line's check, but a descriptor limit of 35 leaves room for three: the
+/// run stops with both reasons instead of starting short of a fault kind.
+#[test]
+fn fault_kinds_beyond_the_descriptor_cap_stop_the_run() {
+    let mut command = binary_command(env!("CARGO_BIN_EXE_greeter-load"));
+    common::with_descriptor_limit(&mut command, 35, 35);
+    let run = greeter_load_with(
+        command,
+        &[
+            "pingpong",
+            "-c",
+            "10",
+            "--faults",
+            "reset=1%,halfclose=1%,garbage=1%,oversize=1%",
+            "--addr",
+            "127.0.0.1:1",
+            "--duration",
+            "1",
+        ],
+    );
+    run.assert_code(3);
+    assert!(
+        run.stderr.contains("--connections 10 capped to 3"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains(
+            "--faults needs 4 connections (each kind given a share gets at least one), \
+             more than the 3 the file descriptor limit allows; raise `ulimit -n`"
+        ),
+        "{run}"
+    );
+}
+
 /// Open loop, a stall that outlasts the window: the exchanges that fell due
 /// in the window's last stretch are still sent and charged, not cut off when
 /// the window closes. (Due 0.6-1.0 s, answered at 1.4 s: 0.4-0.8 s each.)
