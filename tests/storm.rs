@@ -73,6 +73,9 @@ fn kind_is_answered_as_documented(kind: &str) {
     let report = run.json();
     assert_answered(&report, kind, &run);
     assert_eq!(report.count(&format!("faults/{kind}/slots")), 1, "{run}");
+    // The pingpong client stays open all run, so the peak counts the fault
+    // client opened beside it.
+    assert_eq!(report.count("peak_open"), 2, "{run}");
     for other in KINDS.iter().filter(|&&other| other != kind) {
         assert_eq!(
             report.count(&format!("faults/{other}/injected")),
