@@ -108,6 +108,24 @@ fn slowloris_clients_get_the_message_timeout_line() {
     kind_is_answered_as_documented("slowloris");
 }
 
+/// A slowloris byte leaves on the load generator's own timer, not on its
+/// other wake-ups (the timeout sweep every 100 ms): against a server that
+/// closes after 80 ms of silence, bytes due every 20 ms that waited for the
+/// sweep would get the idle line instead of the message timeout's.
+#[test]
+fn slowloris_bytes_keep_their_pace_inside_a_short_idle_timeout() {
+    let server = TestServer::start(&["--idle-timeout", "0.08", "--message-timeout", "0.6"]);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        "-c 2 --duration 1.3 --faults slowloris=50% --idle-timeout 0.08 --message-timeout 0.6",
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_answered(&report, "slowloris", &run);
+    assert_no_errors(&report, &run);
+}
+
 #[test]
 fn garbage_is_echoed_byte_for_byte() {
     kind_is_answered_as_documented("garbage");
