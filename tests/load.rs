@@ -793,10 +793,7 @@ fn fault_kinds_beyond_the_descriptor_cap_stop_the_run() {
         ],
     );
     run.assert_code(3);
-    assert!(
-        run.stderr.contains("--connections 10 capped to 3"),
-        "{run}"
-    );
+    assert!(run.stderr.contains("--connections 10 capped to 3"), "{run}");
     assert!(
         run.stderr.contains(
             "--faults needs 4 connections (each kind given a share gets at least one), \
@@ -1061,4 +1058,49 @@ fn the_live_line_appears_only_on_a_terminal() {
     let piped = greeter_load(&["pingpong", "--addr", &addr, "-c", "2", "--duration", "1.3"]);
     piped.assert_code(0);
     assert!(!piped.stderr.contains("completed/s"), "{piped}");
+}
+
+/// Connects in flight are capped at 512 (more would only overflow the
+/// server's accept queue and come back as SYN retransmits): against a
+/// listener that accepts nothing and queues one connection, 1,000 clients
+/// leave at most 512 SYNs unanswered at once, and reach that many, whether
+/// the clients are well-behaved ones or fault clients beside ten of those.
+#[test]
+fn connects_in_flight_are_capped() {
+    use std::os::fd::AsRawFd;
+    for faults in [&[][..], &["--faults", "reset=99%"]] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // SAFETY: listen() again on a listening socket only sets its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let port = listener.local_addr().expect("address").port();
+        let mut child = binary_command(env!("CARGO_BIN_EXE_greeter-load"))
+            .args(["pingpong", "--addr", &format!("127.0.0.1:{port}")])
+            .args(["-c", "1000", "--duration", "1", "--timeout", "2", "--quiet"])
+            .args(faults)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("greeter-load starts");
+        let filter = format!("( dport = :{port} )");
+        let mut most = 0;
+        let started = Instant::now();
+        while child.try_wait().expect("wait").is_none() && started.elapsed() < DEADLINE {
+            let out = Command::new("ss")
+                .args(["-tnH", "state", "syn-sent", &filter])
+                .output()
+                .expect("ss (iproute2) runs");
+            most = most.max(
+                out.stdout
+                    .split(|&byte| byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .count(),
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            (500..=512).contains(&most),
+            "{faults:?}: {most} connects in flight at most"
+        );
+    }
 }
