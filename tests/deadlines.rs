@@ -86,3 +86,45 @@ fn the_linger_time_ends_on_time() {
     );
     drop(client);
 }
+
+/// A client that floods names and never reads is closed as idle once
+/// --idle-timeout has passed since the server last wrote to it, and not
+/// much after the flood stopped. At that deadline the server asks the
+/// kernel whether the client has taken output since that last write; the
+/// count it compares with must be the one taken then, or the bytes acked
+/// before it would look like reading and buy one more idle timeout.
+#[test]
+fn a_client_that_never_reads_is_closed_on_time() {
+    let idle = Duration::from_secs(2);
+    let server = TestServer::start(&[
+        "--idle-timeout",
+        "2",
+        "--max-output",
+        "4096",
+        "--framing",
+        "line",
+    ]);
+    let mut flooder = server.connect_greeted();
+    let flooding = Instant::now();
+    let sent = flood_names(&mut flooder, 64 * 1024 * 1024);
+    // The last write the kernel took was 200 ms before this.
+    let stopped = Instant::now();
+    assert!(sent < 64 * 1024 * 1024, "the server never stopped reading");
+
+    let closing = format!(
+        "Connection from {} idle for 2s; closing it",
+        flooder.local_addr().unwrap()
+    );
+    assert!(server.wait_for_log(&closing), "log:\n{}", server.log());
+    let closed = Instant::now();
+    let since_flooding = closed - flooding;
+    assert!(
+        since_flooding >= idle,
+        "closed {since_flooding:?} after the flood began, before the idle timeout ({idle:?})"
+    );
+    let since_stopped = closed - stopped;
+    assert!(
+        since_stopped <= idle + SLACK,
+        "closed {since_stopped:?} after the flood stopped; the idle timeout is {idle:?}"
+    );
+}

@@ -10,7 +10,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -33,19 +32,6 @@ fn full_dialogue(server: &TestServer, name: &[u8]) {
 /// connection (followed by a reason in parentheses if it was not graceful).
 fn closed_line(client: &TcpStream) -> String {
     format!("Connection from {} is closed", client.local_addr().unwrap())
-}
-
-/// Waits up to `timeout` for `stream` to become writable.
-fn wait_writable(stream: &TcpStream, timeout: Duration) -> bool {
-    let mut fd = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: poll() reads and writes only the one pollfd we pass.
-    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
-    ready > 0
 }
 
 /// Case 1: An overlong line gets the error line and the connection closes at
@@ -293,25 +279,7 @@ fn a_client_that_never_reads_is_throttled_and_loses_nothing() {
 
     // Write names until the kernel accepts nothing more for a while: the
     // server has stopped reading and both socket buffers are full.
-    flooder.set_nonblocking(true).unwrap();
-    let names = b"x\n".repeat(32 * 1024);
-    let mut sent = 0;
-    let mut writes = 0;
-    while sent < MAX_FLOOD {
-        writes += 1;
-        assert!(writes < 10_000_000, "the flood loop is bounded");
-        // `names` has even length, so this continues the "x\n" pattern.
-        match flooder.write(&names[sent % 2..]) {
-            Ok(n) => sent += n,
-            Err(err) if err.kind() == ErrorKind::WouldBlock => {
-                if !wait_writable(&flooder, Duration::from_millis(200)) {
-                    break;
-                }
-            }
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) => panic!("flooding: {err}"),
-        }
-    }
+    let sent = flood_names(&mut flooder, MAX_FLOOD);
     assert!(
         sent < MAX_FLOOD,
         "the server kept reading {sent} bytes from a client that never reads"
@@ -328,7 +296,6 @@ fn a_client_that_never_reads_is_throttled_and_loses_nothing() {
     );
 
     // Now read everything: exactly one reply per complete name, in order.
-    flooder.set_nonblocking(false).unwrap();
     let pattern = one_reply.repeat(64 * 1024 / one_reply.len());
     let due = sent / 2 * one_reply.len();
     let mut got = 0;

@@ -20,7 +20,6 @@ use std::time::Instant;
 use mio::event::Event;
 use mio::net::TcpStream;
 
-use super::kernel::bytes_acked;
 use super::socket_io::Socket;
 use crate::metrics::Counters;
 use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
@@ -39,10 +38,6 @@ const READS_PER_SERVICE: usize = 16;
 /// Output capacity kept across messages. A larger buffer, grown by a burst, is
 /// freed once it is sent, so an idle connection holds almost nothing.
 const KEEP_OUTPUT_CAPACITY: usize = 1024;
-
-/// A flush at least this large may leave more in the kernel than a slow peer
-/// has room for; see [`Connection::peer_took_output`].
-const BIG_FLUSH: usize = 16 * 1024;
 
 /// What the reactor should do with a connection next, returned by every
 /// call that services it.
@@ -113,7 +108,8 @@ pub struct Connection {
     /// first service, and whenever unsure: then the clocks are derived.
     only_idle_clock: bool,
     /// Every byte handed to the kernel, and how many of them the peer had
-    /// acknowledged when last sampled: to see a slow reader read.
+    /// acknowledged at the last look: to see a slow reader read (see
+    /// [`Connection::peer_took_output`]).
     bytes_written: u64,
     acked_seen: u64,
     /// Reading is stopped by backpressure (counted once per stop).
@@ -305,15 +301,6 @@ impl Connection {
         counters.bytes_sent += sent as u64;
         self.last_progress = now;
         self.bytes_written += sent as u64;
-        if self.readiness.write_blocked() || sent >= BIG_FLUSH {
-            // The kernel may now hold more than the peer has room for: note
-            // how much it has acknowledged, so a later look can tell whether
-            // it has read since. Small replies to a reading peer skip this
-            // syscall; they are acknowledged at once.
-            if let Ok(acked) = bytes_acked(&self.stream) {
-                self.acked_seen = acked;
-            }
-        }
         if sent == self.unsent.len() {
             if self.unsent.capacity() > KEEP_OUTPUT_CAPACITY {
                 self.unsent = Vec::new();

@@ -8,12 +8,32 @@
 //! all along. `tcpi_bytes_acked` counts every byte the peer's kernel has
 //! acknowledged, which it does once the client has made room for it: that
 //! is the client's reading, seen from this side.
+//!
+//! What the count does not say is when. Our kernel sends into the room the
+//! client's kernel advertises, and `tcpi_last_data_sent` says how long ago
+//! it last did: that, not the moment the server happens to look, is when
+//! the client last made progress. It trails the client's last read a little:
+//! a client that stops reading leaves room for what is already on its way,
+//! and the last few bytes may leave our kernel a few hundred milliseconds
+//! later (a sender puts less than a full segment into a small window only
+//! when its probe timer fires).
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
-/// Bytes of ours the peer has acknowledged over the connection's life.
-pub fn bytes_acked(socket: &impl AsRawFd) -> io::Result<u64> {
+/// How far a connection's output has got, as its kernel counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Bytes of ours the peer has acknowledged over the connection's life.
+    pub acked: u64,
+    /// How long ago our kernel last sent the peer data
+    /// (`tcpi_last_data_sent`, in milliseconds).
+    pub since_data_sent: Duration,
+}
+
+/// Asks the kernel how far a connection's output has got (`TCP_INFO`).
+pub fn delivery(socket: &impl AsRawFd) -> io::Result<Delivery> {
     // SAFETY: tcp_info is plain old data; all zeros is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -39,7 +59,10 @@ pub fn bytes_acked(socket: &impl AsRawFd) -> io::Result<u64> {
             "the kernel's tcp_info has no tcpi_bytes_acked (Linux 4.1 or later needed)",
         ));
     }
-    Ok(info.tcpi_bytes_acked)
+    Ok(Delivery {
+        acked: info.tcpi_bytes_acked,
+        since_data_sent: Duration::from_millis(u64::from(info.tcpi_last_data_sent)),
+    })
 }
 
 #[cfg(test)]
@@ -48,21 +71,49 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
+    fn acked(socket: &TcpStream) -> u64 {
+        delivery(socket).expect("TCP_INFO on a TCP socket").acked
+    }
+
     #[test]
     fn acknowledged_bytes_grow_as_the_peer_receives() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
         let (mut server, _) = listener.accept().expect("accept");
-        let before = bytes_acked(&server).expect("TCP_INFO on a TCP socket");
+        let before = acked(&server);
         server.write_all(&[7; 1000]).expect("write");
         let mut got = [0; 1000];
         client.read_exact(&mut got).expect("read");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut after = bytes_acked(&server).unwrap();
+        let mut after = acked(&server);
         while after < before + 1000 && std::time::Instant::now() < deadline {
             std::thread::yield_now();
-            after = bytes_acked(&server).unwrap();
+            after = acked(&server);
         }
         assert_eq!(after - before, 1000);
+    }
+
+    /// The kernel's clock of the last data sent starts again at each send.
+    #[test]
+    fn the_last_data_sent_is_timed() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        let quiet = Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        server.write_all(b"early").expect("write");
+        let deadline = started + Duration::from_secs(10);
+        let mut then = delivery(&server).unwrap();
+        while then.since_data_sent < quiet && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            then = delivery(&server).unwrap();
+        }
+        assert!(then.since_data_sent >= quiet, "{then:?}");
+        server.write_all(b"late").expect("write");
+        let now = delivery(&server).unwrap();
+        assert!(
+            now.since_data_sent < quiet,
+            "{now:?} after a send; {then:?} before"
+        );
     }
 }

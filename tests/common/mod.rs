@@ -497,6 +497,48 @@ pub fn accept_within_deadline(listener: &TcpListener) -> TcpStream {
     stream
 }
 
+/// Writes "x\n" names (line framing) until the kernel has taken nothing more
+/// for 200 ms, or `max` bytes are written: a flood by a client that never
+/// reads. Returns the bytes written; once the server stops reading, both
+/// socket buffers fill and the writes stop well short of `max`.
+pub fn flood_names(stream: &mut TcpStream, max: usize) -> usize {
+    stream.set_nonblocking(true).expect("non-blocking stream");
+    let names = b"x\n".repeat(32 * 1024);
+    let mut sent = 0;
+    let mut writes = 0;
+    while sent < max {
+        writes += 1;
+        assert!(writes < 10_000_000, "the flood loop is bounded");
+        // `names` has even length, so this continues the "x\n" pattern.
+        match stream.write(&names[sent % 2..]) {
+            Ok(n) => sent += n,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                if !wait_writable(stream, Duration::from_millis(200)) {
+                    break;
+                }
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => panic!("flooding: {err}"),
+        }
+    }
+    stream.set_nonblocking(false).expect("blocking stream");
+    sent
+}
+
+/// Waits up to `timeout` for `stream` to become writable.
+fn wait_writable(stream: &TcpStream, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll() reads and writes only the one pollfd we pass.
+    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+    ready > 0
+}
+
 /// TCP states as /proc/net/tcp numbers them (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u8 = 0x01;
 pub const TCP_CLOSE: u8 = 0x07;

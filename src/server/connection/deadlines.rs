@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::{CloseCause, Connection, Next, SocketPhase};
 use crate::metrics::{Counters, TimedOut};
 use crate::protocol::{CloseReason, Input, SessionState};
-use crate::server::kernel::bytes_acked;
+use crate::server::kernel::delivery;
 
 /// The timeouts a connection is subject to.
 #[derive(Clone, Copy, Debug)]
@@ -149,8 +149,7 @@ impl Connection {
                 return self.service(read_buf, now, counters);
             }
             Due::Linger => return Next::Close(CloseCause::LingerExpired),
-            Due::LastReply | Due::Idle if self.peer_took_output() => {
-                self.last_progress = now;
+            Due::LastReply | Due::Idle if self.took_output_since(now, timeouts) => {
                 return Next::Wait;
             }
             // The last reply could not be delivered in time: the peer is not
@@ -179,17 +178,29 @@ impl Connection {
         self.service(read_buf, now, counters)
     }
 
-    /// Whether the peer has taken output since the last look, although no
-    /// write of ours showed it: its kernel acknowledged more bytes while
-    /// some of ours still wait (in our buffer or the kernel's).
-    fn peer_took_output(&mut self) -> bool {
-        let Ok(acked) = bytes_acked(&self.stream) else {
+    /// Whether the peer has taken output recently enough to move the
+    /// deadline past `now`; its progress is then counted.
+    fn took_output_since(&mut self, now: Instant, timeouts: &Timeouts) -> bool {
+        let Some(at) = self.peer_took_output(now) else {
             return false;
         };
-        let waiting = !self.unsent.is_empty() || acked < self.bytes_written;
-        let took = waiting && acked > self.acked_seen;
-        self.acked_seen = acked;
-        took
+        self.last_progress = self.last_progress.max(at);
+        self.next_deadline(timeouts, true)
+            .is_some_and(|(due, _)| due > now)
+    }
+
+    /// When the peer last took output, if it has since the last look
+    /// although no write of ours showed it: its kernel acknowledged more
+    /// bytes while some of ours still wait (in our buffer or the kernel's).
+    /// The moment is when our kernel last sent it data, into room it had
+    /// made: the look itself may come most of an idle timeout later.
+    fn peer_took_output(&mut self, now: Instant) -> Option<Instant> {
+        let delivery = delivery(&self.stream).ok()?;
+        let waiting = !self.unsent.is_empty() || delivery.acked < self.bytes_written;
+        let took = waiting && delivery.acked > self.acked_seen;
+        self.acked_seen = delivery.acked;
+        let sent_at = now.checked_sub(delivery.since_data_sent)?;
+        took.then_some(sent_at)
     }
 }
 
@@ -291,17 +302,18 @@ mod tests {
     fn a_client_reading_without_a_write_to_show_it_is_not_idle() {
         let start = Instant::now();
         let (mut conn, mut client, mut read_buf) = backed_up(start);
-        let acked_before = bytes_acked(&conn.stream).unwrap();
+        let acked = |conn: &Connection| delivery(&conn.stream).unwrap().acked;
+        let acked_before = acked(&conn);
         // The client reads until its kernel has acknowledged more of ours:
         // a read the server's writes cannot show (it writes nothing now).
         let mut chunk = [0; 4096];
         for _ in 0..10_000 {
-            if bytes_acked(&conn.stream).unwrap() > acked_before {
+            if acked(&conn) > acked_before {
                 break;
             }
             client.read_exact(&mut chunk).unwrap();
         }
-        assert!(bytes_acked(&conn.stream).unwrap() > acked_before);
+        assert!(acked(&conn) > acked_before);
         let idle_over = start + Duration::from_secs(4);
         assert_eq!(
             conn.on_deadline(
@@ -313,10 +325,13 @@ mod tests {
             Next::Wait
         );
         assert_eq!(conn.session.state(), SessionState::AwaitingName);
-        assert_eq!(
-            conn.deadline(&TIMEOUTS),
-            Some(idle_over + Duration::from_secs(3)),
-            "the client's reading is progress"
+        // The client's reading is progress, dated when the server's kernel
+        // last sent it data: just before this look (in real time; the look
+        // is dated 4 s on).
+        let moved = conn.deadline(&TIMEOUTS).expect("an idle deadline") - idle_over;
+        assert!(
+            moved > Duration::from_secs(2) && moved <= Duration::from_secs(3),
+            "the idle deadline is {moved:?} after the look"
         );
     }
 
@@ -353,14 +368,23 @@ mod tests {
 
     #[test]
     fn a_client_that_stopped_reading_is_idle() {
-        let start = Instant::now();
-        let (mut conn, _client, mut read_buf) = backed_up(start);
-        let idle_over = start + Duration::from_secs(4);
+        // In real time: the kernel dates its last send by its own clock.
+        let timeouts = Timeouts {
+            idle: Some(Duration::from_millis(200)),
+            ..TIMEOUTS
+        };
+        let (mut conn, _client, mut read_buf) = backed_up(Instant::now());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while delivery(&conn.stream).unwrap().since_data_sent < Duration::from_millis(200)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(
             conn.on_deadline(
                 &mut read_buf,
-                idle_over,
-                &TIMEOUTS,
+                Instant::now(),
+                &timeouts,
                 &mut Counters::default()
             ),
             Next::Wait
@@ -368,7 +392,7 @@ mod tests {
         assert_eq!(conn.session.state(), SessionState::Closing);
         assert!(
             conn.unsent
-                .ends_with(b"Server: Error: idle for 3 s; closing\n")
+                .ends_with(b"Server: Error: idle for 0.2 s; closing\n")
         );
     }
 }
