@@ -45,6 +45,8 @@ enum Fake {
     SlowFirst(Duration),
     /// Closes the connection on the first name, without answering it.
     CloseOnName,
+    /// Answers names, but never `exit`: no good bye, the socket held open.
+    IgnoreExit,
     /// The first connection accepted never answers after its greeting; every
     /// later one answers correctly (a stall longer than --timeout).
     StallFirstConnection,
@@ -201,6 +203,7 @@ fn serve_fake(
                 Fake::StallFirstConnection | Fake::CloseFirstEvery { .. } => continue,
                 Fake::Stall => continue,
                 Fake::CloseOnName => return,
+                Fake::IgnoreExit if name == b"exit" => continue,
                 _ if name == b"exit" => {
                     if stream.write_all(GOODBYE).is_err() {
                         return;
@@ -222,7 +225,7 @@ fn serve_fake(
                     hello(name)
                 }
                 Fake::WrongHello => [b"Server: Hallo ", name, b"!\n", PROMPT].concat(),
-                Fake::UrgentInGreeting => hello(name),
+                Fake::UrgentInGreeting | Fake::IgnoreExit => hello(name),
                 Fake::SlowFirst(delay) => {
                     if answers == 0 {
                         // The stall this fake server exists to simulate.
@@ -468,6 +471,25 @@ fn a_load_generator_stopped_and_continued_carries_on() {
         common::stop_and_continue(child.id());
     }
     common::assert_exits_successfully(&mut child, "greeter-load");
+}
+
+/// A dialogue still unfinished when the run's last wait is over (a good
+/// bye that never came) is a timeout, counted once per connection: by the
+/// sweep of overdue clients, or, when the run's end comes before that sweep
+/// (nearly always: both wait --timeout from the exit), by the end itself.
+#[test]
+fn good_byes_that_never_come_are_timeouts() {
+    let fake = FakeServer::start(Fake::IgnoreExit);
+    let run = load(
+        "pingpong",
+        &fake.addr(),
+        "-c 2 --duration 0.3 --timeout 0.3 --json",
+    );
+    run.assert_code(1);
+    let report = run.json();
+    assert!(report.count("completed") > 0, "{run}");
+    assert_eq!(report.count("errors/timeout"), 2, "{run}");
+    assert!(!report.flag("passed"), "{run}");
 }
 
 /// --ramp is accepted and effective: with enough time all 50 connections
