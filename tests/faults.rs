@@ -409,6 +409,9 @@ fn out_of_descriptors_turns_clients_away_without_spinning() {
         "{} clients were served under a limit of 64 descriptors",
         served.len()
     );
+    // It took the last descriptor: the server's next accept failed with
+    // EMFILE although nobody was waiting, which is no reason to warn yet.
+    let last_served = served.last().unwrap().local_addr().unwrap();
 
     // The clients already connected are served as before.
     exchange(&mut served[0], b"Tracy\n", &hello(b"Tracy"));
@@ -436,6 +439,13 @@ fn out_of_descriptors_turns_clients_away_without_spinning() {
         log.matches("out of file descriptors (").count(),
         1,
         "one warning for the burst; log:\n{log}"
+    );
+    let last_accepted = log
+        .find(&format!("Accept new connection from {last_served}"))
+        .expect("the last client served was accepted");
+    assert!(
+        log.find("out of file descriptors (") > Some(last_accepted),
+        "the warning came before a client was turned away; log:\n{log}"
     );
 
     // A few clients leave; then new clients are served again.
