@@ -276,6 +276,11 @@ enum Wrong {
     ResetAfterGoodbye,
     /// Greets, then says nothing at all, however long the client waits.
     Silent,
+    /// Answers a slowloris client with the message timeout line at the
+    /// right time, but in two parts, with a pause between them in which it
+    /// resets the connection if another byte of the message comes (the
+    /// client must stop trickling once the answer has begun).
+    PauseMidAnswer,
 }
 
 /// A server that greets correctly, then answers one fault wrongly; stopped
@@ -353,7 +358,41 @@ fn serve_wrongly(mut stream: TcpStream, wrong: Wrong) {
         Wrong::Silent => {
             let _ = stream.read_to_end(&mut Vec::new());
         }
+        Wrong::PauseMidAnswer => answer_in_two_parts(&mut stream),
     }
+}
+
+/// [`Wrong::PauseMidAnswer`]: after the slowloris client's first line and
+/// its answer, the message timeout line, split by a pause of three trickle
+/// intervals (0.125 s each with LOAD_FLAGS) that must pass without another
+/// byte.
+fn answer_in_two_parts(stream: &mut TcpStream) {
+    const LINE: &[u8] = b"Server: Error: message not finished within 0.5 s; closing\n";
+    // The slowloris client's first line, "a", is answered as usual.
+    let mut byte = [0];
+    while stream.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {}
+    if stream.write_all(&hello(b"a")).is_err() || stream.read(&mut byte).unwrap_or(0) != 1 {
+        return;
+    }
+    let first_byte = Instant::now();
+    // Take the trickle until the message timeout is over.
+    while first_byte.elapsed() < Duration::from_millis(500) {
+        let left = Duration::from_millis(500).saturating_sub(first_byte.elapsed());
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        if stream.read(&mut byte).is_ok_and(|n| n == 0) {
+            return;
+        }
+    }
+    let _ = stream.write_all(&LINE[..10]);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(375)));
+    if stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        let _ = socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO));
+        return;
+    }
+    let _ = stream.write_all(&LINE[10..]);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(DEADLINE));
+    let _ = stream.read_to_end(&mut Vec::new());
 }
 
 /// Runs one fault kind alone (no well-behaved client) against a fake server.
@@ -369,6 +408,37 @@ fn against_fake(wrong: Wrong, kind: &str) -> (Run, Json) {
     assert!(report.count(&format!("faults/{kind}/wrong")) > 0, "{run}");
     assert!(!report.flag("passed"), "{run}");
     (run, report)
+}
+
+/// A slowloris client stops trickling once the server's answer has begun:
+/// a server that pauses mid-answer gets no more of the message.
+#[test]
+fn slowloris_stops_trickling_once_the_answer_begins() {
+    let fake = FakeServer::start(Wrong::PauseMidAnswer);
+    let run = load(
+        "churn",
+        &fake.addr,
+        &format!("-c 1 --duration 0.5 --faults slowloris=100% {LOAD_FLAGS}"),
+    );
+    run.assert_code(0);
+    assert_answered(&run.json(), "slowloris", &run);
+}
+
+/// A fault client's own wait (--timeout) begins when the server's answer
+/// is due: with --timeout shorter than the server's message timeout, the
+/// message timeout line is still on time.
+#[test]
+fn slowloris_waits_for_the_message_timeout_beyond_its_own_timeout() {
+    let server = TestServer::start(&SERVER_FLAGS);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        &format!("-c 2 --duration 1.2 --timeout 0.25 --faults slowloris=50% {LOAD_FLAGS}"),
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_answered(&report, "slowloris", &run);
+    assert_no_errors(&report, &run);
 }
 
 #[test]
