@@ -582,6 +582,8 @@ pub struct ServerEnd {
     pub state: u8,
     /// Bytes received and not yet read by the server.
     pub rx_queue: u64,
+    /// The socket's inode: `socket:[INODE]` among the server's descriptors.
+    pub inode: u64,
 }
 
 /// Looks up the server's end of `client`'s connection in /proc/net/tcp:
@@ -592,7 +594,7 @@ pub fn server_end(client: &TcpStream) -> Option<ServerEnd> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp is readable");
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 5
+        if fields.len() < 10
             || proc_net_addr(fields[1])? != server
             || proc_net_addr(fields[2])? != client
         {
@@ -602,8 +604,68 @@ pub fn server_end(client: &TcpStream) -> Option<ServerEnd> {
         Some(ServerEnd {
             state: u8::from_str_radix(fields[3], 16).ok()?,
             rx_queue: u64::from_str_radix(rx_queue, 16).ok()?,
+            inode: fields[9].parse().ok()?,
         })
     })
+}
+
+/// A duplicate, in this process, of the server's own socket for `client`'s
+/// connection, to ask it what the server set on it: found by its inode among
+/// the server's descriptors and copied with pidfd_getfd (Linux 5.6; allowed
+/// because the test started the server). `None` if the server holds no such
+/// socket.
+pub fn server_socket(server: &TestServer, client: &TcpStream) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let inode = server_end(client)?.inode;
+    let wanted = format!("socket:[{inode}]");
+    let pid = server.pid();
+    let target = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's descriptors are readable")
+        .filter_map(Result::ok)
+        .find(|entry| {
+            std::fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == wanted.as_str())
+        })?
+        .file_name()
+        .to_str()?
+        .parse::<libc::c_int>()
+        .ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: pidfd_getfd takes descriptors and flags; it returns a new one.
+    let copied = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `pidfd` is ours, open, and used no more.
+    unsafe { libc::close(pidfd as libc::c_int) };
+    assert!(copied >= 0, "pidfd_getfd: {error}");
+    // SAFETY: `copied` is a fresh descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(copied as libc::c_int) })
+}
+
+/// An integer socket option of `socket`.
+pub fn int_socket_option(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> libc::c_int {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(result, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    value
 }
 
 /// Parses an address of /proc/net/tcp, `0100007F:1F90` for 127.0.0.1:8080:
