@@ -204,6 +204,15 @@ fn a_short_soak_passes_with_the_server_back_at_baseline() {
         report.count("server/fds_before"),
         "{run}"
     );
+    // The documented allowance: 1 KiB per connection open at the peak of
+    // both halves together, plus 2 MiB.
+    let peak = report.count("pingpong/peak_open") + report.count("churn/peak_open");
+    assert!(report.count("churn/peak_open") > 0, "{run}");
+    assert_eq!(
+        report.count("server/rss_allowance_kib"),
+        2048 + peak,
+        "{run}"
+    );
     assert!(report.flag("passed"), "{run}");
 }
 
