@@ -658,3 +658,47 @@ fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
     let expected = hello(b"x").len() * names;
     read_slowly(&mut client, expected, 512, Duration::from_millis(100));
 }
+
+/// Builds `tests/shims/NAME.c` into a preload library for this process's
+/// tests, with the system's C compiler.
+fn preload_library(name: &str) -> std::path::PathBuf {
+    let source = format!("{}/tests/shims/{name}.c", env!("CARGO_MANIFEST_DIR"));
+    let library = std::env::temp_dir().join(format!("greeter-{name}-{}.so", std::process::id()));
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("cc (a C compiler) runs");
+    assert!(built.success(), "cc could not build {source}");
+    library
+}
+
+/// An accept error that is neither "nobody waiting", nor "out of
+/// descriptors", nor about one client (here ENOBUFS, injected by a preload
+/// library into the first accept that finds a client waiting) pauses
+/// accepting for 100 ms, with a warning. The client left in the backlog is
+/// then accepted on the server's own timer: no new event would wake it.
+#[test]
+fn an_accept_error_pauses_accepting_and_the_timer_resumes_it() {
+    let library = preload_library("failing_accept");
+    let mut command = server_command(&[]);
+    command.env("LD_PRELOAD", &library);
+    let server = TestServer::start_command(command);
+    let connecting = Instant::now();
+    let mut client = server.connect();
+    expect_bytes(&mut client, GREETING);
+    let waited = connecting.elapsed();
+    let _ = std::fs::remove_file(&library);
+    assert!(
+        server.wait_for_log("failed: No buffer space available (os error 105); retrying in 100ms"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        waited >= Duration::from_millis(100),
+        "greeted {waited:?} after connecting, inside the 100 ms pause"
+    );
+    exchange(&mut client, b"exit\n", GOODBYE);
+}
