@@ -404,6 +404,60 @@ fn answer_in_two_parts(stream: &mut TcpStream) {
     let _ = stream.read_to_end(&mut Vec::new());
 }
 
+/// Garbage clients send different garbage: each fault client's bytes come
+/// from its own id. (A server that answers everything right and keeps the
+/// garbage lines it was sent.)
+#[test]
+fn each_garbage_client_sends_its_own_garbage() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
+    let addr = listener.local_addr().expect("its address").to_string();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&lines);
+    // One client at a time (`-c 1`), so one thread serves them in turn; it
+    // keeps the first hundred lines.
+    thread::spawn(move || {
+        for stream in listener.incoming().take(100_000) {
+            let Ok(mut stream) = stream else { return };
+            let _ = stream.set_read_timeout(Some(DEADLINE));
+            let Ok(reader) = stream.try_clone() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(reader);
+            let _ = stream.write_all(GREETING);
+            let mut line = Vec::new();
+            while std::io::BufRead::read_until(&mut reader, b'\n', &mut line).unwrap_or(0) > 0 {
+                let name = line.strip_suffix(b"\n").unwrap_or(&line).to_vec();
+                if name == b"exit" {
+                    let _ = stream.write_all(GOODBYE);
+                    break;
+                }
+                let _ = stream.write_all(&hello(&name));
+                let mut kept = kept.lock().unwrap();
+                if kept.len() < 100 {
+                    kept.push(name);
+                }
+                line.clear();
+            }
+        }
+    });
+    let run = load(
+        "churn",
+        &addr,
+        &format!("-c 1 --duration 0.2 --faults garbage=100% {LOAD_FLAGS}"),
+    );
+    run.assert_code(0);
+    let report = run.json();
+    assert_answered(&report, "garbage", &run);
+    let mut lines = lines.lock().unwrap().clone();
+    assert!(lines.len() >= 2, "{} garbage lines; {run}", lines.len());
+    lines.sort();
+    lines.dedup();
+    assert!(
+        lines.len() >= 2,
+        "every garbage client sent the same line; {run}"
+    );
+}
+
 /// Runs one fault kind alone (no well-behaved client) against a fake server.
 fn against_fake(wrong: Wrong, kind: &str) -> (Run, Json) {
     let fake = FakeServer::start(wrong);
