@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, GOODBYE, GREETING, TestServer, hello};
+use common::{DEADLINE, GOODBYE, GREETING, TestServer, hello, refusing_port};
 use load_runner::{Json, Run, assert_no_errors, greeter_load};
 
 /// The storm server's settings, which greeter-load must be told too.
@@ -76,6 +76,11 @@ fn kind_is_answered_as_documented(kind: &str) {
     // The pingpong client stays open all run, so the peak counts the fault
     // client opened beside it.
     assert_eq!(report.count("peak_open"), 2, "{run}");
+    // Every kind's script ends well within the run, and its slot is refilled.
+    assert!(
+        report.count(&format!("faults/{kind}/injected")) >= 2,
+        "a {kind} client that ended was not replaced; {run}"
+    );
     for other in KINDS.iter().filter(|&&other| other != kind) {
         assert_eq!(
             report.count(&format!("faults/{other}/injected")),
@@ -285,6 +290,8 @@ enum Wrong {
     ResetAfterGoodbye,
     /// Greets, then says nothing at all, however long the client waits.
     Silent,
+    /// Waits for a line (or 0.3 s), then closes without answering.
+    CloseWithoutAnswer,
     /// Answers a slowloris client with the message timeout line at the
     /// right time, but in two parts, with a pause between them in which it
     /// resets the connection if another byte of the message comes (the
@@ -368,6 +375,14 @@ fn serve_wrongly(mut stream: TcpStream, wrong: Wrong) {
             let _ = stream.read_to_end(&mut Vec::new());
         }
         Wrong::PauseMidAnswer => answer_in_two_parts(&mut stream),
+        Wrong::CloseWithoutAnswer => {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+            let mut byte = [0];
+            while stream.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {}
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let _ = stream.set_read_timeout(Some(DEADLINE));
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
     }
 }
 
@@ -502,6 +517,55 @@ fn slowloris_waits_for_the_message_timeout_beyond_its_own_timeout() {
     let report = run.json();
     assert_answered(&report, "slowloris", &run);
     assert_no_errors(&report, &run);
+}
+
+/// A server that closes before its answer is wrong, and the report says
+/// what was still expected: after which part of it, when part had come
+/// (stall: the greeting and its idle line are one answer), and nothing of
+/// the kind when none had (halfclose: the hello after the greeting).
+#[test]
+fn a_close_before_the_answer_is_wrong_and_says_what_was_expected() {
+    let (run, report) = against_fake(Wrong::CloseWithoutAnswer, "stall");
+    let first = report.text("faults/stall/first_wrong");
+    assert!(
+        first.starts_with("stall: the server closed, while \"Server: Error: idle for 0.5 s"),
+        "{run}"
+    );
+    assert!(first.contains("(after \"Server: Welcome!"), "{run}");
+    let (run, report) = against_fake(Wrong::CloseWithoutAnswer, "halfclose");
+    let first = report.text("faults/halfclose/first_wrong");
+    assert!(
+        first.starts_with("halfclose: the server closed, while \"Server: Hello fault"),
+        "{run}"
+    );
+    assert!(!first.contains("(after"), "{run}");
+    assert!(!first.contains("trickled"), "{run}");
+}
+
+/// Fault clients are replaced as they end, far beyond the 512 connects
+/// that may be in flight at once: every connect leaves that count when it
+/// completes (reset clients against the server) or fails (nothing
+/// listening).
+#[test]
+fn fault_clients_are_replaced_beyond_the_connects_in_flight() {
+    let server = TestServer::start(&SERVER_FLAGS);
+    let run = load(
+        "pingpong",
+        &server.addr.to_string(),
+        &format!("-c 20 --duration 1 --faults reset=50% {LOAD_FLAGS}"),
+    );
+    run.assert_code(0);
+    let injected = run.json().count("faults/reset/injected");
+    assert!(injected > 600, "{injected} reset clients; {run}");
+    let (_bound, refusing) = refusing_port();
+    let run = load(
+        "pingpong",
+        &refusing.to_string(),
+        "-c 600 --duration 1 --faults reset=99%",
+    );
+    run.assert_code(1);
+    let injected = run.json().count("faults/reset/injected");
+    assert!(injected > 600, "{injected} reset clients; {run}");
 }
 
 #[test]
