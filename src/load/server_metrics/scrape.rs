@@ -332,10 +332,55 @@ mod tests {
             "name{reason=done} 1",
             "name one",
             "name 1 2 3",
+            "no-dashes 1",
+            "{reason=\"done\"} 1",
         ] {
             let err = parse_samples(bad).unwrap_err();
             assert!(err.contains("not a sample line"), "{bad}: {err}");
         }
+    }
+
+    /// Runs `exchange` against a one-shot server that reads the request
+    /// and then does `answer` with its socket.
+    fn exchange_with(answer: impl FnOnce(TcpStream) + Send + 'static) -> Result<Vec<u8>, String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().expect("accept");
+            let mut request = [0; 64];
+            let _ = peer.read(&mut request);
+            answer(peer);
+        });
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        let wait = Duration::from_secs(10);
+        let result = exchange(&mut stream, b"GET", Instant::now() + wait, wait);
+        drop(stream);
+        server.join().expect("the server thread");
+        result
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_is_refused_and_one_at_it_read() {
+        let at_limit = exchange_with(|mut peer| {
+            let _ = peer.write_all(&vec![b'x'; MAX_RESPONSE]);
+        });
+        assert_eq!(at_limit.map(|answer| answer.len()), Ok(MAX_RESPONSE));
+        let over = exchange_with(|mut peer| {
+            let _ = peer.write_all(&vec![b'x'; MAX_RESPONSE + 1]);
+        });
+        assert_eq!(
+            over,
+            Err(format!("the answer is over {MAX_RESPONSE} bytes"))
+        );
+    }
+
+    #[test]
+    fn a_reset_is_a_read_error_not_a_late_answer() {
+        let reset = exchange_with(|peer| {
+            let _ = socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO));
+        });
+        let err = reset.unwrap_err();
+        assert!(err.starts_with("reading the answer: "), "{err}");
     }
 
     #[test]
