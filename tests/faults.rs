@@ -665,22 +665,6 @@ fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
     read_slowly(&mut client, expected, 512, Duration::from_millis(100));
 }
 
-/// Builds `tests/shims/NAME.c` into a preload library for this process's
-/// tests, with the system's C compiler.
-fn preload_library(name: &str) -> std::path::PathBuf {
-    let source = format!("{}/tests/shims/{name}.c", env!("CARGO_MANIFEST_DIR"));
-    let library = std::env::temp_dir().join(format!("greeter-{name}-{}.so", std::process::id()));
-    let built = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&library)
-        .arg(&source)
-        .arg("-ldl")
-        .status()
-        .expect("cc (a C compiler) runs");
-    assert!(built.success(), "cc could not build {source}");
-    library
-}
-
 /// An accept error that is neither "nobody waiting", nor "out of
 /// descriptors", nor about one client (here ENOBUFS, injected by a preload
 /// library into the first accept that finds a client waiting) pauses

@@ -13,7 +13,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, GREETING, TestServer, connect, report_skip, wait_until};
+use common::{
+    DEADLINE, GREETING, TestServer, connect, preload_library, report_skip, server_command,
+    wait_until,
+};
 use load_runner::load;
 
 /// A server with a metrics endpoint, and that endpoint's address.
@@ -319,4 +322,61 @@ fn a_client_that_never_reads_is_one_backpressure_pause() {
         .and_then(|number| number.parse().ok())
         .unwrap_or_else(|| panic!("no poll seconds in:\n{page}"));
     assert!(polled > 0.0, "{page}");
+}
+
+/// One scrape over a raw connection: the response, head and body.
+fn scrape_over(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: greeter\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("the whole response");
+    response
+}
+
+/// Two scrapes in progress at once are both answered: each has its own
+/// token, and neither's events are taken for the other's (or lost).
+#[test]
+fn two_scrapes_at_once_are_both_answered() {
+    let (server, addr) = server_with_metrics(&["--log-level", "debug"]);
+    let mut first = connect(addr);
+    let mut second = connect(addr);
+    // The second asks first, while the first is open and silent.
+    assert!(scrape_over(&mut second).starts_with("HTTP/1.1 200 OK"));
+    assert!(scrape_over(&mut first).starts_with("HTTP/1.1 200 OK"));
+    // Finding nobody more waiting is how accepting ends, not an error.
+    assert!(!server.log().contains("accept failed"), "{}", server.log());
+}
+
+/// An accept error on the metrics listener other than "nobody waiting" or
+/// one about the scraper (here ENOBUFS, injected by a preload library into
+/// the first accept that finds a client waiting) pauses its accepting for
+/// 100 ms; the scraper left waiting is then served on the server's timer.
+#[test]
+fn a_metrics_accept_error_pauses_and_the_timer_resumes_it() {
+    let library = preload_library("failing_accept");
+    let mut command = server_command(&["--metrics-listen", "127.0.0.1:0"]);
+    command.env("LD_PRELOAD", &library);
+    let server = TestServer::start_command(command);
+    let addr: SocketAddr = server
+        .wait_for_log_value("metrics on ")
+        .and_then(|url| {
+            url.trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", server.log()));
+    let connecting = Instant::now();
+    let mut scraper = connect(addr);
+    let response = scrape_over(&mut scraper);
+    let waited = connecting.elapsed();
+    let _ = std::fs::remove_file(&library);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        waited >= Duration::from_millis(100),
+        "scraped {waited:?} after connecting, inside the 100 ms pause"
+    );
 }

@@ -780,3 +780,19 @@ pub fn write_around_an_urgent_byte(
     stream.write_all(after)?;
     set_cork(0)
 }
+
+/// Builds `tests/shims/NAME.c` into a preload library for this process's
+/// tests, with the system's C compiler.
+pub fn preload_library(name: &str) -> std::path::PathBuf {
+    let source = format!("{}/tests/shims/{name}.c", env!("CARGO_MANIFEST_DIR"));
+    let library = std::env::temp_dir().join(format!("greeter-{name}-{}.so", std::process::id()));
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("cc (a C compiler) runs");
+    assert!(built.success(), "cc could not build {source}");
+    library
+}
