@@ -301,6 +301,28 @@ fn a_second_sigint_during_shutdown_exits_at_once_with_130() {
     drop(client);
 }
 
+/// Two shutdown signals that arrive together (SIGTERM and SIGINT while the
+/// server is stopped, both pending when it goes on) are a second signal
+/// too: the server exits at once with 130 instead of starting a graceful
+/// shutdown that would wait for its client.
+#[test]
+fn two_signals_arriving_together_exit_at_once_with_130() {
+    let mut server = TestServer::start(&["--shutdown-grace", "30", "--linger", "60"]);
+    let client = server.connect_greeted();
+    server.pause();
+    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGINT);
+    server.resume();
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(130), "log:\n{}", server.log());
+    assert!(
+        server.wait_for_log("second shutdown signal"),
+        "log:\n{}",
+        server.log()
+    );
+    drop(client);
+}
+
 /// Durations beyond reason are usage errors at start, not a panic on the
 /// first client (adding 1e19 s to the clock would overflow).
 #[test]

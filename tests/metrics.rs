@@ -349,7 +349,11 @@ fn two_scrapes_at_once_are_both_answered() {
     // Finding nobody more waiting is how accepting ends, not an error. (A
     // line logged after the scrapes shows the log has caught up with them.)
     let _client = server.connect_greeted();
-    assert!(server.wait_for_log("Accept new connection"), "{}", server.log());
+    assert!(
+        server.wait_for_log("Accept new connection"),
+        "{}",
+        server.log()
+    );
     assert!(!server.log().contains("accept failed"), "{}", server.log());
 }
 
