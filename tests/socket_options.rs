@@ -14,7 +14,7 @@ use common::*;
 /// edges.
 #[test]
 fn accepted_connections_have_nodelay_and_a_low_unsent_limit() {
-    let server = TestServer::start(&[]);
+    let server = TestServer::start(&["--log-level", "debug"]);
     let client = server.connect_greeted();
     let socket = server_socket(&server, &client).expect("the server holds the connection");
     assert_eq!(
@@ -25,4 +25,10 @@ fn accepted_connections_have_nodelay_and_a_low_unsent_limit() {
         int_socket_option(&socket, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
         16 * 1024
     );
+    // A failure to set either is logged at debug level; none was. (The
+    // accept's own line comes after them.)
+    assert!(server.wait_for_log("Accept new connection"));
+    let log = server.log();
+    assert!(!log.contains("TCP_NODELAY on"), "{log}");
+    assert!(!log.contains("TCP_NOTSENT_LOWAT on"), "{log}");
 }
