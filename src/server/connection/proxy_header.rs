@@ -194,6 +194,19 @@ mod tests {
         assert_eq!(read_exactly(&mut balancer, greeting.len()), greeting);
     }
 
+    /// A readiness event with nothing to read yet (a spurious one, or the
+    /// first service right after the accept) waits for the header.
+    #[test]
+    fn nothing_to_read_yet_waits_for_the_header() {
+        let (mut conn, mut balancer) = relayed(Instant::now());
+        let mut counters = Counters::default();
+        assert_eq!(readable(&mut conn, false, &mut counters), Next::Wait);
+        balancer.write_all(HEADER).unwrap();
+        assert_eq!(readable(&mut conn, false, &mut counters), Next::Wait);
+        let greeting = [WELCOME, PROMPT].concat();
+        assert_eq!(read_exactly(&mut balancer, greeting.len()), greeting);
+    }
+
     #[test]
     fn no_header_closes_the_connection_with_the_reason() {
         let (mut conn, mut balancer) = relayed(Instant::now());
