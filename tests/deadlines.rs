@@ -128,3 +128,46 @@ fn a_client_that_never_reads_is_closed_on_time() {
         "closed {since_stopped:?} after the flood stopped; the idle timeout is {idle:?}"
     );
 }
+
+/// After the idle timeout of a client that never reads, its idle line waits
+/// to be delivered for --linger (here longer than the idle timeout), not
+/// for what is left of a deadline that has already passed: the close comes
+/// not before --linger after the idle line.
+#[test]
+fn an_undelivered_idle_line_waits_the_linger_time() {
+    let linger = Duration::from_secs(2);
+    let server = TestServer::start(&[
+        "--idle-timeout",
+        "0.5",
+        "--linger",
+        "2",
+        "--max-output",
+        "4096",
+        "--framing",
+        "line",
+    ]);
+    let mut flooder = server.connect_greeted();
+    let sent = flood_names(&mut flooder, 64 * 1024 * 1024);
+    assert!(sent < 64 * 1024 * 1024, "the server never stopped reading");
+    let peer = flooder.local_addr().unwrap();
+    assert!(
+        server.wait_for_log(&format!(
+            "Connection from {peer} idle for 500ms; closing it"
+        )),
+        "log:\n{}",
+        server.log()
+    );
+    let idle_line = Instant::now();
+    assert!(
+        server.wait_for_log(&format!("Connection from {peer} is closed (timed out)")),
+        "log:\n{}",
+        server.log()
+    );
+    let waited = idle_line.elapsed();
+    // Both lines pass through the same log writer; half a second of slack
+    // for its delays.
+    assert!(
+        waited >= linger - Duration::from_millis(500),
+        "closed {waited:?} after the idle line; the linger time is {linger:?}"
+    );
+}
