@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    DEADLINE, GREETING, TestServer, connect, preload_library, report_skip, server_command,
-    wait_until,
+    DEADLINE, GOODBYE, GREETING, TestServer, connect, expect_bytes, preload_library, report_skip,
+    server_command, wait_until,
 };
 use load_runner::load;
 
@@ -386,4 +386,24 @@ fn a_metrics_accept_error_pauses_and_the_timer_resumes_it() {
         waited >= Duration::from_millis(100),
         "scraped {waited:?} after connecting, inside the 100 ms pause"
     );
+}
+
+/// A graceful shutdown closes the metrics listener with the greeter one:
+/// while the server waits for its last client, a new scraper is refused at
+/// once instead of waiting in a backlog nobody will accept from.
+#[test]
+fn a_shutdown_closes_the_metrics_listener() {
+    let (server, addr) = server_with_metrics(&["--shutdown-grace", "30", "--linger", "60"]);
+    let mut client = server.connect_greeted();
+    server.signal(libc::SIGTERM);
+    expect_bytes(&mut client, GOODBYE);
+    // The listeners close before the good byes leave.
+    let refused = TcpStream::connect(addr)
+        .is_err_and(|err| err.kind() == std::io::ErrorKind::ConnectionRefused);
+    assert!(
+        refused,
+        "the metrics listener still accepts; log:\n{}",
+        server.log()
+    );
+    drop(client);
 }
