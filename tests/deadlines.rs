@@ -16,6 +16,28 @@ use common::*;
 
 const SLACK: Duration = Duration::from_millis(1100);
 
+/// A close at `closed` came on time for a deadline of `time`: not before
+/// `time` had passed since `earliest` (a moment at or before the clock
+/// started), and not much after it had passed since `latest` (a moment at
+/// or after the clock started). Each moment is named for the messages.
+fn assert_on_time(
+    time: Duration,
+    closed: Instant,
+    earliest: (Instant, &str),
+    latest: (Instant, &str),
+) {
+    let (since, what) = (closed - earliest.0, earliest.1);
+    assert!(
+        since >= time,
+        "closed {since:?} after {what}, before its time ({time:?})"
+    );
+    let (since, what) = (closed - latest.0, latest.1);
+    assert!(
+        since <= time + SLACK,
+        "closed {since:?} after {what}; its time is {time:?}"
+    );
+}
+
 /// A client that sends nothing gets the idle error: not before
 /// --idle-timeout has passed since it connected, and not much after the
 /// server accepted it (which is before the greeting arrived).
@@ -34,15 +56,11 @@ fn the_idle_timeout_fires_on_time() {
         String::from_utf8_lossy(&got),
         "Server: Error: idle for 1.5 s; closing\n"
     );
-    let since_connecting = closed - connecting;
-    assert!(
-        since_connecting >= idle,
-        "closed {since_connecting:?} after connecting, before the idle timeout ({idle:?})"
-    );
-    let since_greeting = closed - greeted;
-    assert!(
-        since_greeting <= idle + SLACK,
-        "closed {since_greeting:?} after the greeting; the idle timeout is {idle:?}"
+    assert_on_time(
+        idle,
+        closed,
+        (connecting, "connecting"),
+        (greeted, "the greeting"),
     );
 }
 
@@ -74,15 +92,11 @@ fn the_linger_time_ends_on_time() {
     // We keep our socket open: only the linger time can end this.
     assert!(server.wait_for_log(&lingered), "log:\n{}", server.log());
     let closed = Instant::now();
-    let since_exit = closed - sending;
-    assert!(
-        since_exit >= linger,
-        "closed {since_exit:?} after exit, before the linger time ({linger:?})"
-    );
-    let since_bye = closed - said_bye;
-    assert!(
-        since_bye <= linger + SLACK,
-        "closed {since_bye:?} after the good bye; the linger time is {linger:?}"
+    assert_on_time(
+        linger,
+        closed,
+        (sending, "exit"),
+        (said_bye, "the good bye"),
     );
     drop(client);
 }
@@ -117,15 +131,11 @@ fn a_client_that_never_reads_is_closed_on_time() {
     );
     assert!(server.wait_for_log(&closing), "log:\n{}", server.log());
     let closed = Instant::now();
-    let since_flooding = closed - flooding;
-    assert!(
-        since_flooding >= idle,
-        "closed {since_flooding:?} after the flood began, before the idle timeout ({idle:?})"
-    );
-    let since_stopped = closed - stopped;
-    assert!(
-        since_stopped <= idle + SLACK,
-        "closed {since_stopped:?} after the flood stopped; the idle timeout is {idle:?}"
+    assert_on_time(
+        idle,
+        closed,
+        (flooding, "the flood began"),
+        (stopped, "the flood stopped"),
     );
 }
 
