@@ -6,8 +6,8 @@
 mod common;
 mod process;
 
-use std::io::Read;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
 
 use common::*;
 use process::run;
@@ -179,5 +179,84 @@ fn help_names_the_variable_of_every_flag() {
             );
             assert!(line.contains(&variable), "{binary} {subcommand:?}: {line}");
         }
+    }
+}
+
+/// The README's on/off values, each with what it must mean.
+const ON_OFF: [(&str, bool); 8] = [
+    ("true", true),
+    ("yes", true),
+    ("on", true),
+    ("1", true),
+    ("false", false),
+    ("no", false),
+    ("off", false),
+    ("0", false),
+];
+
+/// GREETER_REUSE_PORT takes every documented on/off value, and means it: a
+/// second server with --reuse-port can join the first one's port exactly
+/// when the first one listens with SO_REUSEPORT.
+#[test]
+fn greeter_reuse_port_takes_every_on_off_value() {
+    for (value, on) in ON_OFF {
+        let mut command = server_command(&[]);
+        command.env("GREETER_REUSE_PORT", value);
+        let first = TestServer::start_command(command);
+        let port = first.addr.to_string();
+        let mut second = server_command(&["--reuse-port", "--listen", &port]);
+        second
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = second.spawn().expect("greeter-server starts");
+        let log = StderrLog::collect(&mut child);
+        // Either it listens (and runs on), or it cannot bind and exits.
+        assert!(
+            wait_until(|| log.text().contains("listening on ")
+                || child.try_wait().is_ok_and(|status| status.is_some())),
+            "GREETER_REUSE_PORT={value}: the second server neither listens nor exits: {}",
+            log.text()
+        );
+        let joined = log.text().contains("listening on ");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            joined,
+            on,
+            "GREETER_REUSE_PORT={value}: the second server's log:\n{}",
+            log.text()
+        );
+    }
+}
+
+/// GREETER_PROXY_PROTOCOL takes every documented on/off value, and means it:
+/// with it on, a PROXY header comes first and is not a name; with it off,
+/// the greeting comes at once and the header line is answered as a name.
+#[test]
+fn greeter_proxy_protocol_takes_every_on_off_value() {
+    for (value, on) in ON_OFF {
+        let mut command = server_command(&[]);
+        command.env("GREETER_PROXY_PROTOCOL", value);
+        let server = TestServer::start_command(command);
+        let mut client = server.connect();
+        client
+            .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 4000 6000\r\nZed\n")
+            .expect("send a header and a name");
+        let first_reply = if on {
+            hello(b"Zed")
+        } else {
+            hello(b"PROXY TCP4 192.0.2.1 127.0.0.1 4000 6000")
+        };
+        let expected = [GREETING, &first_reply].concat();
+        let mut got = vec![0; expected.len()];
+        client
+            .read_exact(&mut got)
+            .unwrap_or_else(|err| panic!("GREETER_PROXY_PROTOCOL={value}: {err}"));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected),
+            "GREETER_PROXY_PROTOCOL={value}"
+        );
     }
 }

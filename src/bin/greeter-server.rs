@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use greeter::logging::{self, EXIT_FLUSH_TIME, LogHandle};
@@ -103,7 +104,7 @@ struct Args {
     /// address before this one is stopped (a restart that turns no client
     /// away). Set net.ipv4.tcp_migrate_req=1 too, or clients waiting to be
     /// accepted when this server stops are reset.
-    #[arg(long, env = "GREETER_REUSE_PORT")]
+    #[arg(long, env = "GREETER_REUSE_PORT", value_parser = BoolishValueParser::new())]
     reuse_port: bool,
 
     /// Serve the server's metrics at http://ADDR/metrics in Prometheus' text
@@ -117,7 +118,7 @@ struct Args {
     /// start with that header, which names the real client for the log and
     /// the greeting waits for. Only for a port that nothing else can reach:
     /// anyone who can connect can claim any address.
-    #[arg(long, env = "GREETER_PROXY_PROTOCOL")]
+    #[arg(long, env = "GREETER_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
     proxy_protocol: bool,
 
     /// Log level: off, error, warn, info, debug or trace.
