@@ -3,6 +3,7 @@
 //! accept queue (backlog) the listeners really get from the kernel.
 
 mod common;
+mod process;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -58,13 +59,29 @@ fn answer(client: &mut TcpStream) -> Answer {
 /// sockets must be closed as they are refused, not held until the turn ends.
 #[test]
 fn a_connect_burst_beyond_the_limit_gets_the_busy_line() {
+    burst_beyond_the_limit(1);
+}
+
+/// The same with 8 reactors: each holds descriptors of its own (epoll, its
+/// signal pipe, its spare, a listener), and the capacity leaves room for
+/// them, so the limit is reached before the descriptors run out.
+#[test]
+fn a_connect_burst_beyond_the_limit_of_8_reactors_gets_the_busy_line() {
+    burst_beyond_the_limit(8);
+}
+
+fn burst_beyond_the_limit(reactors: usize) {
     const DESCRIPTORS: libc::rlim_t = 256;
     // The whole burst must fit in the accept queue (the server's default
     // backlog is net.core.somaxconn), or connects would wait for a server
     // that is stopped.
     let clients = 600.min(usize::try_from(somaxconn()).unwrap_or(usize::MAX));
     common::raise_own_descriptor_limit(2048);
-    let server = TestServer::start_command(server_with_descriptor_limit(DESCRIPTORS, &[]));
+    let reactors = reactors.to_string();
+    let server = TestServer::start_command(server_with_descriptor_limit(
+        DESCRIPTORS,
+        &["--reactors", &reactors],
+    ));
     let capacity: usize = server
         .wait_for_log_value("capacity ")
         .and_then(|value| value.parse().ok())
@@ -270,4 +287,23 @@ fn a_backlog_beyond_the_kernels_maximum_is_capped_with_a_warning() {
     let server = TestServer::start(&["--backlog", &small.to_string()]);
     assert_eq!(accept_queue_length(server.addr), small);
     assert!(!server.log().contains("WARN"), "{}", server.log());
+}
+
+/// A reactor count whose own descriptors would leave no room for clients
+/// under the descriptor limit is refused at start, saying what to change,
+/// instead of advertising a capacity it can never reach.
+#[test]
+fn more_reactors_than_the_descriptor_limit_carries_are_refused() {
+    let command = server_with_descriptor_limit(64, &["--reactors", "16"]);
+    let finished = process::run(command, b"");
+    assert_eq!(finished.code(), Some(1), "{}", finished.describe());
+    assert!(
+        finished.stderr_text().contains(
+            "greeter-server: --reactors 16 keep about 107 file descriptors for themselves, \
+             which leaves no room for clients under the limit of 64 (lower --reactors, or \
+             raise `ulimit -n`)"
+        ),
+        "{}",
+        finished.describe()
+    );
 }

@@ -129,7 +129,8 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
 /// limit (raised as far as allowed) can hold.
 fn within_descriptor_limit(config: &LoadConfig) -> io::Result<LoadConfig> {
     let descriptors = crate::limits::raise_descriptor_limit()?;
-    let capacity = crate::limits::connection_capacity(descriptors);
+    let capacity =
+        crate::limits::connection_capacity(descriptors, crate::limits::RESERVED_DESCRIPTORS);
     let mut config = config.clone();
     // Hold mode's probe is a connection beyond --connections.
     let extra = usize::from(matches!(config.workload, Workload::Hold { .. }));

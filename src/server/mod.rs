@@ -135,6 +135,13 @@ pub enum StartError {
     Listen(ListenError),
     /// The poller, signal handlers or spare descriptor could not be set up.
     Setup(io::Error),
+    /// The descriptor limit leaves no room for clients beside what the
+    /// reactors hold themselves.
+    TooFewDescriptors {
+        reactors: usize,
+        reserved: u64,
+        limit: u64,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -142,6 +149,16 @@ impl fmt::Display for StartError {
         match self {
             StartError::Listen(err) => err.fmt(f),
             StartError::Setup(err) => write!(f, "cannot set up the event loop: {err}"),
+            StartError::TooFewDescriptors {
+                reactors,
+                reserved,
+                limit,
+            } => write!(
+                f,
+                "--reactors {reactors} keep about {reserved} file descriptors for themselves, \
+                 which leaves no room for clients under the limit of {limit} (lower --reactors, \
+                 or raise `ulimit -n`)"
+            ),
         }
     }
 }
@@ -157,7 +174,7 @@ impl Server {
     /// Raises the descriptor limit, binds every address (once per reactor)
     /// and prepares the loops.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
-        let max_connections = resolve_capacity(config.max_connections);
+        let max_connections = resolve_capacity(config, config.listen.len())?;
         let backlog = resolve_backlog(config.backlog);
         // Each reactor has its own listening socket on every address, all in
         // one SO_REUSEPORT group: the kernel picks the socket for each new
@@ -209,7 +226,7 @@ impl Server {
     /// reactors each serves a duplicate of it: a new connection wakes them
     /// all, and the first to accept it serves it.
     pub fn adopt(config: &Config, inherited: Vec<InheritedListener>) -> Result<Server, StartError> {
-        let max_connections = resolve_capacity(config.max_connections);
+        let max_connections = resolve_capacity(config, inherited.len())?;
         let origins = inherited
             .iter()
             .map(|socket| {
@@ -358,8 +375,10 @@ fn resolve_backlog(requested: u32) -> u32 {
     }
 }
 
-/// Raises RLIMIT_NOFILE and decides how many clients to serve at once.
-fn resolve_capacity(requested: Option<usize>) -> usize {
+/// Raises RLIMIT_NOFILE and decides how many clients to serve at once, after
+/// what the reactors, each with a listener on each of `addresses`, hold
+/// themselves.
+fn resolve_capacity(config: &Config, addresses: usize) -> Result<usize, StartError> {
     let descriptors = match limits::raise_descriptor_limit() {
         Ok(soft) => soft,
         Err(err) => {
@@ -367,8 +386,16 @@ fn resolve_capacity(requested: Option<usize>) -> usize {
             1024
         }
     };
-    let capacity = limits::connection_capacity(descriptors);
-    match requested {
+    let reserved = limits::reserved_descriptors(config.reactors, addresses);
+    if reserved >= descriptors {
+        return Err(StartError::TooFewDescriptors {
+            reactors: config.reactors,
+            reserved,
+            limit: descriptors,
+        });
+    }
+    let capacity = limits::connection_capacity(descriptors, reserved);
+    Ok(match config.max_connections {
         None => capacity,
         Some(wanted) => {
             if wanted > capacity {
@@ -380,5 +407,5 @@ fn resolve_capacity(requested: Option<usize>) -> usize {
             }
             wanted
         }
-    }
+    })
 }
