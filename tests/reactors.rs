@@ -179,3 +179,111 @@ fn a_second_signal_forces_every_reactor_and_the_exit_status_says_so() {
         server.log()
     );
 }
+
+const OUT_OF_DESCRIPTORS: &[u8] =
+    b"Server: Error: server out of file descriptors; try again later\n";
+
+/// The server's descriptors that are open on /dev/null: its spares, and a
+/// few it holds for as long as it runs (TestServer gives it /dev/null for
+/// stdin and stdout).
+fn descriptors_on_dev_null(server: &TestServer) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .expect("the server's descriptors are listed in /proc")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.as_os_str() == "/dev/null")
+        .count()
+}
+
+/// Reads what the server said to `client` until it closed, with a limit on
+/// the wait: a client left unanswered fails the test instead of hanging it.
+fn answer_within(client: &mut TcpStream, limit: std::time::Duration) -> Vec<u8> {
+    client.set_read_timeout(Some(limit)).unwrap();
+    let mut answer = Vec::new();
+    match client.read_to_end(&mut answer) {
+        Ok(_) => answer,
+        Err(err) => panic!(
+            "no close within {limit:?} ({err}) after {:?}",
+            String::from_utf8_lossy(&answer)
+        ),
+    }
+}
+
+/// Out of descriptors with 8 reactors (--max-connections far above what
+/// the descriptor limit carries): every client beyond the limit, connecting
+/// in waves of 8 at once, is answered at once, and afterwards the server
+/// holds a spare descriptor for each reactor again. The descriptor one
+/// reactor frees to accept can be taken by another reactor's accept (that
+/// client is served); with a spare each, the first reactor was left with
+/// none, and the clients in its accept queue waited unanswered.
+#[test]
+fn out_of_descriptors_with_8_reactors_every_client_is_told_and_no_spare_is_lost() {
+    const REACTORS: usize = 8;
+    const WAVES: usize = 40;
+    let mut command = common::server_command(&[
+        "--reactors",
+        "8",
+        "--max-connections",
+        "1000",
+        "--linger",
+        "0.1",
+    ]);
+    common::with_descriptor_limit(&mut command, 160, 160);
+    let server = TestServer::start_command(command);
+    let spares_at_start = descriptors_on_dev_null(&server);
+    assert!(spares_at_start >= REACTORS, "a spare for each reactor");
+
+    // Fill the descriptors with greeted clients, until one is turned away.
+    let mut served = Vec::new();
+    loop {
+        assert!(served.len() < 160, "never ran out of descriptors");
+        let mut client = server.connect();
+        let mut start = [0; 15];
+        client.read_exact(&mut start).expect("the server answers");
+        if start != GREETING[..15] {
+            let rest = answer_within(&mut client, common::DEADLINE);
+            assert_eq!([&start[..], &rest].concat(), OUT_OF_DESCRIPTORS);
+            break;
+        }
+        expect_bytes(&mut client, &GREETING[15..]);
+        served.push(client);
+    }
+
+    let mut turned_away = 0;
+    for wave in 0..WAVES {
+        let clients: Vec<TcpStream> = (0..REACTORS).map(|_| server.connect()).collect();
+        for mut client in clients {
+            client.set_read_timeout(Some(common::DEADLINE)).unwrap();
+            let mut start = [0; 15];
+            client
+                .read_exact(&mut start)
+                .unwrap_or_else(|err| panic!("wave {wave}: no answer: {err}"));
+            if start == GREETING[..15] {
+                expect_bytes(&mut client, &GREETING[15..]);
+                served.push(client);
+                continue;
+            }
+            let rest = answer_within(&mut client, common::DEADLINE);
+            assert_eq!(
+                String::from_utf8_lossy(&[&start[..], &rest].concat()),
+                String::from_utf8_lossy(OUT_OF_DESCRIPTORS),
+                "wave {wave}"
+            );
+            turned_away += 1;
+        }
+    }
+    assert!(
+        turned_away >= WAVES * REACTORS / 2,
+        "only {turned_away} of {} clients were turned away at the descriptor limit",
+        WAVES * REACTORS
+    );
+
+    // Everyone leaves; then each reactor's spare is back in the pool.
+    for mut client in served.drain(..) {
+        exchange(&mut client, b"exit\n", GOODBYE);
+    }
+    assert!(
+        common::wait_until(|| descriptors_on_dev_null(&server) == spares_at_start),
+        "{} descriptors on /dev/null at the end, {spares_at_start} at the start",
+        descriptors_on_dev_null(&server)
+    );
+}

@@ -18,13 +18,16 @@
 //!   keeps one spare descriptor: it closes the spare, accepts the client, tells
 //!   it the server is out of file descriptors, closes it, and reopens the spare
 //!   (the libev idiom). If even that fails, accepting pauses briefly and
-//!   retries on a timer.
+//!   retries on a timer. The reactors keep their spares in one pool
+//!   ([`SpareDescriptors`]), because a descriptor one of them frees can be
+//!   taken by another one's accept.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -184,29 +187,69 @@ pub(super) fn is_per_client(err: &io::Error) -> bool {
     ) || err.raw_os_error() == Some(libc::EPERM)
 }
 
-/// One descriptor held in reserve, spent to turn a client away cleanly when
-/// descriptors run out.
-struct SpareDescriptor {
-    spare: Option<File>,
+/// Descriptors held in reserve, one per reactor, each spent to turn a
+/// client away cleanly when descriptors run out, in one pool the whole
+/// server shares.
+///
+/// Descriptors are the process's, not a reactor's: the one a reactor frees
+/// to accept could be taken by another reactor's accept at that moment,
+/// which then serves a client with it. The spare is gone for good, and once
+/// every spare has gone that way, the clients waiting in the accept queues
+/// are told nothing. So every accept holds the pool's lock for reading, and
+/// spending a spare holds it for writing: while a spare is spent, no other
+/// accept runs. (Uncontended except at the descriptor limit, and taken once
+/// per accept, never per message.)
+#[derive(Clone, Default)]
+pub struct SpareDescriptors {
+    pool: Arc<RwLock<Spares>>,
 }
 
-impl SpareDescriptor {
-    fn open() -> io::Result<Self> {
-        Ok(SpareDescriptor {
-            spare: Some(File::open("/dev/null")?),
-        })
-    }
+#[derive(Default)]
+struct Spares {
+    held: Vec<File>,
+    /// How many the pool should hold: one per reactor.
+    wanted: usize,
+}
 
-    /// Frees the spare so one accept can succeed. False if there is none.
-    fn release(&mut self) -> bool {
-        self.spare.take().is_some()
-    }
-
-    /// Takes a descriptor back into reserve, once one is free.
-    fn restore(&mut self) {
-        if self.spare.is_none() {
-            self.spare = File::open("/dev/null").ok();
+impl Spares {
+    /// Opens spares until the pool holds what it should, or no descriptor
+    /// is free.
+    fn refill(&mut self) {
+        while self.held.len() < self.wanted {
+            match File::open("/dev/null") {
+                Ok(spare) => self.held.push(spare),
+                Err(_) => return,
+            }
         }
+    }
+}
+
+impl SpareDescriptors {
+    /// One more reactor's spare.
+    fn add_one(&self) -> io::Result<()> {
+        let mut spares = self.pool.write().unwrap_or_else(PoisonError::into_inner);
+        spares.held.push(File::open("/dev/null")?);
+        spares.wanted += 1;
+        Ok(())
+    }
+
+    /// Accepts from `socket`, never while a spare is spent.
+    fn accept(&self, socket: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+        let _no_spare_spent = self.pool.read().unwrap_or_else(PoisonError::into_inner);
+        socket.accept()
+    }
+
+    /// Runs `accept` with one spare closed, so that one accept can succeed,
+    /// and takes the spare back; None if there is no spare to close. No
+    /// other accept runs meanwhile.
+    fn spend_one<T>(&self, accept: impl FnOnce() -> T) -> Option<T> {
+        let mut spares = self.pool.write().unwrap_or_else(PoisonError::into_inner);
+        // If taking a spare back failed last time, try again now.
+        spares.refill();
+        drop(spares.held.pop()?);
+        let outcome = accept();
+        spares.refill();
+        Some(outcome)
     }
 }
 
@@ -231,17 +274,19 @@ enum TurnAway {
 /// All listening sockets, and the state of accepting from them.
 pub struct Acceptor {
     listeners: Vec<Listener>,
-    spare: SpareDescriptor,
+    spares: SpareDescriptors,
     /// Accepting is paused until then (after an accept error).
     paused_until: Option<Instant>,
 }
 
 impl Acceptor {
-    /// Registers listener `i` with token `first_token + i`.
+    /// Registers listener `i` with token `first_token + i`, and adds a spare
+    /// descriptor to the server's pool.
     pub fn new(
         sockets: Vec<TcpListener>,
         registry: &Registry,
         first_token: usize,
+        spares: SpareDescriptors,
     ) -> io::Result<Acceptor> {
         let mut listeners = Vec::with_capacity(sockets.len());
         for (index, mut socket) in sockets.into_iter().enumerate() {
@@ -253,9 +298,10 @@ impl Acceptor {
                 may_accept: true,
             });
         }
+        spares.add_one()?;
         Ok(Acceptor {
             listeners,
-            spare: SpareDescriptor::open()?,
+            spares,
             paused_until: None,
         })
     }
@@ -326,7 +372,7 @@ impl Acceptor {
         accepted: &mut Vec<(TcpStream, SocketAddr)>,
     ) {
         for _ in 0..ACCEPTS_PER_TURN {
-            match self.listeners[index].socket.accept() {
+            match self.spares.accept(&self.listeners[index].socket) {
                 Ok((stream, peer)) => match admission.admit(peer) {
                     Ok(()) => {
                         configure(&stream, peer);
@@ -364,7 +410,7 @@ impl Acceptor {
         }
     }
 
-    /// The process is out of descriptors: spend the spare descriptor to
+    /// The process is out of descriptors: spend a spare descriptor to
     /// accept the client waiting in the backlog, tell it why it cannot be
     /// served, and take the spare back.
     ///
@@ -378,22 +424,18 @@ impl Acceptor {
         err: &io::Error,
         admission: &mut Admission,
     ) -> TurnAway {
-        // If taking the spare back failed last time, try again now.
-        self.spare.restore();
-        let outcome = if self.spare.release() {
-            let outcome = match self.listeners[index].socket.accept() {
+        let socket = &self.listeners[index].socket;
+        let outcome = self
+            .spares
+            .spend_one(|| match socket.accept() {
                 Ok((stream, _)) => {
                     refuse(stream, Refusal::OutOfDescriptors);
                     TurnAway::Refused
                 }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => TurnAway::NobodyWaiting,
                 Err(_) => TurnAway::Impossible,
-            };
-            self.spare.restore();
-            outcome
-        } else {
-            TurnAway::Impossible
-        };
+            })
+            .unwrap_or(TurnAway::Impossible);
         if outcome != TurnAway::NobodyWaiting {
             admission.out_of_descriptors(err, outcome == TurnAway::Refused);
         }

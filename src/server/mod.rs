@@ -42,6 +42,7 @@ use mio::net::TcpListener;
 use activation::InheritedListener;
 pub use connection::Timeouts;
 pub use listener::ListenError;
+use listener::SpareDescriptors;
 pub use reactor::Stopped;
 
 use crate::limits;
@@ -260,6 +261,7 @@ impl Server {
     ) -> Result<Server, StartError> {
         let reactors = socket_sets.len();
         let admission = Admission::new(max_connections, config.max_per_ip);
+        let spares = SpareDescriptors::default();
         let mut loops = Vec::with_capacity(reactors);
         for (index, sockets) in socket_sets.into_iter().enumerate() {
             let settings = Settings {
@@ -274,8 +276,8 @@ impl Server {
                 }),
                 proxy_protocol: config.proxy_protocol,
             };
-            let reactor =
-                Reactor::new(sockets, settings, admission.sharing()).map_err(StartError::Setup)?;
+            let reactor = Reactor::new(sockets, settings, admission.sharing(), spares.clone())
+                .map_err(StartError::Setup)?;
             loops.push(reactor);
         }
         if let Some(addr) = config.metrics_listen {

@@ -38,7 +38,7 @@ use super::Timeouts;
 use super::admission::Admission;
 use super::board::Board;
 use super::connection::{Connection, Next};
-use super::listener::Acceptor;
+use super::listener::{Acceptor, SpareDescriptors};
 use super::scrape::{MAX_SCRAPES, MetricsEndpoint};
 use super::timers::{ConnectionRef, Timers};
 use crate::metrics::Counters;
@@ -139,9 +139,10 @@ impl Reactor {
         sockets: Vec<TcpListener>,
         settings: Settings,
         admission: Admission,
+        spares: SpareDescriptors,
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
-        let acceptor = Acceptor::new(sockets, poll.registry(), LISTENER_TOKENS)?;
+        let acceptor = Acceptor::new(sockets, poll.registry(), LISTENER_TOKENS, spares)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
