@@ -61,7 +61,7 @@ BACKLOG = 1024
 # per connection.
 SERVERS = {
     "greeter": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn"],
-    "greeter-2r": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn", "--reactors", "2"],
+    "greeter-2r": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn", "--reactors", "2", "--reuse-port"],
     "tokio": [os.path.join(RELEASE, "examples", "peer-tokio")],
     "threaded": [os.path.join(RELEASE, "examples", "peer-threaded")],
 }
@@ -242,7 +242,7 @@ def reactor_spread(reactors, connections, duration):
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(
             [os.path.join(RELEASE, "greeter-server"), "--log-level", "info", "--reactors",
-             str(reactors), "--listen", f"127.0.0.1:{port}", "--backlog", str(BACKLOG)],
+             str(reactors), "--reuse-port", "--listen", f"127.0.0.1:{port}", "--backlog", str(BACKLOG)],
             stdout=subprocess.DEVNULL, stderr=log)
         try:
             wait_listening(port)

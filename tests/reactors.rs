@@ -113,11 +113,17 @@ fn only_servers_that_ask_for_it_share_a_port() {
     expect_bytes(&mut client, GREETING);
 }
 
-/// A server that did not ask for --reuse-port keeps its port to itself:
-/// a later server that asks for it cannot join.
+/// A server that did not ask for --reuse-port keeps its port to itself,
+/// with one reactor or several: a later server that asks for it cannot join.
 #[test]
 fn a_port_taken_without_reuse_port_is_not_shared() {
-    let first = TestServer::start(&[]);
+    for reactors in ["1", "2"] {
+        a_later_server_cannot_join(&["--reactors", reactors]);
+    }
+}
+
+fn a_later_server_cannot_join(first_args: &[&str]) {
+    let first = TestServer::start(first_args);
     let listen = first.addr.to_string();
     let mut second = common::server_command(&["--reuse-port", "--listen", &listen])
         .stderr(Stdio::piped())
@@ -128,7 +134,10 @@ fn a_port_taken_without_reuse_port_is_not_shared() {
         let _ = second.kill();
     }
     let refused = second.wait_with_output().expect("its output");
-    assert!(exited, "the second server joined the first's port");
+    assert!(
+        exited,
+        "the second server joined the port of a server started with {first_args:?}"
+    );
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("address in use"),

@@ -94,9 +94,11 @@ struct Args {
     #[arg(long, env = "GREETER_FRAMING", value_enum, default_value_t = FramingArg::Auto)]
     framing: FramingArg,
 
-    /// Event loops to run, each a single thread with its own connections and
-    /// its own listening socket on every address (SO_REUSEPORT: the kernel
-    /// spreads new connections over them). Limits are the server's total.
+    /// Event loops to run, each a single thread with its own connections.
+    /// They share each listening socket (a new connection wakes them all and
+    /// the first to accept it serves it); with --reuse-port each has its own
+    /// and the kernel spreads new connections over them. Limits are the
+    /// server's total.
     #[arg(long, env = "GREETER_REACTORS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
     reactors: u64,
 

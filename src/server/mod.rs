@@ -177,45 +177,47 @@ impl Server {
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let max_connections = resolve_capacity(config, config.listen.len())?;
         let backlog = resolve_backlog(config.backlog);
-        // Each reactor has its own listening socket on every address, all in
-        // one SO_REUSEPORT group: the kernel picks the socket for each new
-        // connection by a hash of its addresses, so the reactors never touch
-        // each other's queues.
-        let reuse_port = config.reuse_port || config.reactors > 1;
         if config.reuse_port {
             listener::warn_unless_requests_migrate();
         }
-        let mut first = Vec::with_capacity(config.listen.len());
-        for &addr in &config.listen {
-            // Several reactors need SO_REUSEPORT among themselves, but it
-            // must not let them join another server's port: without
-            // --reuse-port a bind without it goes first, and fails as a
-            // second server on a port should. (A later server that asks for
-            // --reuse-port can still join this one's group.)
-            let addr = if reuse_port && !config.reuse_port {
-                let probe = listener::bind(addr, backlog, false).map_err(StartError::Listen)?;
-                probe.local_addr().map_err(StartError::Setup)?
-            } else {
-                addr
-            };
-            first.push(listener::bind(addr, backlog, reuse_port).map_err(StartError::Listen)?);
-        }
-        // The other reactors bind where the first did: the same ports, also
-        // when --listen asked for port 0.
+        let first: Vec<TcpListener> = config
+            .listen
+            .iter()
+            .map(|&addr| listener::bind(addr, backlog, config.reuse_port))
+            .collect::<Result<_, _>>()
+            .map_err(StartError::Listen)?;
+        // The other reactors listen where the first did: the same ports,
+        // also when --listen asked for port 0. With --reuse-port each has
+        // its own listening socket on every address, all in one
+        // SO_REUSEPORT group: the kernel picks the socket for each new
+        // connection by a hash of its addresses, and the reactors never
+        // touch each other's queues. Without it they share the first's
+        // sockets (as with socket activation, in `adopt`): SO_REUSEPORT
+        // among them would let any later server of the same user join the
+        // port, and take some of its clients.
         let bound: Vec<SocketAddr> = first
             .iter()
             .map(TcpListener::local_addr)
             .collect::<io::Result<_>>()
             .map_err(StartError::Setup)?;
-        let mut socket_sets = vec![first];
+        let mut socket_sets = Vec::with_capacity(config.reactors);
         for _ in 1..config.reactors {
-            let sockets = bound
-                .iter()
-                .map(|&addr| listener::bind(addr, backlog, true))
-                .collect::<Result<_, _>>()
-                .map_err(StartError::Listen)?;
+            let sockets = if config.reuse_port {
+                bound
+                    .iter()
+                    .map(|&addr| listener::bind(addr, backlog, true))
+                    .collect::<Result<_, _>>()
+                    .map_err(StartError::Listen)?
+            } else {
+                first
+                    .iter()
+                    .map(duplicate)
+                    .collect::<io::Result<_>>()
+                    .map_err(StartError::Setup)?
+            };
             socket_sets.push(sockets);
         }
+        socket_sets.insert(0, first);
         let origins = vec![format!("accept queue {backlog}"); bound.len()];
         Self::start(config, max_connections, socket_sets, origins)
     }
