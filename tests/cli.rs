@@ -78,7 +78,8 @@ fn an_address_of_another_machine_is_one_clear_line() {
     {
         report_skip(
             "an_address_of_another_machine_is_one_clear_line",
-            "net.ipv4.ip_nonlocal_bind is on, so binding 192.0.2.1 would succeed",
+            "net.ipv4.ip_nonlocal_bind is on, so binding 192.0.2.1 would succeed \
+             (sysctl -w net.ipv4.ip_nonlocal_bind=0; .ci/setup sets it)",
         );
         return;
     }
@@ -157,7 +158,10 @@ fn serves_a_dialogue_over_ipv6() {
     if let Err(err) = TcpListener::bind("[::1]:0") {
         report_skip(
             "serves_a_dialogue_over_ipv6",
-            &format!("cannot bind [::1]:0 on this machine: {err}"),
+            &format!(
+                "cannot bind [::1]:0 on this machine: {err} \
+                 (sysctl -w net.ipv6.conf.lo.disable_ipv6=0; .ci/setup sets it)"
+            ),
         );
         return;
     }

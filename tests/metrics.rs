@@ -76,7 +76,7 @@ fn promtool_accepts(test: &str, page: &str) {
     else {
         report_skip(
             test,
-            "promtool is not installed (Debian's prometheus package; .ci/run installs it)",
+            "promtool is not installed (Debian's prometheus package; .ci/setup installs it)",
         );
         return;
     };

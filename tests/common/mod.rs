@@ -25,11 +25,33 @@ pub fn hello(name: &[u8]) -> Vec<u8> {
 /// Reports that a test cannot run on this machine, and why, where the test
 /// run's output shows it: straight to the process's stderr, which libtest
 /// does not capture (it captures only `print!` and `eprint!`), so the notice
-/// appears in a plain `cargo test` even though the test then passes.
+/// appears in a plain `cargo test` even though the test then passes. Every
+/// skip in tests/ goes through here; the caller returns right after it.
+///
+/// Under CI a skip is a failure instead: this panics with the same notice,
+/// so a CI run can never pass a test that did not run (`.ci/setup` installs
+/// and sets what every skip here needs). CI is on when the `CI` environment
+/// variable holds anything but an empty string, `0`, `false`, `no` or `off`
+/// (in any case): CI services set `true`, some `1` or other words, and a
+/// spelling not foreseen here must fail a skipped test, not pass it.
 pub fn report_skip(test: &str, why: &str) {
-    let notice = format!("\nSKIPPED {test}: {why}\n");
+    let notice = format!("SKIPPED {test}: {why}");
+    if let Some(ci) = ci_setting() {
+        panic!(
+            "{notice}\n(CI={ci} in the environment: under CI a skip fails, so that CI never \
+             passes a test that did not run)"
+        );
+    }
     // Best effort: if stderr itself is gone there is nowhere to report.
-    let _ = std::io::stderr().write_all(notice.as_bytes());
+    let _ = std::io::stderr().write_all(format!("\n{notice}\n").as_bytes());
+}
+
+/// The `CI` environment variable's value if it says this is a CI run; see
+/// [`report_skip`].
+fn ci_setting() -> Option<String> {
+    let value = std::env::var_os("CI")?.to_string_lossy().into_owned();
+    let off = ["", "0", "false", "no", "off"].contains(&value.to_ascii_lowercase().as_str());
+    (!off).then_some(value)
 }
 
 /// A child's stderr, drained line by line into a string by a thread of its
