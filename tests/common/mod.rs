@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -309,6 +310,65 @@ impl Drop for Yardstick {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// How late a sleeping thread wakes on this machine right now: the
+/// reference a timing test measures beside what it times, so that its upper
+/// bound is tight on a calm machine and loosens only by the delays the
+/// machine shows meanwhile (as [`Yardstick`] does for CPU). A thread sleeps
+/// in steps of [`Lateness::STEP`] until [`Lateness::worst`] and keeps the
+/// largest overshoot of any step.
+pub struct Lateness {
+    stop: Arc<AtomicBool>,
+    watcher: Option<thread::JoinHandle<Duration>>,
+}
+
+impl Lateness {
+    pub const STEP: Duration = Duration::from_millis(5);
+
+    /// Starts watching. The watcher gives up after twice [`DEADLINE`]:
+    /// longer than any wait a test makes before it asks for the result.
+    pub fn watch() -> Lateness {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let watcher = thread::spawn(move || {
+            let started = Instant::now();
+            let mut worst = Duration::ZERO;
+            while !stopped.load(Ordering::Relaxed) && started.elapsed() < 2 * DEADLINE {
+                let asleep = Instant::now();
+                thread::sleep(Self::STEP);
+                worst = worst.max(asleep.elapsed().saturating_sub(Self::STEP));
+            }
+            worst
+        });
+        Lateness {
+            stop,
+            watcher: Some(watcher),
+        }
+    }
+
+    /// Stops watching and returns the worst lateness seen.
+    pub fn worst(mut self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        let watcher = self.watcher.take().expect("watched until now");
+        watcher.join().expect("the lateness watcher does not panic")
+    }
+}
+
+impl Drop for Lateness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The latest a wait promised to take `time` may be seen to end, given the
+/// worst `lateness` a [`Lateness`] saw beside it: the time, half of it again
+/// for the work on the way, and three times the lateness, one for each
+/// wake-up on the way (the one waiting on its timer, the one it writes to,
+/// and this test noticing). On a calm machine a wait twice as long fails;
+/// on a busy one only once the lateness itself reaches a sixth of the time.
+pub fn latest_end(time: Duration, lateness: Duration) -> Duration {
+    time + time / 2 + 3 * lateness
 }
 
 impl Drop for TestServer {
