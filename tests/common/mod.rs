@@ -371,6 +371,19 @@ pub fn latest_end(time: Duration, lateness: Duration) -> Duration {
     time + time / 2 + 3 * lateness
 }
 
+/// Asserts that `waited`, for something promised to take `time`, is within
+/// [`latest_end`] of it, given the `lateness` watched since before it began.
+/// `what` says what ended, after what ("closed after the good bye").
+pub fn assert_not_much_after(time: Duration, waited: Duration, what: &str, lateness: Lateness) {
+    let lateness = lateness.worst();
+    let latest = latest_end(time, lateness);
+    assert!(
+        waited <= latest,
+        "{what}: {waited:?}; its time is {time:?}, which allows up to {latest:?} with a \
+         thread beside it waking at worst {lateness:?} late"
+    );
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
