@@ -363,12 +363,15 @@ impl Drop for Lateness {
 
 /// The latest a wait promised to take `time` may be seen to end, given the
 /// worst `lateness` a [`Lateness`] saw beside it: the time, half of it again
-/// for the work on the way, and three times the lateness, one for each
-/// wake-up on the way (the one waiting on its timer, the one it writes to,
-/// and this test noticing). On a calm machine a wait twice as long fails;
-/// on a busy one only once the lateness itself reaches a sixth of the time.
+/// for the work on the way, three times the lateness, one for each wake-up
+/// on the way (the one waiting on its timer, the one it writes to, and this
+/// test noticing), and one [`Lateness::STEP`], for a delay that fell between
+/// the watcher's samples and for a test that notices by polling (every 5 ms,
+/// as [`wait_until`] does). On a calm machine a wait twice as long fails
+/// when the time is over 10 ms; on a busy one only once the lateness itself
+/// reaches about a sixth of the time.
 pub fn latest_end(time: Duration, lateness: Duration) -> Duration {
-    time + time / 2 + 3 * lateness
+    time + time / 2 + 3 * lateness + Lateness::STEP
 }
 
 /// Asserts that `waited`, for something promised to take `time`, is within
@@ -504,6 +507,34 @@ pub fn wait_for_exit(child: &mut Child, describe: impl Fn() -> String) -> ExitSt
         assert!(start.elapsed() < DEADLINE, "{}", describe());
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until process `pid` (a child of this test, not yet reaped) has
+/// exited, for at most [`DEADLINE`]; returns whether it did. Its pidfd turns
+/// readable at the exit itself, so this returns then, not up to a poll
+/// period later as [`wait_for_exit`] does: for timing an exit. Reap the
+/// child afterwards as usual.
+pub fn wait_until_exited(pid: u32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    let mut watched = libc::pollfd {
+        fd: pidfd as libc::c_int,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let limit = libc::c_int::try_from(DEADLINE.as_millis()).expect("DEADLINE fits in ms");
+    // SAFETY: one pollfd, ours; `pidfd` is ours, open, and used no more.
+    let ready = unsafe {
+        let ready = libc::poll(&mut watched, 1, limit);
+        libc::close(pidfd as libc::c_int);
+        ready
+    };
+    ready == 1
 }
 
 /// Makes the process `command` starts begin with these descriptor limits
