@@ -27,7 +27,10 @@ fn the_server_raises_its_soft_descriptor_limit_to_the_hard_one() {
     if hard < 128 {
         report_skip(
             "the_server_raises_its_soft_descriptor_limit_to_the_hard_one",
-            &format!("the hard RLIMIT_NOFILE is only {hard}; too little room below it"),
+            &format!(
+                "the hard RLIMIT_NOFILE is only {hard}; too little room below it \
+                 (raise it as root: ulimit -Hn, or LimitNOFILE= in a unit)"
+            ),
         );
         return;
     }

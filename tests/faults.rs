@@ -669,13 +669,16 @@ fn a_slow_reader_of_replies_all_in_the_kernel_is_not_idle() {
 /// descriptors", nor about one client (here ENOBUFS, injected by a preload
 /// library into the first accept that finds a client waiting) pauses
 /// accepting for 100 ms, with a warning. The client left in the backlog is
-/// then accepted on the server's own timer: no new event would wake it.
+/// then accepted on the server's own timer: no new event would wake it; and
+/// accepted not much after the pause ends (a pause twice as long fails).
 #[test]
 fn an_accept_error_pauses_accepting_and_the_timer_resumes_it() {
+    let pause = Duration::from_millis(100);
     let library = preload_library("failing_accept");
     let mut command = server_command(&[]);
     command.env("LD_PRELOAD", &library);
     let server = TestServer::start_command(command);
+    let lateness = Lateness::watch();
     let connecting = Instant::now();
     let mut client = server.connect();
     expect_bytes(&mut client, GREETING);
@@ -687,8 +690,9 @@ fn an_accept_error_pauses_accepting_and_the_timer_resumes_it() {
         server.log()
     );
     assert!(
-        waited >= Duration::from_millis(100),
-        "greeted {waited:?} after connecting, inside the 100 ms pause"
+        waited >= pause,
+        "greeted {waited:?} after connecting, inside the {pause:?} pause"
     );
+    assert_not_much_after(pause, waited, "greeted after connecting", lateness);
     exchange(&mut client, b"exit\n", GOODBYE);
 }

@@ -174,7 +174,7 @@ fn bash_completes_flags_and_subcommand_flags() {
         let Some(candidates) = bash_completes(binary, words) else {
             report_skip(
                 "bash_completes_flags_and_subcommand_flags",
-                "bash is not installed",
+                "bash is not installed (apt-get install bash)",
             );
             return;
         };

@@ -70,7 +70,10 @@ fn config(frontend: SocketAddr, backends: &[SocketAddr]) -> String {
 /// (after reporting a skip) when it is not installed.
 fn start_haproxy(test: &str, backends: &[SocketAddr]) -> Option<Haproxy> {
     if Command::new("haproxy").arg("-v").output().is_err() {
-        report_skip(test, "haproxy is not installed (.ci/run installs it)");
+        report_skip(
+            test,
+            "haproxy is not installed (apt-get install haproxy; .ci/setup installs it)",
+        );
         return None;
     }
     // A free port can be taken between probing and HAProxy's bind: retry.

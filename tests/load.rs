@@ -415,7 +415,11 @@ fn more_connections_than_half_the_port_range_are_warned_about() {
     if over_half as u64 + 64 > limit.rlim_max {
         common::report_skip(
             "more_connections_than_half_the_port_range_are_warned_about",
-            &format!("{over_half} connections do not fit the descriptor limit here"),
+            &format!(
+                "{over_half} connections do not fit the hard descriptor limit here ({}; \
+                 raise it as root: ulimit -Hn, or LimitNOFILE= in a unit)",
+                limit.rlim_max
+            ),
         );
         return;
     }

@@ -26,7 +26,7 @@ fn requests_migrate(test: &str) -> bool {
     if !on {
         report_skip(
             test,
-            "net.ipv4.tcp_migrate_req is not 1 (sysctl -w net.ipv4.tcp_migrate_req=1; .ci/run sets it)",
+            "net.ipv4.tcp_migrate_req is not 1 (sysctl -w net.ipv4.tcp_migrate_req=1, Linux 5.14+; .ci/setup sets it)",
         );
     }
     on

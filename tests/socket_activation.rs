@@ -1,7 +1,8 @@
 //! Socket activation for real: systemd's own `systemd-socket-activate`
 //! (Debian's systemd package; .ci/run installs it) opens the listening
 //! sockets and starts greeter-server with them, exactly as a `.socket` unit
-//! would. Without the tool each test says it was skipped, and why.
+//! would. Without the tool each test says it was skipped, and why (under CI
+//! a skip fails: see `common::report_skip`).
 //!
 //! The tool cannot listen on port 0 (systemd 252 rejects it), so each test
 //! picks free loopback ports by binding port 0 and letting go, and tries
@@ -60,7 +61,7 @@ impl Activated {
                 Err(err) if err.kind() == ErrorKind::NotFound => {
                     report_skip(
                         test,
-                        "systemd-socket-activate is not installed (apt-get install systemd)",
+                        "systemd-socket-activate is not installed (apt-get install systemd; .ci/setup installs it)",
                     );
                     return None;
                 }

@@ -57,7 +57,7 @@ fn systemd_analyze_present(test: &str) -> bool {
     if !present {
         report_skip(
             test,
-            "systemd-analyze is not installed (apt-get install systemd)",
+            "systemd-analyze is not installed (apt-get install systemd; .ci/setup installs it)",
         );
     }
     present

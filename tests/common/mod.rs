@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,11 +26,33 @@ pub fn hello(name: &[u8]) -> Vec<u8> {
 /// Reports that a test cannot run on this machine, and why, where the test
 /// run's output shows it: straight to the process's stderr, which libtest
 /// does not capture (it captures only `print!` and `eprint!`), so the notice
-/// appears in a plain `cargo test` even though the test then passes.
+/// appears in a plain `cargo test` even though the test then passes. Every
+/// skip in tests/ goes through here; the caller returns right after it.
+///
+/// Under CI a skip is a failure instead: this panics with the same notice,
+/// so a CI run can never pass a test that did not run (`.ci/setup` installs
+/// and sets what every skip here needs). CI is on when the `CI` environment
+/// variable holds anything but an empty string, `0`, `false`, `no` or `off`
+/// (in any case): CI services set `true`, some `1` or other words, and a
+/// spelling not foreseen here must fail a skipped test, not pass it.
 pub fn report_skip(test: &str, why: &str) {
-    let notice = format!("\nSKIPPED {test}: {why}\n");
+    let notice = format!("SKIPPED {test}: {why}");
+    if let Some(ci) = ci_setting() {
+        panic!(
+            "{notice}\n(CI={ci} in the environment: under CI a skip fails, so that CI never \
+             passes a test that did not run)"
+        );
+    }
     // Best effort: if stderr itself is gone there is nowhere to report.
-    let _ = std::io::stderr().write_all(notice.as_bytes());
+    let _ = std::io::stderr().write_all(format!("\n{notice}\n").as_bytes());
+}
+
+/// The `CI` environment variable's value if it says this is a CI run; see
+/// [`report_skip`].
+fn ci_setting() -> Option<String> {
+    let value = std::env::var_os("CI")?.to_string_lossy().into_owned();
+    let off = ["", "0", "false", "no", "off"].contains(&value.to_ascii_lowercase().as_str());
+    (!off).then_some(value)
 }
 
 /// A child's stderr, drained line by line into a string by a thread of its
@@ -289,6 +312,81 @@ impl Drop for Yardstick {
     }
 }
 
+/// How late a sleeping thread wakes on this machine right now: the
+/// reference a timing test measures beside what it times, so that its upper
+/// bound is tight on a calm machine and loosens only by the delays the
+/// machine shows meanwhile (as [`Yardstick`] does for CPU). A thread sleeps
+/// in steps of [`Lateness::STEP`] until [`Lateness::worst`] and keeps the
+/// largest overshoot of any step.
+pub struct Lateness {
+    stop: Arc<AtomicBool>,
+    watcher: Option<thread::JoinHandle<Duration>>,
+}
+
+impl Lateness {
+    pub const STEP: Duration = Duration::from_millis(5);
+
+    /// Starts watching. The watcher gives up after twice [`DEADLINE`]:
+    /// longer than any wait a test makes before it asks for the result.
+    pub fn watch() -> Lateness {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let watcher = thread::spawn(move || {
+            let started = Instant::now();
+            let mut worst = Duration::ZERO;
+            while !stopped.load(Ordering::Relaxed) && started.elapsed() < 2 * DEADLINE {
+                let asleep = Instant::now();
+                thread::sleep(Self::STEP);
+                worst = worst.max(asleep.elapsed().saturating_sub(Self::STEP));
+            }
+            worst
+        });
+        Lateness {
+            stop,
+            watcher: Some(watcher),
+        }
+    }
+
+    /// Stops watching and returns the worst lateness seen.
+    pub fn worst(mut self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        let watcher = self.watcher.take().expect("watched until now");
+        watcher.join().expect("the lateness watcher does not panic")
+    }
+}
+
+impl Drop for Lateness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The latest a wait promised to take `time` may be seen to end, given the
+/// worst `lateness` a [`Lateness`] saw beside it: the time, half of it again
+/// for the work on the way, three times the lateness, one for each wake-up
+/// on the way (the one waiting on its timer, the one it writes to, and this
+/// test noticing), and one [`Lateness::STEP`], for a delay that fell between
+/// the watcher's samples and for a test that notices by polling (every 5 ms,
+/// as [`wait_until`] does). On a calm machine a wait twice as long fails
+/// when the time is over 10 ms; on a busy one only once the lateness itself
+/// reaches about a sixth of the time.
+pub fn latest_end(time: Duration, lateness: Duration) -> Duration {
+    time + time / 2 + 3 * lateness + Lateness::STEP
+}
+
+/// Asserts that `waited`, for something promised to take `time`, is within
+/// [`latest_end`] of it, given the `lateness` watched since before it began.
+/// `what` says what ended, after what ("closed after the good bye").
+pub fn assert_not_much_after(time: Duration, waited: Duration, what: &str, lateness: Lateness) {
+    let lateness = lateness.worst();
+    let latest = latest_end(time, lateness);
+    assert!(
+        waited <= latest,
+        "{what}: {waited:?}; its time is {time:?}, which allows up to {latest:?} with a \
+         thread beside it waking at worst {lateness:?} late"
+    );
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -409,6 +507,34 @@ pub fn wait_for_exit(child: &mut Child, describe: impl Fn() -> String) -> ExitSt
         assert!(start.elapsed() < DEADLINE, "{}", describe());
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until process `pid` (a child of this test, not yet reaped) has
+/// exited, for at most [`DEADLINE`]; returns whether it did. Its pidfd turns
+/// readable at the exit itself, so this returns then, not up to a poll
+/// period later as [`wait_for_exit`] does: for timing an exit. Reap the
+/// child afterwards as usual.
+pub fn wait_until_exited(pid: u32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    let mut watched = libc::pollfd {
+        fd: pidfd as libc::c_int,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let limit = libc::c_int::try_from(DEADLINE.as_millis()).expect("DEADLINE fits in ms");
+    // SAFETY: one pollfd, ours; `pidfd` is ours, open, and used no more.
+    let ready = unsafe {
+        let ready = libc::poll(&mut watched, 1, limit);
+        libc::close(pidfd as libc::c_int);
+        ready
+    };
+    ready == 1
 }
 
 /// Makes the process `command` starts begin with these descriptor limits
