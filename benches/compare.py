@@ -2,13 +2,14 @@
 """Side-by-side comparison of greeter-server with two peers, in one run.
 
 Builds greeter-server, greeter-load and the two benchmark peers
-(benches/peers/: one thread per connection with std::net, and tokio
-current_thread with one task per connection), then drives each server with
-the same greeter-load workloads on loopback and prints one table, with ratios
-against greeter. All traffic goes to 127.0.0.1 only; every run is bounded by
---duration. Every server gets the same listen backlog (BACKLOG) and raises
-its own descriptor limit; greeter-server runs at --log-level warn, and the
-peers log nothing per connection.
+(examples/threaded.rs, rung 1 of the ladder: one thread per connection with
+std::net; benches/peers/tokio.rs: tokio current_thread with one task per
+connection), then drives each server with the same greeter-load workloads on
+loopback and prints one table, with ratios against greeter. All traffic goes
+to 127.0.0.1 only; every run is bounded by --duration. Every server gets the
+same listen backlog (BACKLOG) and raises its own descriptor limit;
+greeter-server runs at --log-level warn, and the peers log nothing per
+connection.
 
 Measured per server:
   - exchanges/s at 1, 100, 1,000 and 10,000 connections (closed loop);
@@ -54,6 +55,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # Every server listens with the same accept queue (the kernel caps it at
 # net.core.somaxconn): std's and mio's own listeners use 128, greeter-server's
 # default differs, and the queue decides who loses clients in a connect burst.
+# The threaded peer takes no flags: its BACKLOG in examples/threaded.rs is
+# this same 1024.
 BACKLOG = 1024
 
 # Log levels: greeter-server at warn, so it writes nothing per connection (at
@@ -63,8 +66,15 @@ SERVERS = {
     "greeter": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn"],
     "greeter-2r": [os.path.join(RELEASE, "greeter-server"), "--log-level", "warn", "--reactors", "2", "--reuse-port"],
     "tokio": [os.path.join(RELEASE, "examples", "peer-tokio")],
-    "threaded": [os.path.join(RELEASE, "examples", "peer-threaded")],
+    "threaded": [os.path.join(RELEASE, "examples", "threaded")],
 }
+
+
+def listen_args(name, addr):
+    """How server `name` is told its address and backlog."""
+    if name == "threaded":
+        return [addr]
+    return ["--listen", addr, "--backlog", str(BACKLOG)]
 
 
 def free_port():
@@ -92,7 +102,7 @@ class Server:
         self.name = name
         self.port = free_port()
         command = (list(wrapper) + SERVERS[name]
-                   + ["--listen", f"127.0.0.1:{self.port}", "--backlog", str(BACKLOG)] + list(extra))
+                   + listen_args(name, f"127.0.0.1:{self.port}") + list(extra))
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.port, deadline=60.0 if wrapper else 10.0)
 
@@ -115,8 +125,7 @@ class Server:
 
     def sockets(self):
         """Distinct sockets the process holds. Not its descriptors: the
-        threaded peer has two per connection (a reader and a try_clone'd
-        writer), both naming one socket."""
+        same socket may be open under more than one descriptor."""
         held = set()
         fds = f"/proc/{self.proc.pid}/fd"
         for fd in os.listdir(fds):
@@ -296,9 +305,10 @@ def instructions(name, short, long):
     connections = 10
     for count in (short, long):
         out = tempfile.NamedTemporaryFile(suffix=".callgrind", delete=False).name
-        # greeter exits cleanly on SIGTERM; the peers exit by themselves once
-        # the load's connections (and the port probe's) have ended.
-        extra = [] if name.startswith("greeter") else ["--exit-after", str(connections + 1)]
+        # greeter exits cleanly on SIGTERM, and the threaded peer dies of it
+        # (callgrind still writes its totals then); the tokio peer exits by
+        # itself once the load's connections (and the port probe's) have ended.
+        extra = ["--exit-after", str(connections + 1)] if name == "tokio" else []
         server = Server(name, extra=extra,
                         wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
         try:

@@ -11,51 +11,15 @@ mod common;
 mod process;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use common::*;
-use process::{Finished, TRANSCRIPT, client_command, run};
-
-/// The interpreter for the peers in tests/peers/.
-const PYTHON: &str = "python3";
-
-fn peer_script(name: &str) -> String {
-    format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python(script: &str) -> Command {
-    let mut command = Command::new(PYTHON);
-    command.arg("-u").arg(peer_script(script));
-    command
-}
-
-/// Fails with a clear message, rather than an obscure spawn error, when
-/// python3 is missing.
-fn require_python() {
-    let found = Command::new(PYTHON)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        found,
-        "`{PYTHON}` is required: these tests run the tutorial's Python client and server \
-         from tests/peers/ (install python3; CI does)"
-    );
-}
-
-/// The lines a program printed, without the blank lines Python's print()
-/// leaves at the end (the goodbye already ends in a newline).
-fn printed_lines(output: &str) -> Vec<&str> {
-    let mut lines: Vec<&str> = output.split('\n').collect();
-    while lines.last().is_some_and(|line| line.trim().is_empty()) {
-        lines.pop();
-    }
-    lines
-}
+use process::{
+    Finished, PYTHON, TRANSCRIPT, assert_tutorial_client_gets_the_transcript, client_command,
+    python, require_python, run,
+};
 
 /// The tutorial-like Python server (tests/peers/tutorial_server.py), killed
 /// when dropped.
@@ -158,21 +122,8 @@ fn run_client(args: &[&str]) -> Finished {
 /// bare name at the client's pause. The server logs the tutorial's lines.
 #[test]
 fn tutorial_client_gets_the_tutorial_transcript_from_greeter_server() {
-    require_python();
     let server = TestServer::start(&[]);
-    let mut command = python("tutorial_client.py");
-    command
-        .arg(server.addr.ip().to_string())
-        .arg(server.addr.port().to_string());
-    let client = run(command, b"");
-    assert!(client.status.success(), "{}", client.describe());
-    let stdout = client.stdout_text();
-    assert_eq!(
-        printed_lines(&stdout),
-        printed_lines(TRANSCRIPT),
-        "{}",
-        client.describe()
-    );
+    assert_tutorial_client_gets_the_transcript(server.addr);
     // The client closed right after the good bye, so the server logs a plain
     // close for the same peer it accepted (not a linger timeout).
     let peer = server

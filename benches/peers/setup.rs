@@ -1,7 +1,8 @@
-//! What both benchmark peers do before serving, the way greeter-server does
-//! it, so that the comparison differs only in the serving architecture: a
-//! listener with the backlog the benchmark gives every server, and the soft
-//! descriptor limit raised to the hard one.
+//! What the tokio benchmark peer does before serving, the way greeter-server
+//! does it, so that the comparison differs only in the serving architecture:
+//! a listener with the backlog the benchmark gives every server, and the soft
+//! descriptor limit raised to the hard one. (The threaded peer,
+//! examples/threaded.rs, does the same in its own `main` and `listen`.)
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};

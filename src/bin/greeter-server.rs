@@ -23,6 +23,8 @@ use log::LevelFilter;
 #[derive(Parser, Debug)]
 #[command(name = "greeter-server", version)]
 struct Args {
+    // The doc comment below is clap's --help text: [::1] there is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Address to listen on, IPv4 or IPv6 (e.g. [::1]:6000); repeat for several
     /// (or separate them with commas).
     /// Not with socket activation (LISTEN_FDS), which passes the sockets to

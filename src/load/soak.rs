@@ -6,7 +6,7 @@
 //! ones (faults, in both) together are what a server meets in the field;
 //! a bug that only one mix triggers, or a leak too slow for a short run,
 //! shows here. Each workload runs on its own thread with its own event loop
-//! (the same [`run`](super::run) as a single workload), so this module only
+//! (the same [`run`] as a single workload), so this module only
 //! starts them, waits, and adds the server check around both.
 
 use std::fmt::Write as _;

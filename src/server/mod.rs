@@ -6,18 +6,18 @@
 //! sockets passed by socket activation instead of binding); [`Server::run`]
 //! then loops until a shutdown signal.
 //!
-//! - [`reactor`]: the event loop (poll, dispatch, deadlines, freeing slots);
-//! - [`admission`]: who is served and who is turned away (the connection
+//! - `reactor`: the event loop (poll, dispatch, deadlines, freeing slots);
+//! - `admission`: who is served and who is turned away (the connection
 //!   limits, refusals and their log);
-//! - [`connection`]: one client's socket, session and unsent output;
-//! - [`listener`]: binding with a real backlog, accepting (also at EMFILE),
+//! - `connection`: one client's socket, session and unsent output;
+//! - `listener`: binding with a real backlog, accepting (also at EMFILE),
 //!   and the socket options every connection gets;
 //! - [`activation`]: taking listening sockets passed by systemd instead;
-//! - [`timers`]: deadlines that drive the poll timeout;
-//! - [`kernel`]: what the kernel knows of a connection (bytes acknowledged);
-//! - [`socket_io`]: the read and write system calls, without glibc's
+//! - `timers`: deadlines that drive the poll timeout;
+//! - `kernel`: what the kernel knows of a connection (bytes acknowledged);
+//! - `socket_io`: the read and write system calls, without glibc's
 //!   cancellation bracket;
-//! - [`scrape`]: the metrics endpoint's connections (`--metrics-listen`).
+//! - `scrape`: the metrics endpoint's connections (`--metrics-listen`).
 
 pub mod activation;
 mod admission;

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -122,3 +123,64 @@ Server: Hello Sarah!
 Server: What's your name?
 Server: Good bye!
 ";
+
+/// The interpreter for the peers in tests/peers/.
+pub const PYTHON: &str = "python3";
+
+pub fn peer_script(name: &str) -> String {
+    format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command running the Python peer `script` from tests/peers/, unbuffered.
+pub fn python(script: &str) -> Command {
+    let mut command = Command::new(PYTHON);
+    command.arg("-u").arg(peer_script(script));
+    command
+}
+
+/// Fails with a clear message, rather than an obscure spawn error, when
+/// python3 is missing.
+pub fn require_python() {
+    let found = Command::new(PYTHON)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "`{PYTHON}` is required: these tests run the tutorial's Python client and server \
+         from tests/peers/ (install python3; CI does)"
+    );
+}
+
+/// The lines a program printed, without the blank lines Python's print()
+/// leaves at the end (the goodbye already ends in a newline).
+pub fn printed_lines(output: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = output.split('\n').collect();
+    while lines.last().is_some_and(|line| line.trim().is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// Runs the tutorial's own client (tests/peers/tutorial_client.py: bare
+/// names, one recv(1024) per reply, no sleeps) against the server at `addr`
+/// and asserts that it exits 0 having printed exactly the tutorial's
+/// transcript.
+pub fn assert_tutorial_client_gets_the_transcript(addr: SocketAddr) {
+    require_python();
+    let mut command = python("tutorial_client.py");
+    command
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string());
+    let client = run(command, b"");
+    assert!(client.status.success(), "{}", client.describe());
+    let stdout = client.stdout_text();
+    assert_eq!(
+        printed_lines(&stdout),
+        printed_lines(TRANSCRIPT),
+        "{}",
+        client.describe()
+    );
+}

@@ -10,7 +10,7 @@
 //! errors, so a storm shows both "the server answered every fault as
 //! documented" and "nobody else noticed".
 //!
-//! Everything a kind does and expects is in [`FaultKind::script`]: one place
+//! Everything a kind does and expects is in `FaultKind::script`: one place
 //! to read what a storm tests. Each kind keeps its share of the connection
 //! slots ([`FaultMix::slots`]): when a fault client finishes, a new one of the
 //! same kind takes its place, so a storm's mix holds for as long as it runs.
