@@ -166,9 +166,18 @@ impl Connection {
     }
 
     /// Bytes of memory held in this connection's own buffers (unsent replies,
-    /// input not yet answered): what the server-wide budget counts.
+    /// input not yet answered): what the server-wide budget counts. An empty
+    /// output buffer counts nothing: the capacity it keeps for the next reply
+    /// (at most `KEEP_OUTPUT_CAPACITY`) is part of every connection's fixed
+    /// cost, bounded by the connection limit, so a client that reads its
+    /// replies is never chosen.
     pub fn buffered_bytes(&self) -> usize {
-        self.unsent.capacity() + self.session.buffered_bytes()
+        let unsent = if self.unsent.is_empty() {
+            0
+        } else {
+            self.unsent.capacity()
+        };
+        unsent + self.session.buffered_bytes()
     }
 
     /// Records what an event says the socket may do; [`Connection::service`]

@@ -22,6 +22,7 @@
 pub mod activation;
 mod admission;
 mod board;
+mod budget;
 mod connection;
 mod kernel;
 mod listener;
@@ -42,14 +43,12 @@ use mio::net::TcpListener;
 use activation::InheritedListener;
 pub use connection::Timeouts;
 pub use listener::ListenError;
-use listener::SpareDescriptors;
 pub use reactor::Stopped;
 
 use crate::limits;
 use crate::protocol::SessionLimits;
-use admission::Admission;
 use board::Board;
-use reactor::{Reactor, ReactorId, Settings};
+use reactor::{Reactor, ReactorId, Settings, Shared};
 
 /// The tutorial's address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6000";
@@ -262,8 +261,7 @@ impl Server {
         origins: Vec<String>,
     ) -> Result<Server, StartError> {
         let reactors = socket_sets.len();
-        let admission = Admission::new(max_connections, config.max_per_ip);
-        let spares = SpareDescriptors::default();
+        let shared = Shared::new(max_connections, config.max_per_ip, config.max_buffered);
         let mut loops = Vec::with_capacity(reactors);
         for (index, sockets) in socket_sets.into_iter().enumerate() {
             let settings = Settings {
@@ -271,15 +269,14 @@ impl Server {
                 timeouts: config.timeouts,
                 shutdown_grace: config.shutdown_grace,
                 limits: config.limits,
-                max_buffered: config.max_buffered,
                 reactor: (reactors > 1).then_some(ReactorId {
                     index: index + 1,
                     of: reactors,
                 }),
                 proxy_protocol: config.proxy_protocol,
             };
-            let reactor = Reactor::new(sockets, settings, admission.sharing(), spares.clone())
-                .map_err(StartError::Setup)?;
+            let reactor =
+                Reactor::new(sockets, settings, shared.sharing()).map_err(StartError::Setup)?;
             loops.push(reactor);
         }
         if let Some(addr) = config.metrics_listen {

@@ -37,6 +37,7 @@ mod metrics;
 use super::Timeouts;
 use super::admission::Admission;
 use super::board::Board;
+use super::budget::BufferBudget;
 use super::connection::{Connection, Next};
 use super::listener::{Acceptor, SpareDescriptors};
 use super::scrape::{MAX_SCRAPES, MetricsEndpoint};
@@ -65,11 +66,37 @@ pub(super) struct Settings {
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
     pub limits: SessionLimits,
-    pub max_buffered: usize,
     /// Which reactor this is, when there are several.
     pub reactor: Option<ReactorId>,
     /// Every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+}
+
+/// What the reactors of one server share, because the limits are the
+/// server's: who is connected, the spare descriptors, the buffer budget.
+pub(super) struct Shared {
+    pub admission: Admission,
+    pub spares: SpareDescriptors,
+    pub budget: BufferBudget,
+}
+
+impl Shared {
+    pub fn new(max_connections: usize, max_per_ip: Option<usize>, max_buffered: usize) -> Self {
+        Shared {
+            admission: Admission::new(max_connections, max_per_ip),
+            spares: SpareDescriptors::default(),
+            budget: BufferBudget::new(max_buffered),
+        }
+    }
+
+    /// Another reactor's share of the same.
+    pub fn sharing(&self) -> Self {
+        Shared {
+            admission: self.admission.sharing(),
+            spares: self.spares.clone(),
+            budget: self.budget.sharing(),
+        }
+    }
 }
 
 /// Which of a server's several reactors one is: reactor `index` (from 1)
@@ -98,8 +125,7 @@ struct Slot {
     closed: bool,
     /// The earliest deadline queued in the timer heap for this slot.
     queued_deadline: Option<Instant>,
-    /// The connection's buffered bytes as last counted into
-    /// `Reactor::buffered`.
+    /// The connection's buffered bytes as last counted into the budget.
     buffered: usize,
 }
 
@@ -119,9 +145,9 @@ pub struct Reactor {
     to_free: Vec<usize>,
     signals: Signals,
     next_id: u64,
-    /// Bytes held in all connections' buffers, kept within
-    /// `settings.max_buffered` by closing the largest holders.
-    buffered: usize,
+    /// The server's budget for bytes held in connections' buffers, kept by
+    /// closing the largest holders.
+    budget: BufferBudget,
     settings: Settings,
     /// Set when a shutdown signal arrives: the grace period's end.
     shutdown_deadline: Option<Instant>,
@@ -138,9 +164,13 @@ impl Reactor {
     pub fn new(
         sockets: Vec<TcpListener>,
         settings: Settings,
-        admission: Admission,
-        spares: SpareDescriptors,
+        shared: Shared,
     ) -> io::Result<Reactor> {
+        let Shared {
+            admission,
+            spares,
+            budget,
+        } = shared;
         let poll = Poll::new()?;
         let acceptor = Acceptor::new(sockets, poll.registry(), LISTENER_TOKENS, spares)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -158,7 +188,7 @@ impl Reactor {
             to_free: Vec::new(),
             signals,
             next_id: 0,
-            buffered: 0,
+            budget,
             settings,
             shutdown_deadline: None,
             counters: Counters::default(),
@@ -302,7 +332,7 @@ impl Reactor {
         }
         let next = work(slot, &mut self.read_buf, &mut self.counters);
         let buffered = slot.conn.buffered_bytes();
-        self.buffered = self.buffered - slot.buffered + buffered;
+        self.budget.change(slot.buffered, buffered);
         slot.buffered = buffered;
         match next {
             Next::Wait => {}

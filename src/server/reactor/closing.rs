@@ -22,7 +22,7 @@ impl Reactor {
         let slot = &mut self.slots[key];
         slot.closed = true;
         let held = std::mem::take(&mut slot.buffered);
-        self.buffered -= held;
+        self.budget.change(held, 0);
         let peer = slot.conn.peer();
         self.counters.closed(match why {
             CloseCause::Done => ClosedBecause::Done,
@@ -46,7 +46,7 @@ impl Reactor {
                 "Connection from {peer} is closed: it held {held} bytes of buffers, the most of \
                  any, while all connections together held more than --max-buffered {} bytes \
                  (raise --max-buffered, or lower --max-output)",
-                self.settings.max_buffered
+                self.budget.limit()
             ),
         }
         // No deregister call: closing the socket (when the slot is freed)
@@ -60,9 +60,11 @@ impl Reactor {
     /// send but do not read (unsent replies) or hold back a burst of input;
     /// closing them frees the most memory for the fewest clients. The scan
     /// is linear, but it runs only when over budget, which a well-sized
-    /// budget makes rare.
+    /// budget makes rare. With several reactors, each that finds the server
+    /// over budget closes the largest of its own holders: the largest in
+    /// that reactor, not always the largest in the server.
     pub(super) fn enforce_buffer_budget(&mut self) {
-        while self.buffered > self.settings.max_buffered {
+        while self.budget.is_over() {
             let largest = self
                 .slots
                 .iter()
