@@ -84,15 +84,19 @@ pub enum TimedOut {
     Idle,
     /// `--message-timeout`: a message started and did not end.
     Message,
+    /// With `--proxy-protocol`: the PROXY header did not come whole within
+    /// the message timeout (else the idle timeout).
+    ProxyHeader,
 }
 
 impl TimedOut {
-    const ALL: [TimedOut; 2] = [TimedOut::Idle, TimedOut::Message];
+    const ALL: [TimedOut; 3] = [TimedOut::Idle, TimedOut::Message, TimedOut::ProxyHeader];
 
     fn label(self) -> &'static str {
         match self {
             TimedOut::Idle => "idle",
             TimedOut::Message => "message",
+            TimedOut::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -304,6 +308,7 @@ mod tests {
             ),
             ("greeter_timeouts_total{clock=\"idle\"}", "0"),
             ("greeter_timeouts_total{clock=\"message\"}", "1"),
+            ("greeter_timeouts_total{clock=\"proxy_header\"}", "0"),
         ];
         for (series, value) in expected {
             assert_eq!(

@@ -1,11 +1,13 @@
 //! One client connection: a socket, its protocol session, and its unsent bytes.
 //!
+//! Rung 3 of the ladder: the connection of examples/reactor.rs, grown by
+//! what production needs (clocks, backpressure counted, lingering close).
 //! This is the shell around [`ServerSession`]: it reads from the socket into
 //! the reactor's shared buffer, feeds the session, and writes what the session
 //! produced. It knows the protocol only through the session's small interface
 //! (what state, wants input?), and the reactor knows a connection only through
 //! [`Connection::service`] and what it returns. Its clocks (idle, message,
-//! quiet time, last reply, linger) are in the child module `deadlines`.
+//! quiet time, last reply, linger) are a [`Clocks`] of its own (clocks.rs).
 //!
 //! Readiness is edge-triggered; what the socket may do without a new event
 //! is kept in a [`Readiness`] (the rules are in `src/readiness.rs`). That is
@@ -20,14 +22,11 @@ use std::time::Instant;
 use mio::event::Event;
 use mio::net::TcpStream;
 
+use super::clocks::{Clocks, Due, Standing, Timeouts};
 use super::socket_io::Socket;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, TimedOut};
 use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
-
-mod deadlines;
-mod proxy_header;
-pub use deadlines::Timeouts;
 
 /// Reads per connection per service call. Bounds the work one busy client
 /// gets before the reactor moves on to the others (fairness); a connection
@@ -71,23 +70,28 @@ pub enum CloseCause {
     BadProxyHeader,
 }
 
-/// Where the socket is in its graceful close. A second state machine beside
-/// the session's `SessionState`: the session decides what is said, this
-/// decides when the socket may close.
+/// Where the socket is in its lingering close (see [`Connection::start_draining`]).
+/// A second state machine beside the session's `SessionState`: the session
+/// decides what is said, this decides when the socket may close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SocketPhase {
     /// Reading messages and writing replies.
     Talking,
     /// Our last byte is sent and our side is shut (FIN sent); reading and
     /// discarding until the peer's EOF, so closing cannot trigger a reset
-    /// that would destroy the goodbye still in flight. `last_progress` is
-    /// when draining began: nothing read now counts as progress.
+    /// that would destroy the goodbye still in flight. The linger time runs
+    /// from when draining began: nothing read now counts as progress.
     Draining,
 }
 
 pub struct Connection {
     stream: TcpStream,
+    /// The client the dialogue is with.
     peer: SocketAddr,
+    /// For a connection relayed by a load balancer: the balancer's address,
+    /// the one the socket is connected to and admission counted. `peer` is
+    /// then the client the balancer named.
+    relayed_by: Option<Box<SocketAddr>>,
     session: ServerSession,
     /// Replies produced and not yet accepted by the kernel.
     unsent: Vec<u8>,
@@ -95,63 +99,43 @@ pub struct Connection {
     /// What the socket may do without waiting for an event.
     readiness: Readiness,
     peer_eof: bool,
-    /// The last byte read or written: what the idle timeout and the quiet
-    /// time measure from.
-    last_progress: Instant,
-    /// When the message the session is waiting for began.
-    message_started: Option<Instant>,
-    /// When the session's last reply was queued.
-    closing_since: Option<Instant>,
-    /// Recorded by every service call: no clock but the idle one runs, so
-    /// the reactor's question after an exchange ([`Connection::deadline_before`])
-    /// is answered without deriving the clocks again. `false` until the
-    /// first service, and whenever unsure: then the clocks are derived.
-    only_idle_clock: bool,
-    /// Every byte handed to the kernel, and how many of them the peer had
-    /// acknowledged at the last look: to see a slow reader read (see
-    /// [`Connection::peer_took_output`]).
-    bytes_written: u64,
-    acked_seen: u64,
     /// Reading is stopped by backpressure (counted once per stop).
     held_off: bool,
-    /// `--proxy-protocol`: the PROXY header is not read yet, so nothing
-    /// else is (and the greeting waits).
-    awaiting_proxy_header: bool,
-    /// For a connection relayed by a load balancer: the balancer's address,
-    /// the one the socket is connected to and admission counted. `peer` is
-    /// then the client the balancer named.
-    relayed_by: Option<Box<SocketAddr>>,
+    clocks: Clocks,
 }
 
 impl Connection {
     /// Wraps an accepted socket and queues the greeting. The caller services
     /// it at once, so the greeting leaves in the first write.
     pub fn new(stream: TcpStream, peer: SocketAddr, limits: SessionLimits, now: Instant) -> Self {
-        let mut conn = Connection::ungreeted(stream, peer, limits, now);
-        conn.session.greet(&mut conn.unsent);
-        conn
+        Connection::relayed(stream, Readiness::new(), peer, None, limits, now)
     }
 
-    /// A connection whose greeting waits (for a PROXY header, say).
-    fn ungreeted(stream: TcpStream, peer: SocketAddr, limits: SessionLimits, now: Instant) -> Self {
-        Connection {
+    /// A connection whose PROXY header has been read (proxy_header.rs): the
+    /// socket, with what is known of its readiness, is the balancer's, and
+    /// `peer` the client the header named (`None`: the balancer's own).
+    pub fn relayed(
+        stream: TcpStream,
+        readiness: Readiness,
+        peer: SocketAddr,
+        relayed_by: Option<SocketAddr>,
+        limits: SessionLimits,
+        now: Instant,
+    ) -> Self {
+        let mut conn = Connection {
             stream,
             peer,
+            relayed_by: relayed_by.map(Box::new),
             session: ServerSession::new(limits),
             unsent: Vec::new(),
             phase: SocketPhase::Talking,
-            readiness: Readiness::new(),
+            readiness,
             peer_eof: false,
-            last_progress: now,
-            message_started: None,
-            closing_since: None,
-            only_idle_clock: false,
-            bytes_written: 0,
-            acked_seen: 0,
             held_off: false,
-            awaiting_proxy_header: false,
-            relayed_by: None,
-        }
+            clocks: Clocks::new(now),
+        };
+        conn.session.greet(&mut conn.unsent);
+        conn
     }
 
     /// The client the dialogue is with (as the balancer named it, for a
@@ -191,33 +175,94 @@ impl Connection {
     /// input. `read_buf` is the reactor's one shared read buffer; what moved
     /// is added to the reactor's `counters`.
     pub fn service(&mut self, read_buf: &mut [u8], now: Instant, counters: &mut Counters) -> Next {
-        if self.awaiting_proxy_header {
-            if let Some(next) = self.read_proxy_header(read_buf, now, counters) {
-                return next;
-            }
-        }
         let next = self.move_bytes(read_buf, now, counters);
         counters.exchanges += u64::from(self.session.take_names_answered());
         // The clocks that depend on the session's state, kept in step here
         // once, whichever way the bytes moved.
-        // The message clock runs only while the server is reading: not while
-        // its own output is full and the rest of the message may be waiting
-        // unread in the socket.
-        let unfinished = self.session.unfinished_message();
-        if unfinished.is_some() && self.session.wants_input(self.unsent.len()) {
-            self.message_started.get_or_insert(now);
-        } else {
-            self.message_started = None;
-        }
+        let unfinished = self.session.unfinished_message().is_some();
         let closing = self.session.state() == SessionState::Closing;
-        if closing {
-            self.closing_since.get_or_insert(now);
-        }
-        // From what is at hand, erring towards "no": with no message
-        // unfinished, neither its clock nor the quiet time runs, and a
-        // connection drains (linger) only once its session is closing.
-        self.only_idle_clock = !closing && unfinished.is_none();
+        let reading = unfinished && self.session.wants_input(self.unsent.len());
+        self.clocks.follow(unfinished, closing, reading, now);
         next
+    }
+
+    /// Where the connection stands, for its clocks.
+    fn standing(&self) -> Standing {
+        Standing {
+            draining: self.phase == SocketPhase::Draining,
+            closing: self.session.state() == SessionState::Closing,
+            unsent: !self.unsent.is_empty(),
+            unfinished: self.session.unfinished_message(),
+            may_read: self.readiness.may_read(),
+        }
+    }
+
+    /// When this connection next needs attention without an event.
+    pub fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        let (at, _) = self
+            .clocks
+            .next_deadline(&self.standing(), timeouts, true)?;
+        Some(at)
+    }
+
+    /// Its deadline if it is earlier than `queued`, the one already queued
+    /// for it ([`Clocks::deadline_before`]).
+    #[inline]
+    pub fn deadline_before(&self, queued: Option<Instant>, timeouts: &Timeouts) -> Option<Instant> {
+        self.clocks
+            .deadline_before(queued, || self.standing(), timeouts)
+    }
+
+    /// A deadline may have come due. Returns what to do next.
+    pub fn on_deadline(
+        &mut self,
+        read_buf: &mut [u8],
+        now: Instant,
+        timeouts: &Timeouts,
+        counters: &mut Counters,
+    ) -> Next {
+        let standing = self.standing();
+        let due = match self.clocks.next_deadline(&standing, timeouts, true) {
+            Some((at, due)) if at <= now => due,
+            _ => return Next::Wait,
+        };
+        let reason = match due {
+            Due::Quiet => {
+                self.session.receive(Input::Pause, &mut self.unsent);
+                return self.service(read_buf, now, counters);
+            }
+            Due::Linger => return Next::Close(CloseCause::LingerExpired),
+            Due::LastReply | Due::Idle
+                if self
+                    .clocks
+                    .took_output_since(&self.stream, &standing, timeouts, now) =>
+            {
+                return Next::Wait;
+            }
+            // The last reply could not be delivered in time: the peer is not
+            // reading. Nothing more can be done gracefully.
+            Due::LastReply => return Next::Close(CloseCause::Failed(ErrorKind::TimedOut)),
+            Due::Idle => {
+                counters.timed_out(TimedOut::Idle);
+                let after = timeouts.idle.unwrap_or_default();
+                log::info!(
+                    "Connection from {} idle for {after:?}; closing it",
+                    self.peer
+                );
+                CloseReason::IdleTimeout { after }
+            }
+            Due::Message => {
+                counters.timed_out(TimedOut::Message);
+                let after = timeouts.message.unwrap_or_default();
+                log::info!(
+                    "Connection from {} did not finish a message within {after:?}; closing it",
+                    self.peer
+                );
+                CloseReason::MessageTimeout { after }
+            }
+        };
+        self.session.close(reason, &mut self.unsent);
+        self.service(read_buf, now, counters)
     }
 
     fn move_bytes(&mut self, read_buf: &mut [u8], now: Instant, counters: &mut Counters) -> Next {
@@ -308,8 +353,7 @@ impl Connection {
             return Ok(0);
         }
         counters.bytes_sent += sent as u64;
-        self.last_progress = now;
-        self.bytes_written += sent as u64;
+        self.clocks.wrote(sent, now);
         if sent == self.unsent.len() {
             if self.unsent.capacity() > KEEP_OUTPUT_CAPACITY {
                 self.unsent = Vec::new();
@@ -342,7 +386,7 @@ impl Connection {
                 if self.phase == SocketPhase::Talking {
                     self.session
                         .receive(Input::Bytes(&read_buf[..n]), &mut self.unsent);
-                    self.last_progress = now;
+                    self.clocks.read(now);
                 }
             }
             Received::Nothing => {}
@@ -350,17 +394,175 @@ impl Connection {
         Ok(())
     }
 
-    /// Our last byte is out: send FIN and wait (bounded by linger) for the
-    /// peer's. Closing at once would send a reset instead of a FIN if the peer
-    /// has sent anything we have not read (say, a name after `exit`), and a
-    /// reset makes the peer's kernel drop whatever of our goodbye it has not
-    /// yet handed to the application; some systems drop even data already
-    /// received. Draining first means the goodbye always arrives intact.
+    /// Our last byte is out: send FIN and wait (bounded by `--linger`) for
+    /// the peer's, reading and discarding what it still sends. This is the
+    /// lingering close (not `SO_LINGER`). Closing at once would send a reset
+    /// instead of a FIN if the peer has sent anything we have not read (say,
+    /// a name after `exit`), and a reset makes the peer's kernel drop whatever
+    /// of our goodbye it has not yet handed to the application; some systems
+    /// drop even data already received. Draining first means the goodbye
+    /// always arrives intact.
     fn start_draining(&mut self, now: Instant) {
         self.phase = SocketPhase::Draining;
-        self.last_progress = now;
+        self.clocks.start_linger(now);
         if let Err(err) = self.stream.shutdown(Shutdown::Write) {
             log::debug!("shutdown(Write) for {} failed: {err}", self.peer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdStream;
+    use std::time::Duration;
+
+    use crate::server::kernel::delivery;
+    use crate::test_support::loopback_pair;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        idle: Some(Duration::from_secs(3)),
+        linger: Duration::from_secs(5),
+        message: None,
+        quiet: Duration::from_millis(50),
+    };
+
+    /// A new connection on loopback (greeting queued, not yet sent), and
+    /// its client.
+    fn connected(now: Instant) -> (Connection, StdStream) {
+        let (server, client) = loopback_pair();
+        let peer = client.local_addr().unwrap();
+        let conn = Connection::new(
+            TcpStream::from_std(server),
+            peer,
+            SessionLimits::default(),
+            now,
+        );
+        (conn, client)
+    }
+
+    /// A connection whose client has sent thousands of names and read no
+    /// reply yet: the kernel's buffers are full and replies wait in `unsent`.
+    fn backed_up(now: Instant) -> (Connection, StdStream, Vec<u8>) {
+        let (mut conn, mut client) = connected(now);
+        // Names without end, as fast as the server takes them, until its
+        // replies back up.
+        client.set_nonblocking(true).unwrap();
+        let names = b"n\n".repeat(32 * 1024);
+        let mut read_buf = vec![0; 64 * 1024];
+        for _ in 0..10_000 {
+            match client.write(&names) {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(err) => panic!("sending names: {err}"),
+            }
+            conn.readiness.on_readable(false, false);
+            conn.service(&mut read_buf, now, &mut Counters::default());
+            if conn.readiness.write_blocked() && !conn.unsent.is_empty() {
+                client.set_nonblocking(false).unwrap();
+                return (conn, client, read_buf);
+            }
+            std::thread::yield_now();
+        }
+        panic!("the kernel's buffers never filled");
+    }
+
+    #[test]
+    fn a_client_reading_without_a_write_to_show_it_is_not_idle() {
+        let start = Instant::now();
+        let (mut conn, mut client, mut read_buf) = backed_up(start);
+        let acked = |conn: &Connection| delivery(&conn.stream).unwrap().acked;
+        let acked_before = acked(&conn);
+        // The client reads until its kernel has acknowledged more of ours:
+        // a read the server's writes cannot show (it writes nothing now).
+        let mut chunk = [0; 4096];
+        for _ in 0..10_000 {
+            if acked(&conn) > acked_before {
+                break;
+            }
+            client.read_exact(&mut chunk).unwrap();
+        }
+        assert!(acked(&conn) > acked_before);
+        let idle_over = start + Duration::from_secs(4);
+        assert_eq!(
+            conn.on_deadline(
+                &mut read_buf,
+                idle_over,
+                &TIMEOUTS,
+                &mut Counters::default()
+            ),
+            Next::Wait
+        );
+        assert_eq!(conn.session.state(), SessionState::AwaitingName);
+        // The client's reading is progress, dated when the server's kernel
+        // last sent it data: just before this look (in real time; the look
+        // is dated 4 s on).
+        let moved = conn.deadline(&TIMEOUTS).expect("an idle deadline") - idle_over;
+        assert!(
+            moved > Duration::from_secs(2) && moved <= Duration::from_secs(3),
+            "the idle deadline is {moved:?} after the look"
+        );
+    }
+
+    #[test]
+    fn the_message_clock_does_not_run_while_the_server_is_not_reading() {
+        let timeouts = Timeouts {
+            message: Some(Duration::from_secs(1)),
+            ..TIMEOUTS
+        };
+        let start = Instant::now();
+        let (mut conn, _client, mut read_buf) = backed_up(start);
+        // The output is full, and the last message has begun: its end may be
+        // waiting unread in the socket, where the server does not look.
+        conn.unsent.resize(1 << 20, b'.');
+        conn.session.output_sent(&mut conn.unsent);
+        let mut held = Vec::new();
+        while conn.session.holds_back_input() {
+            held.clear();
+            conn.session.output_sent(&mut held);
+        }
+        conn.session.receive(Input::Bytes(b"Tra"), &mut conn.unsent);
+        assert!(conn.session.unfinished_message().is_some());
+        assert_eq!(
+            conn.service(&mut read_buf, start, &mut Counters::default()),
+            Next::Wait
+        );
+        assert!(!conn.session.wants_input(conn.unsent.len()));
+        assert_eq!(
+            conn.deadline(&timeouts),
+            Some(start + Duration::from_secs(3)),
+            "the idle deadline, not the message clock"
+        );
+    }
+
+    #[test]
+    fn a_client_that_stopped_reading_is_idle() {
+        // In real time: the kernel dates its last send by its own clock.
+        let timeouts = Timeouts {
+            idle: Some(Duration::from_millis(200)),
+            ..TIMEOUTS
+        };
+        let (mut conn, _client, mut read_buf) = backed_up(Instant::now());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while delivery(&conn.stream).unwrap().since_data_sent < Duration::from_millis(200)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            conn.on_deadline(
+                &mut read_buf,
+                Instant::now(),
+                &timeouts,
+                &mut Counters::default()
+            ),
+            Next::Wait
+        );
+        assert_eq!(conn.session.state(), SessionState::Closing);
+        assert!(
+            conn.unsent
+                .ends_with(b"Server: Error: idle for 0.2 s; closing\n")
+        );
     }
 }

@@ -6,26 +6,33 @@
 //! sockets passed by socket activation instead of binding); [`Server::run`]
 //! then loops until a shutdown signal.
 //!
-//! - `reactor`: the event loop (poll, dispatch, deadlines, freeing slots);
-//! - `admission`: who is served and who is turned away (the connection
-//!   limits, refusals and their log);
-//! - `connection`: one client's socket, session and unsent output;
-//! - `listener`: binding with a real backlog, accepting (also at EMFILE),
-//!   and the socket options every connection gets;
-//! - [`activation`]: taking listening sockets passed by systemd instead;
-//! - `timers`: deadlines that drive the poll timeout;
-//! - `kernel`: what the kernel knows of a connection (bytes acknowledged);
-//! - `socket_io`: the read and write system calls, without glibc's
-//!   cancellation bracket;
-//! - `scrape`: the metrics endpoint's connections (`--metrics-listen`).
+//! The reading order of one dialogue, the ladder's rung 3:
+//! - `reactor`: the event loop (poll, dispatch by token, the turn's phases);
+//! - `listener`: accepting (also at EMFILE), and the socket options every
+//!   connection gets; `admission`: who is served and who is turned away;
+//! - `connections`: the slab of one reactor's connections, and servicing,
+//!   closing and freeing them;
+//! - `connection`: one client's socket, session and unsent output, and its
+//!   lingering close; `clocks`: its deadlines;
+//! - then the protocol core, `crate::protocol::server`.
+//!
+//! For later: `timers` (the lazy deadline heap), `budget` (`--max-buffered`),
+//! `bind` (listening sockets), `kernel` and `socket_io` (speed and the slow
+//! reader, docs/performance.md), and the operations features: `proxy_header`
+//! (`--proxy-protocol`), [`activation`] (socket activation), `scrape`,
+//! `metrics_duty` and `board` (`--metrics-listen`).
 
 pub mod activation;
 mod admission;
 mod board;
 mod budget;
+mod clocks;
 mod connection;
+mod connections;
 mod kernel;
 mod listener;
+mod metrics_duty;
+mod proxy_header;
 mod reactor;
 mod scrape;
 mod socket_io;
@@ -41,13 +48,14 @@ use std::time::Duration;
 use mio::net::TcpListener;
 
 use activation::InheritedListener;
-pub use connection::Timeouts;
+pub use clocks::Timeouts;
 pub use listener::ListenError;
 pub use reactor::Stopped;
 
 use crate::limits;
 use crate::protocol::SessionLimits;
 use board::Board;
+use connections::Rules;
 use reactor::{Reactor, ReactorId, Settings, Shared};
 
 /// The tutorial's address.
@@ -266,14 +274,16 @@ impl Server {
         for (index, sockets) in socket_sets.into_iter().enumerate() {
             let settings = Settings {
                 max_connections,
-                timeouts: config.timeouts,
+                rules: Rules {
+                    timeouts: config.timeouts,
+                    limits: config.limits,
+                    proxy_protocol: config.proxy_protocol,
+                },
                 shutdown_grace: config.shutdown_grace,
-                limits: config.limits,
                 reactor: (reactors > 1).then_some(ReactorId {
                     index: index + 1,
                     of: reactors,
                 }),
-                proxy_protocol: config.proxy_protocol,
             };
             let reactor =
                 Reactor::new(sockets, settings, shared.sharing()).map_err(StartError::Setup)?;
