@@ -416,3 +416,94 @@ fn a_shutdown_closes_the_metrics_listener() {
     );
     drop(client);
 }
+
+/// As many scrapes as the server serves at once (16) are all answered: the
+/// last slot's token is as much its own as the first's. The one asked
+/// first is the last accepted, while the fifteen before it hold their
+/// slots in silence.
+#[test]
+fn a_full_house_of_scrapes_is_all_answered() {
+    let (_server, addr) = server_with_metrics(&[]);
+    // Every connect has completed before any request is sent, so none of
+    // them is done (and its slot free) before the last is accepted.
+    let mut scrapers: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+    for (index, scraper) in scrapers.iter_mut().enumerate().rev() {
+        let response = scrape_over(scraper);
+        assert!(
+            response.starts_with("HTTP/1.1 200 OK"),
+            "scraper {index}: {response:?}"
+        );
+    }
+}
+
+/// After its answer the scrape waits (up to `--linger`) for the scraper's
+/// EOF, reading whatever still comes, so that closing does not reset the
+/// connection: a scraper that sends more after reading the answer, and then
+/// closes, sees a clean end and no error.
+#[test]
+fn a_scraper_that_sends_after_the_answer_is_not_reset() {
+    let (server, addr) = server_with_metrics(&["--linger", "30"]);
+    let mut client = server.connect_greeted();
+    let mut scraper = connect(addr);
+    assert!(scrape_over(&mut scraper).starts_with("HTTP/1.1 200 OK"));
+    // The scraper read the answer to the end, so the turn that answered has
+    // reached it; the reply to a name sent now comes from a later turn, so
+    // whatever the answering turn did with the scrape is done.
+    common::exchange(&mut client, b"Michael\n", &common::hello(b"Michael"));
+    // A socket that no longer reads answers these bytes with a reset, which
+    // ends the connection before our FIN can.
+    scraper
+        .write_all(b"late bytes\r\n")
+        .expect("send after the answer");
+    let _ = scraper.shutdown(std::net::Shutdown::Write);
+    assert!(
+        wait_until(|| common::tcp_state(&scraper) == common::TCP_CLOSE),
+        "the connection never closed: state {:#x}",
+        common::tcp_state(&scraper)
+    );
+    let error = scraper.take_error().expect("SO_ERROR");
+    assert!(
+        error.is_none(),
+        "the server reset the connection: {error:?}"
+    );
+}
+
+/// An accept error about one scraper (here ECONNABORTED: a preload library
+/// takes the first scraper waiting off the queue and reports it gone) is
+/// skipped, and the scraper waiting behind it is accepted at once, not
+/// after the pause an error of the listener itself brings.
+#[test]
+fn a_scraper_gone_from_the_queue_is_skipped_without_a_pause() {
+    let library = preload_library("aborted_accept");
+    let mut command = server_command(&["--metrics-listen", "127.0.0.1:0", "--log-level", "debug"]);
+    command.env("LD_PRELOAD", &library);
+    let server = TestServer::start_command(command);
+    let addr: SocketAddr = server
+        .wait_for_log_value("metrics on ")
+        .and_then(|url| {
+            url.trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", server.log()));
+    // Both wait in the queue when the server next accepts.
+    server.pause();
+    let mut gone = connect(addr);
+    let mut next = connect(addr);
+    server.resume();
+    let mut rest = Vec::new();
+    let ended = gone.read_to_end(&mut rest);
+    assert!(matches!(ended, Ok(0)), "{ended:?} {rest:?}");
+    let response = scrape_over(&mut next);
+    let _ = std::fs::remove_file(&library);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    // A line logged after the scrapes shows the log has caught up with them.
+    let _client = server.connect_greeted();
+    assert!(
+        server.wait_for_log("Accept new connection"),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains("accept failed"), "{}", server.log());
+}
