@@ -24,6 +24,7 @@
 
 pub mod activation;
 mod admission;
+mod bind;
 mod board;
 mod budget;
 mod clocks;
@@ -48,8 +49,8 @@ use std::time::Duration;
 use mio::net::TcpListener;
 
 use activation::InheritedListener;
+pub use bind::ListenError;
 pub use clocks::Timeouts;
-pub use listener::ListenError;
 pub use reactor::Stopped;
 
 use crate::limits;
@@ -69,7 +70,7 @@ const FALLBACK_BACKLOG: u32 = 4096;
 /// burst of connects up to that size waits to be accepted (and refused with
 /// a reply, if need be) instead of being lost.
 pub fn default_backlog() -> u32 {
-    listener::kernel_max_backlog().unwrap_or(FALLBACK_BACKLOG)
+    bind::kernel_max_backlog().unwrap_or(FALLBACK_BACKLOG)
 }
 
 /// Everything the server can be told.
@@ -185,12 +186,12 @@ impl Server {
         let max_connections = resolve_capacity(config, config.listen.len())?;
         let backlog = resolve_backlog(config.backlog);
         if config.reuse_port {
-            listener::warn_unless_requests_migrate();
+            bind::warn_unless_requests_migrate();
         }
         let first: Vec<TcpListener> = config
             .listen
             .iter()
-            .map(|&addr| listener::bind(addr, backlog, config.reuse_port))
+            .map(|&addr| bind::bind(addr, backlog, config.reuse_port))
             .collect::<Result<_, _>>()
             .map_err(StartError::Listen)?;
         // The other reactors listen where the first did: the same ports,
@@ -212,7 +213,7 @@ impl Server {
             let sockets = if config.reuse_port {
                 bound
                     .iter()
-                    .map(|&addr| listener::bind(addr, backlog, true))
+                    .map(|&addr| bind::bind(addr, backlog, true))
                     .collect::<Result<_, _>>()
                     .map_err(StartError::Listen)?
             } else {
@@ -291,7 +292,7 @@ impl Server {
         }
         if let Some(addr) = config.metrics_listen {
             // A small backlog: scrapers come one at a time.
-            let listener = listener::bind(addr, 16, false).map_err(|err| {
+            let listener = bind::bind(addr, 16, false).map_err(|err| {
                 StartError::Listen(ListenError {
                     flag: "--metrics-listen",
                     ..err
@@ -374,7 +375,7 @@ fn duplicate(socket: &TcpListener) -> io::Result<TcpListener> {
 /// The backlog the listeners really get: the kernel silently cuts a larger
 /// one down to `net.core.somaxconn`, so say so.
 fn resolve_backlog(requested: u32) -> u32 {
-    match listener::kernel_max_backlog() {
+    match bind::kernel_max_backlog() {
         Some(max) if requested > max => {
             log::warn!(
                 "--backlog {requested} is more than the kernel allows (net.core.somaxconn = {max}); \
