@@ -9,6 +9,7 @@
 pub mod exposition;
 pub mod http;
 
+use std::io::ErrorKind;
 use std::ops::AddAssign;
 use std::time::Duration;
 
@@ -41,37 +42,45 @@ impl RefusedBecause {
     }
 }
 
-/// How a served connection ended.
+/// Why a served connection was closed: what its log line says, and what
+/// the metrics count it under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClosedBecause {
+pub enum CloseCause {
     /// Both sides closed after the last reply: the normal end.
     Done,
     /// The client did not close within the linger time after the last reply.
     LingerExpired,
-    /// A socket error (a reset, say), or the last reply could not be delivered.
-    Failed,
-    /// Closed to keep all connections' buffers within `--max-buffered`.
+    /// A socket error (a reset, say), or the last reply could not be
+    /// delivered in time (`TimedOut`).
+    Failed(ErrorKind),
+    /// Its buffers were the largest when the server went over its budget
+    /// for buffered bytes (`--max-buffered`). (No data of its own: with a
+    /// `usize` here, every `Next` would be returned through memory instead
+    /// of a register.)
     OverBudget,
-    /// With `--proxy-protocol`: no valid PROXY protocol header came first.
+    /// With `--proxy-protocol`: no valid PROXY protocol header came first
+    /// (the reason is logged where it was found).
     BadProxyHeader,
 }
 
-impl ClosedBecause {
-    const ALL: [ClosedBecause; 5] = [
-        ClosedBecause::Done,
-        ClosedBecause::LingerExpired,
-        ClosedBecause::Failed,
-        ClosedBecause::OverBudget,
-        ClosedBecause::BadProxyHeader,
+impl CloseCause {
+    /// The metrics' label of each kind, in the order of [`CloseCause::kind`].
+    const LABELS: [&'static str; 5] = [
+        "done",
+        "linger_expired",
+        "failed",
+        "over_budget",
+        "bad_proxy_header",
     ];
 
-    fn label(self) -> &'static str {
+    /// Which of [`CloseCause::LABELS`] counts it.
+    fn kind(self) -> usize {
         match self {
-            ClosedBecause::Done => "done",
-            ClosedBecause::LingerExpired => "linger_expired",
-            ClosedBecause::Failed => "failed",
-            ClosedBecause::OverBudget => "over_budget",
-            ClosedBecause::BadProxyHeader => "bad_proxy_header",
+            CloseCause::Done => 0,
+            CloseCause::LingerExpired => 1,
+            CloseCause::Failed(_) => 2,
+            CloseCause::OverBudget => 3,
+            CloseCause::BadProxyHeader => 4,
         }
     }
 }
@@ -109,7 +118,7 @@ pub struct Counters {
     pub open: u64,
     pub accepted: u64,
     refused: [u64; RefusedBecause::ALL.len()],
-    closed: [u64; ClosedBecause::ALL.len()],
+    closed: [u64; CloseCause::LABELS.len()],
     timed_out: [u64; TimedOut::ALL.len()],
     /// Names answered with a greeting.
     pub exchanges: u64,
@@ -129,8 +138,8 @@ impl Counters {
         self.refused[why as usize] += count;
     }
 
-    pub fn closed(&mut self, why: ClosedBecause) {
-        self.closed[why as usize] += 1;
+    pub fn closed(&mut self, why: CloseCause) {
+        self.closed[why.kind()] += 1;
     }
 
     pub fn timed_out(&mut self, which: TimedOut) {
@@ -140,87 +149,96 @@ impl Counters {
     /// The counters as a Prometheus text page.
     pub fn render(&self) -> String {
         let mut page = Exposition::default();
-        let mut single = |name: &str, kind, help: &str, value: u64| {
+        let values = [
+            self.open,
+            self.accepted,
+            self.exchanges,
+            self.bytes_received,
+            self.bytes_sent,
+            self.backpressure_pauses,
+            self.loop_turns,
+        ];
+        for ((name, kind, help), value) in SINGLES.into_iter().zip(values) {
             page.family(name, kind, help);
             page.sample(name, &[], value);
-        };
-        single(
-            "greeter_connections_open",
-            Kind::Gauge,
-            "Connections being served now.",
-            self.open,
-        );
-        single(
-            "greeter_connections_accepted_total",
-            Kind::Counter,
-            "Connections accepted and served (refused ones are not counted here).",
-            self.accepted,
-        );
-        single(
-            "greeter_exchanges_total",
-            Kind::Counter,
-            "Names answered with a greeting.",
-            self.exchanges,
-        );
-        single(
-            "greeter_received_bytes_total",
-            Kind::Counter,
-            "Bytes read from clients.",
-            self.bytes_received,
-        );
-        single(
-            "greeter_sent_bytes_total",
-            Kind::Counter,
-            "Bytes written to clients.",
-            self.bytes_sent,
-        );
-        single(
-            "greeter_backpressure_pauses_total",
-            Kind::Counter,
-            "Times a connection stopped being read because its unsent replies reached --max-output.",
-            self.backpressure_pauses,
-        );
-        single(
-            "greeter_loop_turns_total",
-            Kind::Counter,
-            "Turns of the event loop.",
-            self.loop_turns,
-        );
+        }
+        let poll = "greeter_poll_seconds_total";
         page.family(
-            "greeter_poll_seconds_total",
+            poll,
             Kind::Counter,
             "Seconds the event loop spent waiting for events.",
         );
-        page.sample(
-            "greeter_poll_seconds_total",
-            &[],
-            self.poll_time.as_secs_f64(),
-        );
-        let mut labelled = |name: &str, help: &str, label: &str, values: &[(&str, u64)]| {
-            page.family(name, Kind::Counter, help);
-            for &(label_value, value) in values {
-                page.sample(name, &[(label, label_value)], value);
-            }
-        };
+        page.sample(poll, &[], self.poll_time.as_secs_f64());
+        let refused = RefusedBecause::ALL.map(|why| (why.label(), self.refused[why as usize]));
+        let closed: Vec<(&str, u64)> = CloseCause::LABELS.into_iter().zip(self.closed).collect();
+        let timed_out = TimedOut::ALL.map(|which| (which.label(), self.timed_out[which as usize]));
         labelled(
-            "greeter_connections_refused_total",
+            &mut page,
+            ["greeter_connections_refused_total", "reason"],
             "Connections turned away at accept, by reason.",
-            "reason",
-            &RefusedBecause::ALL.map(|why| (why.label(), self.refused[why as usize])),
+            &refused,
         );
         labelled(
-            "greeter_connections_closed_total",
+            &mut page,
+            ["greeter_connections_closed_total", "reason"],
             "Served connections closed, by how they ended.",
-            "reason",
-            &ClosedBecause::ALL.map(|why| (why.label(), self.closed[why as usize])),
+            &closed,
         );
         labelled(
-            "greeter_timeouts_total",
+            &mut page,
+            ["greeter_timeouts_total", "clock"],
             "Connections closed because a clock ran out, by clock.",
-            "clock",
-            &TimedOut::ALL.map(|which| (which.label(), self.timed_out[which as usize])),
+            &timed_out,
         );
         page.into_text()
+    }
+}
+
+/// The families of one unlabelled sample each, in the order
+/// [`Counters::render`] gives their values.
+const SINGLES: [(&str, Kind, &str); 7] = [
+    (
+        "greeter_connections_open",
+        Kind::Gauge,
+        "Connections being served now.",
+    ),
+    (
+        "greeter_connections_accepted_total",
+        Kind::Counter,
+        "Connections accepted and served (refused ones are not counted here).",
+    ),
+    (
+        "greeter_exchanges_total",
+        Kind::Counter,
+        "Names answered with a greeting.",
+    ),
+    (
+        "greeter_received_bytes_total",
+        Kind::Counter,
+        "Bytes read from clients.",
+    ),
+    (
+        "greeter_sent_bytes_total",
+        Kind::Counter,
+        "Bytes written to clients.",
+    ),
+    (
+        "greeter_backpressure_pauses_total",
+        Kind::Counter,
+        "Times a connection stopped being read because its unsent replies reached --max-output.",
+    ),
+    (
+        "greeter_loop_turns_total",
+        Kind::Counter,
+        "Turns of the event loop.",
+    ),
+];
+
+/// A counter family with one sample per value of its label: `[name, label]`.
+fn labelled(page: &mut Exposition, [name, label]: [&str; 2], help: &str, values: &[(&str, u64)]) {
+    page.family(name, Kind::Counter, help);
+    for &(label_value, value) in values {
+        page.sample(name, &[(label, label_value)], value);
     }
 }
 
@@ -270,8 +288,8 @@ mod tests {
             ..Counters::default()
         };
         counters.add_refused(RefusedBecause::TooManyFromAddress, 1);
-        counters.closed(ClosedBecause::LingerExpired);
-        counters.closed(ClosedBecause::LingerExpired);
+        counters.closed(CloseCause::LingerExpired);
+        counters.closed(CloseCause::LingerExpired);
         counters.timed_out(TimedOut::Message);
         let page = counters.render();
         let expected = [
@@ -335,7 +353,7 @@ mod tests {
             ..Counters::default()
         };
         one.add_refused(RefusedBecause::Full, 1);
-        one.closed(ClosedBecause::Done);
+        one.closed(CloseCause::Done);
         one.timed_out(TimedOut::Idle);
         let mut sum = one;
         sum += one;
@@ -352,7 +370,7 @@ mod tests {
         };
         for _ in 0..2 {
             twice.add_refused(RefusedBecause::Full, 1);
-            twice.closed(ClosedBecause::Done);
+            twice.closed(CloseCause::Done);
             twice.timed_out(TimedOut::Idle);
         }
         assert_eq!(sum, twice);

@@ -23,10 +23,10 @@ use slab::Slab;
 use super::admission::Admission;
 use super::budget::BufferBudget;
 use super::clocks::Timeouts;
-use super::connection::{CloseCause, Connection, Next};
+use super::connection::{Connection, Next};
 use super::proxy_header::{HeaderRead, PendingHeader};
 use super::timers::{ConnectionRef, Timers};
-use crate::metrics::{ClosedBecause, Counters};
+use crate::metrics::{CloseCause, Counters};
 use crate::protocol::SessionLimits;
 
 /// The one read buffer all connections share. Per-connection memory then holds
@@ -330,13 +330,7 @@ impl Connections {
         let held = std::mem::take(&mut slot.buffered);
         self.budget.change(held, 0);
         let peer = slot.peer();
-        counters.closed(match why {
-            CloseCause::Done => ClosedBecause::Done,
-            CloseCause::LingerExpired => ClosedBecause::LingerExpired,
-            CloseCause::Failed(_) => ClosedBecause::Failed,
-            CloseCause::OverBudget => ClosedBecause::OverBudget,
-            CloseCause::BadProxyHeader => ClosedBecause::BadProxyHeader,
-        });
+        counters.closed(why);
         match why {
             CloseCause::Done => log::info!("Connection from {peer} is closed"),
             CloseCause::LingerExpired => {
