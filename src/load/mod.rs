@@ -35,21 +35,25 @@
 mod client;
 mod connect;
 pub mod faults;
+mod link;
+mod poll_timer;
 mod reactor;
 pub mod report;
+mod results;
 mod schedule;
 pub mod server_metrics;
 pub mod server_watch;
+mod simulated;
 pub mod soak;
 pub mod stats;
-mod timer;
+mod timers;
 mod window;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use faults::FaultClients;
+use faults::Storm;
 use reactor::Reactor;
 
 pub use faults::{FaultKind, FaultMix, ServerSettings};
@@ -105,24 +109,24 @@ pub struct LoadConfig {
 pub fn run(config: &LoadConfig) -> io::Result<Report> {
     let config = within_descriptor_limit(config)?;
     connect::warn_about_port_search(&config);
-    let faults = FaultClients::new(
+    let storm = Storm::new(
         config.faults.clone(),
         config.connections,
         config.server,
         config.timeout,
     );
-    if faults.slots() > config.connections {
+    if storm.slots() > config.connections {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "--faults needs {} connections (each kind given a share gets at least one), \
                  more than the {} the file descriptor limit allows; raise `ulimit -n`",
-                faults.slots(),
+                storm.slots(),
                 config.connections
             ),
         ));
     }
-    Reactor::new(&config, faults)?.run()
+    Reactor::new(&config, storm)?.run()
 }
 
 /// The configuration with `--connections` capped to what the descriptor

@@ -1,0 +1,66 @@
+//! One simulated client of either kind, as the loop's slab holds it: a
+//! scheduled client with its place in the schedule, or a fault client with
+//! its script.
+//!
+//! Where it sits: the server's slab holds one kind of `Connection`; the load
+//! generator's holds this, so both kinds of client are opened, serviced and
+//! timed by the same code in `reactor`, and differ only where they do:
+//! what a scheduled client's reply means is the schedule's business, and a
+//! fault client's ending goes to the storm's tally.
+
+use std::time::Instant;
+
+use mio::event::Event;
+
+use super::client::{Client, Next};
+use super::faults::FaultClient;
+use super::schedule::Plan;
+
+pub enum Simulated {
+    /// A well-behaved client, following the schedule.
+    Scheduled { client: Client, plan: Plan },
+    /// A fault client, following its script.
+    Scripted(FaultClient),
+}
+
+impl Simulated {
+    /// Unique in the run (slab keys are reused).
+    pub fn id(&self) -> u64 {
+        match self {
+            Simulated::Scheduled { client, .. } => client.id(),
+            Simulated::Scripted(client) => client.id(),
+        }
+    }
+
+    /// Records what an event says the socket may do.
+    pub fn on_event(&mut self, event: &Event) {
+        match self {
+            Simulated::Scheduled { client, .. } => client.on_event(event),
+            Simulated::Scripted(client) => client.on_event(event),
+        }
+    }
+
+    /// Moves bytes until the client must wait, or has news for the loop.
+    pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
+        match self {
+            Simulated::Scheduled { client, .. } => client.service(read_buf, now),
+            Simulated::Scripted(client) => client.service(read_buf, now),
+        }
+    }
+
+    /// The client's one deadline, if it has one.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Simulated::Scheduled { client, .. } => client.deadline(),
+            Simulated::Scripted(client) => client.deadline(),
+        }
+    }
+
+    /// Does what is due by `now`: [`Next::Wait`] or [`Next::Close`].
+    pub fn on_deadline(&mut self, now: Instant) -> Next {
+        match self {
+            Simulated::Scheduled { client, .. } => client.on_deadline(now),
+            Simulated::Scripted(client) => client.on_deadline(now),
+        }
+    }
+}
