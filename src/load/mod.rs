@@ -33,6 +33,7 @@
 //! silently not being sent (coordinated omission).
 
 mod client;
+mod clients;
 mod connect;
 pub mod faults;
 mod link;
@@ -103,6 +104,20 @@ pub struct LoadConfig {
     pub faults: FaultMix,
     /// The server's settings that fault clients check its answers against.
     pub server: ServerSettings,
+}
+
+impl LoadConfig {
+    /// How long the dialogues may take to end once the measured window has
+    /// closed: a reply's timeout, and with fault clients, the longest wait
+    /// for a timed answer (stall, slowloris) on top.
+    fn time_to_finish(&self) -> Duration {
+        let longest = if self.faults.is_empty() {
+            Duration::ZERO
+        } else {
+            self.server.longest_wait()
+        };
+        self.timeout + longest
+    }
 }
 
 /// Runs one load test to completion and reports what it measured.

@@ -1,35 +1,28 @@
 //! The load generator's event loop: one thread, one `mio::Poll`, one slab of
 //! simulated clients, one heap of their deadlines.
 //!
-//! Where it sits: the load generator's `src/server/reactor.rs`, and it turns
-//! in the same order. Like the server's, this file is the loop and nothing
-//! else: it waits for readiness, routes each event to its client, runs
-//! deadlines, and carries out what the others decide. A client moves its
-//! bytes and says what happened ([`Next`]); the [`Schedule`] says whom to
-//! open and what an idle scheduled client sends next; the [`Storm`] which
-//! fault client to open; the [`Window`] which results count. Scheduled and
-//! fault clients ([`Simulated`]) share the slab, the connect path, the
-//! dispatch and the deadlines.
+//! Where it sits: the load generator's `src/server/reactor.rs`, turning in
+//! the same order. It is the loop and nothing else: it waits for readiness,
+//! routes each event to its client, runs deadlines, and carries out what
+//! the others decide. A client moves its bytes and says what happened
+//! ([`Next`]); the [`Schedule`] says whom to open and what an idle
+//! scheduled client sends next, the [`Storm`] which fault client to open,
+//! the [`Window`] which results count. Scheduled and fault clients
+//! ([`Simulated`]) share the slab, the connect path and the deadlines.
 //!
-//! One turn of the loop ([`Reactor::run_loop`]), as in the server:
+//! One turn ([`Reactor::run_loop`]), as in the server:
 //!
 //! 1. poll, sleeping until the nearest deadline (not at all if opening was
-//!    cut short last turn); the wake-up is kept by a timerfd to the
-//!    microsecond, because open-loop sends must leave on time (see
-//!    `poll_timer`);
+//!    cut short), which a timerfd keeps to the microsecond (`poll_timer`);
 //! 2. dispatch each event: a client records its readiness and is serviced
 //!    at once, each [`Next`] acted on until it waits or closes;
-//! 3. run the deadlines that are due: timeouts, open-loop names whose time
-//!    has come, slowloris bytes;
+//! 3. run the due deadlines: timeouts, open-loop names, slowloris bytes;
 //! 4. open clients, as many as the schedule and the storm want and
-//!    [`OPEN_BUDGET`] allows (the server accepts at this point);
-//! 5. the live line; if the measured window is over, start the finish (see
+//!    [`OPEN_BUDGET`] allows (where the server accepts, but after the
+//!    deadlines, so a client that timed out is replaced in the same turn);
+//! 5. the live line; once the measured window is over, the finish (see
 //!    [`Schedule`]); once finishing, return when every client is gone or
-//!    the time for their good byes is over (the server's shutdown check).
-//!
-//! Opening comes after the deadlines, where the server accepts before
-//! them: a client that timed out is then replaced in the same turn, and a
-//! slot is taken only once the turn's events are all dispatched.
+//!    the time for good byes is over (the server's shutdown check).
 //!
 //! Invariants the loop relies on:
 //!
@@ -37,13 +30,13 @@
 //!   be freed at once**, even in the middle of the batch: dropping the
 //!   client closes its socket, which leaves epoll, and no slot is reused
 //!   before the batch is over, so a later event for that key finds no
-//!   slot and is ignored. (The server frees at the end of its turn instead,
-//!   because it services new connections as it accepts them.)
-//! - **A deadline names a client by key and id** ([`ClientRef`]): one whose
+//!   slot and is ignored. (The server marks a slot closed and frees it at
+//!   the end of its turn instead.)
+//! - **A deadline names a client by key and id** (`timers`): one whose
 //!   client has gone must not fire on the stranger that has its key now.
 //! - **A client is serviced until it returns [`Next::Wait`]** (or closes),
 //!   so no readiness it was told about is left unused: no new edge would
-//!   come for it. After that its deadline is queued if it moved earlier.
+//!   come for it. Its deadline is then queued if it moved earlier.
 //! - **Tokens:** a client's token is its slab key; the timer's is the top of
 //!   the range, which the slab never reaches.
 
@@ -52,9 +45,9 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
-use super::client::{Client, Ending, Failed, Next, Phase};
+use super::client::{Client, Ending, Failed, Next};
+use super::clients::Clients;
 use super::connect::Connector;
 use super::faults::{FaultKind, Storm};
 use super::link::Link;
@@ -64,7 +57,6 @@ use super::results::Results;
 use super::schedule::{Message, Opening, Role, Schedule};
 use super::simulated::Simulated;
 use super::stats::Failure;
-use super::timers::{ClientRef, Timers};
 use super::window::Window;
 use super::{LoadConfig, Workload};
 use crate::protocol::Turn;
@@ -81,13 +73,6 @@ const EVENTS_PER_POLL: usize = 1024;
 /// the next client reads.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
 
-/// A client in its slab slot.
-struct Slot {
-    client: Simulated,
-    /// The earliest deadline queued in the timer heap for this slot.
-    queued_deadline: Option<Instant>,
-}
-
 /// What to open next.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -99,8 +84,7 @@ pub(super) struct Reactor<'a> {
     config: &'a LoadConfig,
     poll: Poll,
     timer: PollTimer,
-    slots: Slab<Slot>,
-    timers: Timers,
+    clients: Clients,
     connector: Connector,
     schedule: Schedule,
     storm: Storm,
@@ -130,8 +114,7 @@ impl<'a> Reactor<'a> {
             config,
             poll,
             timer,
-            slots: Slab::with_capacity(config.connections + probe),
-            timers: Timers::default(),
+            clients: Clients::with_capacity(config.connections + probe),
             connector: Connector::new(config),
             schedule: Schedule::new(config, behaved, start),
             storm,
@@ -173,14 +156,14 @@ impl Reactor<'_> {
             }
             self.run_due_deadlines(now);
             self.open_clients(now);
-            let scheduled = self.slots.len() - self.storm.open();
+            let scheduled = self.clients.len() - self.storm.open();
             self.results.tick(now, scheduled);
             let completed = self.results.completed();
             if self.finishing.is_none() && self.window.is_over(now, completed) {
                 self.finish(now);
             }
             if let Some(deadline) = self.finishing {
-                if self.slots.is_empty() {
+                if self.clients.is_empty() {
                     return Ok(());
                 }
                 if now >= deadline {
@@ -198,7 +181,7 @@ impl Reactor<'_> {
         if self.open_more {
             return Ok(Some(Duration::ZERO));
         }
-        let mut nearest = self.timers.next_deadline();
+        let mut nearest = self.clients.next_deadline();
         nearest = earlier(nearest, self.schedule.next_wake());
         nearest = earlier(nearest, self.results.next_line());
         nearest = earlier(nearest, Some(self.finishing.unwrap_or(self.window.until())));
@@ -211,17 +194,17 @@ impl Reactor<'_> {
     fn on_client_event(&mut self, key: usize, event: &Event, now: Instant) {
         // Freed earlier in this batch: its events are stale (see the
         // invariants above).
-        let Some(slot) = self.slots.get_mut(key) else {
+        let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        slot.client.on_event(event);
+        client.on_event(event);
         self.service(key, now);
     }
 
     /// Services a client and acts on each [`Next`] until it waits or closes.
     fn service(&mut self, key: usize, now: Instant) {
         loop {
-            let next = self.slots[key].client.service(&mut self.read_buf, now);
+            let next = self.clients[key].service(&mut self.read_buf, now);
             if !self.act_on(key, next, now) {
                 return;
             }
@@ -232,11 +215,11 @@ impl Reactor<'_> {
     fn act_on(&mut self, key: usize, next: Next, now: Instant) -> bool {
         match next {
             Next::Wait => {
-                self.queue_deadline(key);
+                self.clients.queue_deadline(key);
                 false
             }
             Next::Connected => {
-                match self.slots[key].client {
+                match self.clients[key] {
                     Simulated::Scheduled { .. } => self.schedule.connected(),
                     Simulated::Scripted(_) => self.storm.connected(),
                 }
@@ -253,47 +236,12 @@ impl Reactor<'_> {
         }
     }
 
-    /// Queues the client's deadline if it is earlier than the one already
-    /// queued; a later one is found when that entry comes due.
-    fn queue_deadline(&mut self, key: usize) {
-        let slot = &mut self.slots[key];
-        let Some(deadline) = slot.client.deadline() else {
-            return;
-        };
-        if slot
-            .queued_deadline
-            .is_some_and(|queued| queued <= deadline)
-        {
-            return;
-        }
-        slot.queued_deadline = Some(deadline);
-        let id = slot.client.id();
-        self.timers.schedule(deadline, ClientRef { key, id });
-    }
-
     fn run_due_deadlines(&mut self, now: Instant) {
-        while let Some((at, client)) = self.timers.pop_due(now) {
-            let slot = self.slots.get_mut(client.key);
-            let Some(slot) = slot.filter(|slot| slot.client.id() == client.id) else {
-                continue;
-            };
-            if slot.queued_deadline == Some(at) {
-                slot.queued_deadline = None;
+        while let Some(key) = self.clients.pop_due(now) {
+            let next = self.clients[key].on_deadline(now);
+            if self.act_on(key, next, now) {
+                self.service(key, now);
             }
-            let next = slot.client.on_deadline(now);
-            if self.act_on(client.key, next, now) {
-                self.service(client.key, now);
-            }
-        }
-        // Superseded entries pile up as deadlines move earlier (an open-loop
-        // name queued before its reply's timeout): past twice the live
-        // clients, keep only the live ones.
-        if self.timers.len() > 2 * self.slots.len() + 1024 {
-            let live = self.slots.iter().filter_map(|(key, slot)| {
-                let id = slot.client.id();
-                Some((slot.queued_deadline?, ClientRef { key, id }))
-            });
-            self.timers.rebuild(live);
         }
     }
 
@@ -306,7 +254,7 @@ impl Reactor<'_> {
         started: Instant,
         now: Instant,
     ) -> Result<(), Failed> {
-        let Simulated::Scheduled { plan, .. } = &mut self.slots[key].client else {
+        let Simulated::Scheduled { plan, .. } = &mut self.clients[key] else {
             return Ok(());
         };
         let counts = self.window.counts(started, self.results.completed());
@@ -320,7 +268,7 @@ impl Reactor<'_> {
 
     /// An idle scheduled client's next message, as the schedule decides.
     fn send_next(&mut self, key: usize, now: Instant) -> Result<(), Failed> {
-        let Simulated::Scheduled { client, plan } = &mut self.slots[key].client else {
+        let Simulated::Scheduled { client, plan } = &mut self.clients[key] else {
             return Ok(());
         };
         let completed = self.results.completed();
@@ -346,7 +294,7 @@ impl Reactor<'_> {
     /// the schedule or the storm how it ended; a replacement is opened by
     /// `open_clients`.
     fn end(&mut self, key: usize, ending: Ending) {
-        match self.slots.remove(key).client {
+        match self.clients.remove(key) {
             Simulated::Scheduled { client, plan } => {
                 if let Ending::Failed(Failed { kind, detail }) = ending {
                     self.results.fail(kind, detail);
@@ -386,7 +334,7 @@ impl Reactor<'_> {
 
     /// What to open next: scheduled clients first, then fault clients.
     fn next_to_open(&self, now: Instant) -> Option<Kind> {
-        let scheduled = self.slots.len() - self.storm.open();
+        let scheduled = self.clients.len() - self.storm.open();
         match self.schedule.next_opening(scheduled, now) {
             Opening::Client(role) => Some(Kind::Scheduled(role)),
             Opening::NotYet => None,
@@ -401,8 +349,7 @@ impl Reactor<'_> {
     /// Starts a connect and gives the new client a slot.
     fn open(&mut self, kind: Kind, now: Instant) -> io::Result<()> {
         let mut stream = self.connector.connect()?;
-        let entry = self.slots.vacant_entry();
-        let key = entry.key();
+        let key = self.clients.vacant_key();
         // Both directions, once, for the socket's life: edge-triggered
         // events then cost no reregister calls when output blocks or drains.
         // PRIORITY reports TCP urgent data, which cuts a read short.
@@ -421,12 +368,8 @@ impl Reactor<'_> {
             },
             Kind::Fault(kind) => Simulated::Scripted(self.storm.start(kind, id, link, now)),
         };
-        entry.insert(Slot {
-            client,
-            queued_deadline: None,
-        });
-        self.queue_deadline(key);
-        self.results.opened(self.slots.len());
+        self.clients.insert(client);
+        self.results.opened(self.clients.len());
         Ok(())
     }
 
@@ -435,25 +378,15 @@ impl Reactor<'_> {
     /// fell due inside the window still go out) and waits for good bye.
     fn finish(&mut self, now: Instant) {
         self.window.close(now);
-        // Fault clients may still be waiting for a timed answer (stall,
-        // slowloris): give them their time as well.
-        let longest = if self.config.faults.is_empty() {
-            Duration::ZERO
-        } else {
-            self.config.server.longest_wait()
-        };
-        self.finishing = Some(now + self.config.timeout + longest);
+        self.finishing = Some(now + self.config.time_to_finish());
         self.schedule.finish();
-        let idle: Vec<usize> = (self.slots.iter())
-            .filter(|(_, slot)| match &slot.client {
-                Simulated::Scheduled { client, .. } => client.phase() == Phase::Idle,
-                Simulated::Scripted(_) => false,
-            })
+        let idle: Vec<usize> = (self.clients.iter())
+            .filter(|(_, client)| client.is_idle())
             .map(|(key, _)| key)
             .collect();
         for key in idle {
             match self.send_next(key, now) {
-                Ok(()) => self.queue_deadline(key),
+                Ok(()) => self.clients.queue_deadline(key),
                 Err(failed) => self.end(key, Ending::Failed(failed)),
             }
         }
@@ -461,25 +394,14 @@ impl Reactor<'_> {
 
     /// The time for good byes is over: whoever is left failed.
     fn abandon_unfinished(&mut self) {
-        let mut left = 0;
-        for slot in self.slots.drain() {
-            match slot.client {
-                Simulated::Scheduled { client, .. } => {
-                    left += 1;
-                    let phase = client.phase();
-                    let detail =
-                        format_args!("dialogue not finished at the end of the run ({phase:?})");
-                    self.results.fail(Failure::Timeout, detail);
-                }
-                Simulated::Scripted(client) => {
-                    let detail = format!("unanswered at the end of the run, {}", client.awaiting());
-                    let failed = Failed::new(Failure::Timeout, detail);
-                    self.storm.ended(&client, Ending::Failed(failed));
-                }
-            }
+        let left: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        let scheduled = left.len() - self.storm.open();
+        for key in left {
+            let failed = self.clients[key].unfinished();
+            self.end(key, Ending::Failed(failed));
         }
         log::warn!(
-            "{left} connections had not finished their dialogue within --timeout after the run"
+            "{scheduled} connections had not finished their dialogue within --timeout after the run"
         );
     }
 }

@@ -12,9 +12,10 @@ use std::time::Instant;
 
 use mio::event::Event;
 
-use super::client::{Client, Next};
+use super::client::{Client, Failed, Next, Phase};
 use super::faults::FaultClient;
 use super::schedule::Plan;
+use super::stats::Failure;
 
 pub enum Simulated {
     /// A well-behaved client, following the schedule.
@@ -62,5 +63,29 @@ impl Simulated {
             Simulated::Scheduled { client, .. } => client.on_deadline(now),
             Simulated::Scripted(client) => client.on_deadline(now),
         }
+    }
+
+    /// Whether it is a scheduled client whose next message is the
+    /// schedule's to decide (or decided, and held until it falls due).
+    pub fn is_idle(&self) -> bool {
+        match self {
+            Simulated::Scheduled { client, .. } => client.phase() == Phase::Idle,
+            Simulated::Scripted(_) => false,
+        }
+    }
+
+    /// The failure of a client still there when the time for good byes is
+    /// over.
+    pub fn unfinished(&self) -> Failed {
+        let detail = match self {
+            Simulated::Scheduled { client, .. } => format!(
+                "dialogue not finished at the end of the run ({:?})",
+                client.phase()
+            ),
+            Simulated::Scripted(client) => {
+                format!("unanswered at the end of the run, {}", client.awaiting())
+            }
+        };
+        Failed::new(Failure::Timeout, detail)
     }
 }
