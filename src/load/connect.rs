@@ -5,6 +5,9 @@
 //! socket options and the source-address rotation are the same for both,
 //! and the loop never waits for a handshake: a connect is started, and its
 //! socket's first readiness says how it ended.
+//!
+//! Where it sits: the load generator's `src/server/listener.rs`: where the
+//! server accepts, the load generator connects.
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};

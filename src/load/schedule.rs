@@ -2,7 +2,9 @@
 //! idle client sends next and when.
 //!
 //! It returns decisions ([`Opening`], [`Message`]) and never touches a
-//! socket; the loop carries them out. Its rules:
+//! socket; the loop carries them out. Where it sits: nearest to the
+//! server's `src/server/admission.rs` (which connections to take), plus
+//! what the server never decides: what to send, and when. Its rules:
 //!
 //! - **Opening.** Keep the target number of well-behaved clients open
 //!   (hold mode: one probe plus the held ones); while building up, at most
@@ -13,8 +15,9 @@
 //! - **Open loop** (`pingpong --rate`, the hold probe): each client sends on
 //!   its own fixed grid of due times, spread evenly over one interval across
 //!   the clients, whether or not the server kept up. A name due in the
-//!   future is held by its client until then; one already overdue leaves at once and is
-//!   measured from when it was due. A client that fails hands its grid to
+//!   future is held by its client until then (its deadline); one already
+//!   overdue leaves at once and is measured from when it was due. A client
+//!   that fails hands its grid to
 //!   its replacement, so the exchanges that fell due while it was stalled
 //!   are still sent, late, and charged from when they were due: not sending
 //!   them would hide the stall (coordinated omission).
