@@ -1,25 +1,28 @@
 //! One scheduled (well-behaved) client: its link and its side of the
-//! dialogue.
+//! dialogue, following the schedule.
 //!
 //! Where it sits: the load generator's `src/server/connection.rs`. Like the
 //! server's `Connection`, it is a shell around the protocol core, here the
 //! client side, [`ClientSession`], which knows the exact reply due next, so
 //! checking a reply costs one comparison per byte. The client moves bytes
 //! and keeps its dialogue's clock; it decides nothing about the workload.
-//! [`Client::service`] returns a [`Next`] to the loop, as
+//! [`ScheduledClient::service`] returns a [`Next`] to the loop, as
 //! `Connection::service` does: wait, close (the dialogue is complete or
 //! failed), or, the client's own, a reply has arrived (the loop then asks
 //! the schedule what to send, and tells the client with
-//! [`Client::send_name`], [`Client::send_name_at`] or [`Client::send_exit`]).
+//! [`ScheduledClient::send_name`], [`ScheduledClient::send_name_at`] or
+//! [`ScheduledClient::send_exit`]). The fault clients' counterpart is
+//! [`FaultClient`](super::faults::FaultClient).
 //!
 //! The connect in progress is a phase of the dialogue
 //! ([`Phase::Connecting`]), not a state of the socket's readiness: while it
 //! lasts, an event only means "look at the connect", and nothing is written
 //! (the dialogue opens with the server's greeting).
 //!
-//! A client has at most one deadline ([`Client::deadline`]): its connect's
-//! or its reply's timeout, or, idle, when its queued name falls due. The
-//! loop keeps it in its timer heap and calls [`Client::on_deadline`].
+//! A client has at most one deadline ([`ScheduledClient::deadline`]): its
+//! connect's or its reply's timeout, or, idle, when its queued name falls
+//! due. The loop keeps it in its deadline heap and calls
+//! [`ScheduledClient::on_deadline`].
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -103,7 +106,7 @@ impl From<Failed> for Next {
     }
 }
 
-pub struct Client {
+pub struct ScheduledClient {
     /// Unique in the run (slab keys are reused).
     id: u64,
     link: Link,
@@ -120,10 +123,10 @@ pub struct Client {
     names_sent: u32,
 }
 
-impl Client {
+impl ScheduledClient {
     /// A client on a link whose connect has just started.
-    pub fn new(id: u64, link: Link, timeout: Duration, now: Instant) -> Client {
-        Client {
+    pub fn new(id: u64, link: Link, timeout: Duration, now: Instant) -> ScheduledClient {
+        ScheduledClient {
             id,
             link,
             session: ClientSession::new(NameTerminator::Newline),
@@ -150,7 +153,7 @@ impl Client {
         self.names_sent
     }
 
-    /// Records what an event says the socket may do; [`Client::service`]
+    /// Records what an event says the socket may do; [`ScheduledClient::service`]
     /// acts on it.
     pub fn on_event(&mut self, event: &Event) {
         self.link.on_event(event);

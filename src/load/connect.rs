@@ -13,7 +13,7 @@ use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 
 use mio::net::TcpStream;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, Type};
 
 use super::LoadConfig;
 
@@ -41,7 +41,7 @@ impl Connector {
         // which counts when connects are the loop's main work (churn, and
         // fault clients replaced as fast as they end).
         let kind = Type::STREAM.nonblocking();
-        let socket = Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))?;
+        let socket = socket2::Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))?;
         // Every message is one write that must leave at once: Nagle would
         // hold the next one back for the server's delayed ACK.
         socket.set_tcp_nodelay(true)?;

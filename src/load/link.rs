@@ -3,8 +3,8 @@
 //! not taken yet.
 //!
 //! Where it sits: the load generator's counterpart of the part of the
-//! server's `Connection` that holds its socket. Both kinds of client (the
-//! scheduled [`Client`](super::client::Client) and the scripted
+//! server's `Connection` that holds its socket. Both kinds of client
+//! ([`ScheduledClient`](super::client::ScheduledClient) and
 //! [`FaultClient`](super::faults::FaultClient)) talk through one, so the
 //! readiness rules (`src/readiness.rs`) and the connect's end are handled
 //! once.

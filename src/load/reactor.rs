@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
 
-use super::client::{Client, Ending, Failed, Next};
+use super::client::{Ending, Failed, Next, ScheduledClient};
 use super::clients::Clients;
 use super::connect::Connector;
 use super::faults::{FaultKind, Storm};
@@ -73,9 +73,9 @@ const EVENTS_PER_POLL: usize = 1024;
 /// the next client reads.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
 
-/// What to open next.
+/// A client to open next, of either kind.
 #[derive(Clone, Copy)]
-enum Kind {
+enum NewClient {
     Scheduled(Role),
     Fault(FaultKind),
 }
@@ -319,12 +319,12 @@ impl Reactor<'_> {
             }
             if let Err(err) = self.open(kind, now) {
                 match kind {
-                    Kind::Scheduled(_) => {
+                    NewClient::Scheduled(_) => {
                         let addr = self.config.addr;
                         let detail = format_args!("connect to {addr}: {err}");
                         self.results.fail(Failure::of(&err), detail);
                     }
-                    Kind::Fault(kind) => self.storm.connect_failed(kind, &err),
+                    NewClient::Fault(kind) => self.storm.connect_failed(kind, &err),
                 }
                 self.schedule.pause_opening(now);
                 return;
@@ -333,21 +333,21 @@ impl Reactor<'_> {
     }
 
     /// What to open next: scheduled clients first, then fault clients.
-    fn next_to_open(&self, now: Instant) -> Option<Kind> {
+    fn next_to_open(&self, now: Instant) -> Option<NewClient> {
         let scheduled = self.clients.len() - self.storm.open();
         match self.schedule.next_opening(scheduled, now) {
-            Opening::Client(role) => Some(Kind::Scheduled(role)),
+            Opening::Client(role) => Some(NewClient::Scheduled(role)),
             Opening::NotYet => None,
             Opening::Enough => {
                 let kind = self.storm.wanted()?;
                 let room = self.schedule.may_connect(self.storm.connecting());
-                room.then_some(Kind::Fault(kind))
+                room.then_some(NewClient::Fault(kind))
             }
         }
     }
 
     /// Starts a connect and gives the new client a slot.
-    fn open(&mut self, kind: Kind, now: Instant) -> io::Result<()> {
+    fn open(&mut self, kind: NewClient, now: Instant) -> io::Result<()> {
         let mut stream = self.connector.connect()?;
         let key = self.clients.vacant_key();
         // Both directions, once, for the socket's life: edge-triggered
@@ -362,11 +362,11 @@ impl Reactor<'_> {
         self.next_id += 1;
         let link = Link::new(stream);
         let client = match kind {
-            Kind::Scheduled(role) => Simulated::Scheduled {
+            NewClient::Scheduled(role) => Simulated::Scheduled {
                 plan: self.schedule.opened(role, id, now),
-                client: Client::new(id, link, self.config.timeout, now),
+                client: ScheduledClient::new(id, link, self.config.timeout, now),
             },
-            Kind::Fault(kind) => Simulated::Scripted(self.storm.start(kind, id, link, now)),
+            NewClient::Fault(kind) => Simulated::Scripted(self.storm.start(kind, id, link, now)),
         };
         self.clients.insert(client);
         self.results.opened(self.clients.len());

@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use mio::event::Event;
 
-use super::client::{Client, Failed, Next, Phase};
+use super::client::{Failed, Next, Phase, ScheduledClient};
 use super::faults::FaultClient;
 use super::schedule::Plan;
 use super::stats::Failure;
 
 pub enum Simulated {
     /// A well-behaved client, following the schedule.
-    Scheduled { client: Client, plan: Plan },
+    Scheduled { client: ScheduledClient, plan: Plan },
     /// A fault client, following its script.
     Scripted(FaultClient),
 }

@@ -4,8 +4,9 @@
 //! the server's timeout where the answer is a timed one, and the script
 //! ends with the server's clean close.
 //!
-//! Where it sits: beside the scheduled [`Client`](crate::load::client::Client),
-//! the other kind of client the loop keeps in its one slab; both are the
+//! Where it sits: beside the
+//! [`ScheduledClient`](crate::load::client::ScheduledClient), the other kind
+//! of client the loop keeps in its one slab; both are the
 //! load generator's `src/server/connection.rs`. It talks through the same
 //! [`Link`], answers the loop with the same [`Next`], and has at most one
 //! deadline at a time ([`FaultClient::deadline`]): its answer's, or while
