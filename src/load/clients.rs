@@ -29,6 +29,8 @@ pub struct Clients {
     timers: Timers,
 }
 
+// `get_mut`, `queue_deadline` and indexing are #[inline]: they run for
+// every exchange, and are a slab lookup and a comparison.
 impl Clients {
     pub fn with_capacity(capacity: usize) -> Clients {
         Clients {
@@ -63,6 +65,7 @@ impl Clients {
     }
 
     /// The client in slot `key`, if the slot is taken.
+    #[inline]
     pub fn get_mut(&mut self, key: usize) -> Option<&mut Simulated> {
         self.slots.get_mut(key).map(|slot| &mut slot.client)
     }
@@ -78,6 +81,7 @@ impl Clients {
 
     /// Queues the client's deadline if it is earlier than the one already
     /// queued; a later one is found when that entry comes due.
+    #[inline]
     pub fn queue_deadline(&mut self, key: usize) {
         let slot = &mut self.slots[key];
         let Some(deadline) = slot.client.deadline() else {
@@ -135,12 +139,14 @@ impl Clients {
 impl Index<usize> for Clients {
     type Output = Simulated;
 
+    #[inline]
     fn index(&self, key: usize) -> &Simulated {
         &self.slots[key].client
     }
 }
 
 impl IndexMut<usize> for Clients {
+    #[inline]
     fn index_mut(&mut self, key: usize) -> &mut Simulated {
         &mut self.slots[key].client
     }

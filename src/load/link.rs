@@ -23,6 +23,8 @@ pub struct Link {
     outgoing: Vec<u8>,
 }
 
+// The small methods are #[inline]: they run for every exchange and only
+// pass the call on to `Readiness`, so a call of their own is pure cost.
 impl Link {
     /// A link on a socket whose connect has just started.
     pub fn new(stream: TcpStream) -> Link {
@@ -34,6 +36,7 @@ impl Link {
     }
 
     /// Records what an event says the socket may do.
+    #[inline]
     pub fn on_event(&mut self, event: &Event) {
         self.readiness.on_event(event);
     }
@@ -53,16 +56,19 @@ impl Link {
         Ok(finished)
     }
 
+    #[inline]
     pub fn may_read(&self) -> bool {
         self.readiness.may_read()
     }
 
+    #[inline]
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<Received> {
         self.readiness.read(&mut self.stream, buf)
     }
 
     /// The buffer for the next message, emptied. Only called once the last
     /// message is written: its reply has arrived.
+    #[inline]
     pub fn new_message(&mut self) -> &mut Vec<u8> {
         self.outgoing.clear();
         &mut self.outgoing
@@ -75,6 +81,7 @@ impl Link {
 
     /// Writes what is pending, until it is all written or the socket is
     /// full; true once nothing is left.
+    #[inline]
     pub fn flush(&mut self) -> io::Result<bool> {
         let sent = self.readiness.write(&mut self.stream, &self.outgoing)?;
         self.outgoing.drain(..sent);

@@ -30,6 +30,7 @@ pub struct Results {
     held_checked: u64,
 }
 
+// `completed` and `reply` are #[inline]: they run for every exchange.
 impl Results {
     pub fn new(config: &LoadConfig, start: Instant) -> Results {
         Results {
@@ -43,6 +44,7 @@ impl Results {
     }
 
     /// Results counted in the window so far.
+    #[inline]
     pub fn completed(&self) -> u64 {
         self.stats.completed
     }
@@ -60,6 +62,7 @@ impl Results {
     /// A scheduled client's reply of `turn`, for an exchange (or, for the
     /// good bye, a dialogue) begun at `started`; `counts` if the window
     /// counts it. A held client's reply is its final check.
+    #[inline]
     pub fn reply(
         &mut self,
         plan: &mut Plan,

@@ -24,8 +24,11 @@ pub enum Simulated {
     Scripted(FaultClient),
 }
 
+// The per-exchange methods are #[inline]: each is one match that passes
+// the call on, and a call of its own would cost more than the match.
 impl Simulated {
     /// Unique in the run (slab keys are reused).
+    #[inline]
     pub fn id(&self) -> u64 {
         match self {
             Simulated::Scheduled { client, .. } => client.id(),
@@ -34,6 +37,7 @@ impl Simulated {
     }
 
     /// Records what an event says the socket may do.
+    #[inline]
     pub fn on_event(&mut self, event: &Event) {
         match self {
             Simulated::Scheduled { client, .. } => client.on_event(event),
@@ -42,6 +46,7 @@ impl Simulated {
     }
 
     /// Moves bytes until the client must wait, or has news for the loop.
+    #[inline]
     pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         match self {
             Simulated::Scheduled { client, .. } => client.service(read_buf, now),
@@ -50,6 +55,7 @@ impl Simulated {
     }
 
     /// The client's one deadline, if it has one.
+    #[inline]
     pub fn deadline(&self) -> Option<Instant> {
         match self {
             Simulated::Scheduled { client, .. } => client.deadline(),
@@ -58,6 +64,7 @@ impl Simulated {
     }
 
     /// Does what is due by `now`: [`Next::Wait`] or [`Next::Close`].
+    #[inline]
     pub fn on_deadline(&mut self, now: Instant) -> Next {
         match self {
             Simulated::Scheduled { client, .. } => client.on_deadline(now),
