@@ -10,7 +10,7 @@
 //! the [`Window`] which results count. Scheduled and fault clients
 //! ([`Simulated`]) share the slab, the connect path and the deadlines.
 //!
-//! One turn ([`Reactor::run_loop`]), as in the server:
+//! One turn ([`Reactor::turn_until_done`]), as in the server:
 //!
 //! 1. poll, sleeping until the nearest deadline (not at all if opening was
 //!    cut short), which a timerfd keeps to the microsecond (`poll_timer`);
@@ -129,7 +129,7 @@ impl<'a> Reactor<'a> {
 
     /// Runs the load test to completion and reports what it measured.
     pub(super) fn run(mut self) -> io::Result<Report> {
-        self.run_loop()?;
+        self.turn_until_done()?;
         let faults = (!self.config.faults.is_empty()).then(|| self.storm.tally().clone());
         Ok(self.results.report(self.config, &self.window, faults))
     }
@@ -137,7 +137,7 @@ impl<'a> Reactor<'a> {
 
 impl Reactor<'_> {
     /// Loops until the run is over.
-    fn run_loop(&mut self) -> io::Result<()> {
+    fn turn_until_done(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = self.poll_timeout(Instant::now())?;
