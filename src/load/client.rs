@@ -1,43 +1,46 @@
-//! One simulated client: its socket and its side of the dialogue.
+//! One scheduled (well-behaved) client: its link and its side of the
+//! dialogue, following the schedule.
 //!
-//! This is the load generator's counterpart of the server's `Connection`:
-//! a shell around the protocol core's [`ClientSession`], which knows the
-//! exact reply due next, so checking a reply costs one comparison per byte.
-//! The client moves bytes and keeps its dialogue's clock; it decides
-//! nothing about the workload. [`Client::service`] returns a [`Step`] to
-//! the loop, the way `Connection::service` returns `Next`: a reply has
-//! arrived (the loop then asks the schedule what to send, and tells the
-//! client with [`Client::send_name`] or [`Client::send_exit`]), the
-//! dialogue ended cleanly, it failed, or there is nothing more to do until
-//! the next event.
+//! Where it sits: the load generator's `src/server/connection.rs`. Like the
+//! server's `Connection`, it is a shell around the protocol core, here the
+//! client side, [`ClientSession`], which knows the exact reply due next, so
+//! checking a reply costs one comparison per byte. The client moves bytes
+//! and keeps its dialogue's clock; it decides nothing about the workload.
+//! [`ScheduledClient::service`] returns a [`Next`] to the loop, as
+//! `Connection::service` does: wait, close (the dialogue is complete or
+//! failed), or, the client's own, a reply has arrived (the loop then asks
+//! the schedule what to send, and tells the client with
+//! [`ScheduledClient::send_name`], [`ScheduledClient::send_name_at`] or
+//! [`ScheduledClient::send_exit`]). The fault clients' counterpart is
+//! [`FaultClient`](super::faults::FaultClient).
 //!
-//! Readiness is edge-triggered, as in the server, and remembered by the same
-//! [`Readiness`] the server's connections use (the rules, and why, are in
-//! `src/readiness.rs`): may-read, a pending EOF or urgent data, a blocked
-//! write, the short-read rule and the flush loop. One difference is the
-//! client's own: its socket starts with a connect in progress. That is a
-//! phase of the dialogue ([`Phase::Connecting`]), not a state of the
-//! socket's readiness: while it lasts, an event only means "look at the
-//! connect", and nothing is written (the dialogue opens with the server's
-//! greeting, so there is nothing to write).
+//! The connect in progress is a phase of the dialogue
+//! ([`Phase::Connecting`]), not a state of the socket's readiness: while it
+//! lasts, an event only means "look at the connect", and nothing is written
+//! (the dialogue opens with the server's greeting).
+//!
+//! A client has at most one deadline ([`ScheduledClient::deadline`]): its
+//! connect's or its reply's timeout, or, idle, when its queued name falls
+//! due. The loop keeps it in its deadline heap and calls
+//! [`ScheduledClient::on_deadline`].
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::TcpStream;
 
-use super::connect::connect_outcome;
+use super::link::Link;
 use super::stats::Failure;
 use crate::protocol::{ClientSession, NameTerminator, Turn};
-use crate::readiness::{Readiness, Received};
+use crate::readiness::Received;
 
 /// Where a client is in its dialogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     Connecting,
     AwaitingGreeting,
-    /// The last reply is in; the next message is the schedule's to decide.
+    /// The last reply is in; the next message is the schedule's to decide
+    /// (or decided, and queued until it falls due).
     Idle,
     AwaitingReply,
     AwaitingGoodbye,
@@ -45,22 +48,32 @@ pub enum Phase {
     AwaitingClose,
 }
 
-/// What servicing a client came to; the loop acts on it.
+/// What servicing a client (scheduled or scripted) came to; the loop acts
+/// on it. The server's connections answer with a `Next` of the same name
+/// and, where the meaning is the same, the same variants.
 #[derive(Debug)]
-pub enum Step {
-    /// Nothing more until the next event (or a send from the loop).
+pub enum Next {
+    /// Nothing more until the next event or deadline.
     Wait,
     /// The connect finished; servicing goes on.
     Connected,
-    /// A whole reply arrived and matched. `started` is where its latency is
-    /// measured from: when the exchange was sent (open loop: when it was
-    /// due), or, for the good bye, when the dialogue began. After a
-    /// greeting or hello the client is [`Phase::Idle`] and waits for the
-    /// loop's next message; after the good bye it waits for the EOF.
+    /// A whole reply arrived and matched (scheduled clients only).
+    /// `started` is where its latency is measured from: when the exchange
+    /// was sent (open loop: when it was due), or, for the good bye, when
+    /// the dialogue began. After a greeting or hello the client is
+    /// [`Phase::Idle`] and waits for the loop's next message; after the
+    /// good bye it waits for the EOF.
     Reply { turn: Turn, started: Instant },
-    /// The server closed after its good bye: the dialogue is complete.
-    Closed,
-    /// The dialogue failed; the client is finished.
+    /// Close it and free its slot.
+    Close(Ending),
+}
+
+/// How a client's dialogue (or a fault client's script) ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// It ran to its end: the server's good bye and EOF, or for a fault
+    /// client the answer its script requires.
+    Complete,
     Failed(Failed),
 }
 
@@ -72,14 +85,14 @@ pub struct Failed {
 }
 
 impl Failed {
-    fn io(doing: &str, err: &io::Error) -> Failed {
+    pub fn io(doing: &str, err: &io::Error) -> Failed {
         Failed {
             kind: Failure::of(err),
             detail: format!("{doing}: {err}"),
         }
     }
 
-    fn new(kind: Failure, detail: impl std::fmt::Display) -> Failed {
+    pub fn new(kind: Failure, detail: impl std::fmt::Display) -> Failed {
         Failed {
             kind,
             detail: detail.to_string(),
@@ -87,32 +100,41 @@ impl Failed {
     }
 }
 
-pub struct Client {
+impl From<Failed> for Next {
+    fn from(failed: Failed) -> Next {
+        Next::Close(Ending::Failed(failed))
+    }
+}
+
+pub struct ScheduledClient {
     /// Unique in the run (slab keys are reused).
     id: u64,
-    socket: Socket,
+    link: Link,
     session: ClientSession,
     phase: Phase,
     /// When the exchange in flight was sent or, open loop, was due to be sent.
     exchange_start: Instant,
     dialogue_start: Instant,
     /// A connect or reply later than this is a timeout.
-    deadline: Option<Instant>,
+    timeout_at: Option<Instant>,
+    /// Idle: the queued name's due time (open loop).
+    name_due: Option<Instant>,
     timeout: Duration,
     names_sent: u32,
 }
 
-impl Client {
-    /// A client on a socket whose connect has just started.
-    pub fn new(id: u64, stream: TcpStream, timeout: Duration, now: Instant) -> Client {
-        Client {
+impl ScheduledClient {
+    /// A client on a link whose connect has just started.
+    pub fn new(id: u64, link: Link, timeout: Duration, now: Instant) -> ScheduledClient {
+        ScheduledClient {
             id,
-            socket: Socket::new(stream),
+            link,
             session: ClientSession::new(NameTerminator::Newline),
             phase: Phase::Connecting,
             exchange_start: now,
             dialogue_start: now,
-            deadline: Some(now + timeout),
+            timeout_at: Some(now + timeout),
+            name_due: None,
             timeout,
             names_sent: 0,
         }
@@ -131,65 +153,52 @@ impl Client {
         self.names_sent
     }
 
-    /// Records what an event says the socket may do; [`Client::service`]
+    /// Records what an event says the socket may do; [`ScheduledClient::service`]
     /// acts on it.
     pub fn on_event(&mut self, event: &Event) {
-        self.socket.readiness.on_event(event);
+        self.link.on_event(event);
     }
 
     /// Moves bytes until the client must wait for an event, a reply has
     /// arrived, or the dialogue is over. `read_buf` is the loop's one shared
     /// read buffer.
-    pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Step {
+    pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         if self.phase == Phase::Connecting {
-            return self.finish_connect();
+            return match self.link.connect_finished() {
+                Ok(true) => {
+                    self.phase = Phase::AwaitingGreeting;
+                    Next::Connected
+                }
+                Ok(false) => Next::Wait,
+                Err(err) => Failed::io("connect", &err).into(),
+            };
         }
-        if let Err(err) = self.socket.flush() {
-            return Step::Failed(Failed::io("write", &err));
+        if let Err(err) = self.link.flush() {
+            return Failed::io("write", &err).into();
         }
-        while self.socket.readiness.may_read() {
-            let n = match self.socket.read(read_buf) {
+        while self.link.may_read() {
+            let n = match self.link.read(read_buf) {
                 Ok(Received::Bytes(n)) => n,
                 Ok(Received::Nothing) => break,
                 Ok(Received::Eof) => {
                     return match self.session.peer_closed() {
-                        Ok(()) => Step::Closed,
-                        Err(err) => Step::Failed(Failed::new(Failure::ClosedEarly, err)),
+                        Ok(()) => Next::Close(Ending::Complete),
+                        Err(err) => Failed::new(Failure::ClosedEarly, err).into(),
                     };
                 }
-                Err(err) => return Step::Failed(Failed::io("read", &err)),
+                Err(err) => return Failed::io("read", &err).into(),
             };
             match self.session.receive(&read_buf[..n]) {
                 Ok(Some(turn)) => return self.on_turn(turn, now),
                 Ok(None) => {}
-                Err(err) => return Step::Failed(Failed::new(Failure::Mismatch, err)),
+                Err(err) => return Failed::new(Failure::Mismatch, err).into(),
             }
         }
-        Step::Wait
+        Next::Wait
     }
 
-    /// An event came while connecting: the connect has finished, failed, or
-    /// (rarely) not yet.
-    fn finish_connect(&mut self) -> Step {
-        match connect_outcome(&self.socket.stream) {
-            // The readiness the event brought stands: a connected socket's
-            // send buffer is empty, and the greeting may already be queued.
-            Ok(true) => {
-                self.phase = Phase::AwaitingGreeting;
-                Step::Connected
-            }
-            // Not yet: what the event said is moot, and the connect's
-            // completion raises an edge of its own.
-            Ok(false) => {
-                self.socket.readiness = Readiness::new();
-                Step::Wait
-            }
-            Err(err) => Step::Failed(Failed::io("connect", &err)),
-        }
-    }
-
-    fn on_turn(&mut self, turn: Turn, now: Instant) -> Step {
-        self.deadline = None;
+    fn on_turn(&mut self, turn: Turn, now: Instant) -> Next {
+        self.timeout_at = None;
         let started = match turn {
             Turn::Greeting | Turn::Hello | Turn::Prompt => {
                 self.phase = Phase::Idle;
@@ -197,11 +206,48 @@ impl Client {
             }
             Turn::Goodbye => {
                 self.phase = Phase::AwaitingClose;
-                self.deadline = Some(now + self.timeout);
+                self.timeout_at = Some(now + self.timeout);
                 self.dialogue_start
             }
         };
-        Step::Reply { turn, started }
+        Next::Reply { turn, started }
+    }
+
+    /// The client's one deadline: its timeout, or its queued name's due time.
+    pub fn deadline(&self) -> Option<Instant> {
+        // Never both: a queued name waits in the idle phase, which has no
+        // timeout, and sending it sets the timeout.
+        self.timeout_at.or(self.name_due)
+    }
+
+    /// Its deadline has come (or an earlier one it no longer has): sends the
+    /// queued name, or fails with a timeout.
+    pub fn on_deadline(&mut self, now: Instant) -> Next {
+        if let Some(due) = self.name_due.filter(|&due| due <= now) {
+            return match self.send_name(due, now) {
+                Ok(()) => Next::Wait,
+                Err(failed) => failed.into(),
+            };
+        }
+        if self.timeout_at.is_none_or(|at| at > now) {
+            return Next::Wait;
+        }
+        let (timeout, phase) = (self.timeout, self.phase);
+        Failed::new(
+            Failure::Timeout,
+            format!("nothing within {timeout:?} ({phase:?})"),
+        )
+        .into()
+    }
+
+    /// Queues the next name until `due` (open loop); the client stays idle.
+    pub fn send_name_at(&mut self, due: Instant) {
+        self.name_due = Some(due);
+    }
+
+    /// The queued name's due time, taken back: the window has closed.
+    pub fn take_queued_name(&mut self) -> Option<Instant> {
+        self.name_due.take()
     }
 
     /// Sends the next name. `intended` is when it was due (open loop), which
@@ -215,17 +261,18 @@ impl Client {
         let mut free = &mut buf[..];
         let _ = write!(free, "user{}-{}", self.id, self.names_sent);
         let len = capacity - free.len();
-        let out = self.socket.new_message();
+        let out = self.link.new_message();
         if let Err(err) = self.session.send_name(&buf[..len], out) {
             return Err(Failed::new(Failure::Mismatch, err));
         }
         self.names_sent = self.names_sent.wrapping_add(1);
         self.exchange_start = intended;
+        self.name_due = None;
         self.sent(Phase::AwaitingReply, now)
     }
 
     pub fn send_exit(&mut self, now: Instant) -> Result<(), Failed> {
-        let out = self.socket.new_message();
+        let out = self.link.new_message();
         if let Err(err) = self.session.send_exit(out) {
             return Err(Failed::new(Failure::Mismatch, err));
         }
@@ -235,55 +282,10 @@ impl Client {
     /// A message is queued: its reply is due within the timeout.
     fn sent(&mut self, phase: Phase, now: Instant) -> Result<(), Failed> {
         self.phase = phase;
-        self.deadline = Some(now + self.timeout);
-        self.socket.flush().map_err(|err| Failed::io("write", &err))
-    }
-
-    /// The failure to report if the client's connect or reply is overdue.
-    pub fn overdue(&self, now: Instant) -> Option<Failed> {
-        let late = self.deadline.is_some_and(|at| at <= now);
-        late.then(|| {
-            let (timeout, phase) = (self.timeout, self.phase);
-            Failed::new(
-                Failure::Timeout,
-                format!("nothing within {timeout:?} ({phase:?})"),
-            )
-        })
-    }
-}
-
-/// The socket, what edge-triggered readiness has told us about it, and the
-/// message the kernel has not taken yet.
-struct Socket {
-    stream: TcpStream,
-    readiness: Readiness,
-    outgoing: Vec<u8>,
-}
-
-impl Socket {
-    fn new(stream: TcpStream) -> Socket {
-        Socket {
-            stream,
-            readiness: Readiness::new(),
-            outgoing: Vec::new(),
+        self.timeout_at = Some(now + self.timeout);
+        match self.link.flush() {
+            Ok(_) => Ok(()),
+            Err(err) => Err(Failed::io("write", &err)),
         }
-    }
-
-    /// The buffer for the next message, emptied. Only called once the last
-    /// message is written: its reply has arrived.
-    fn new_message(&mut self) -> &mut Vec<u8> {
-        self.outgoing.clear();
-        &mut self.outgoing
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<Received> {
-        self.readiness.read(&mut self.stream, buf)
-    }
-
-    /// Writes what is pending, until it is all written or the socket is full.
-    fn flush(&mut self) -> io::Result<()> {
-        let sent = self.readiness.write(&mut self.stream, &self.outgoing)?;
-        self.outgoing.drain(..sent);
-        Ok(())
     }
 }

@@ -1,23 +1,33 @@
 //! greeter-load: many simulated clients on one mio reactor.
 //!
+//! Where it sits: the load generator's `src/server/mod.rs`; [`run`] is its
+//! `Server::run`.
+//!
 //! The load generator is a reactor too, shaped like the server's: one thread,
-//! one `mio::Poll`, a slab of simulated clients, each driving the protocol
-//! core's [`ClientSession`](crate::protocol::ClientSession) from the client
-//! side, so every reply is checked byte for byte at no extra cost. One process
+//! one `mio::Poll`, a slab of simulated clients. The well-behaved ones each
+//! drive the protocol core's [`ClientSession`](crate::protocol::ClientSession)
+//! from the client side, so every reply is checked byte for byte at no extra
+//! cost; fault clients check theirs against a script. One process
 //! holds as many connections as its descriptor limit allows (about 19,900 at
 //! `ulimit -n` 20000) on two cores.
 //!
-//! It is split along the server's seams:
+//! It is split along the server's seams (each module's opening comment
+//! names the server file it corresponds to):
 //!
-//! - `reactor`: the event loop: poll, the timerfd, dispatch, and carrying
-//!   out what the modules below decide (its invariants are written there);
-//! - `client`: one simulated client, its socket and its dialogue, returning
-//!   a `Step` to the loop as the server's `Connection` returns `Next`;
+//! - `reactor`: the event loop, turning in the server's order: poll until
+//!   the nearest deadline, dispatch, due deadlines, open clients, finish;
+//! - `clients`: the one slab of simulated clients and the heap of their
+//!   deadlines (`timers`, as the server's); `poll_timer` keeps the poll's
+//!   wake-up to the microsecond;
+//! - `simulated`: a slot's client, of either kind: a scheduled `client`
+//!   (the server's `Connection`), or a fault client following its script
+//!   ([`faults`]); both talk through a `link` and answer the loop with a
+//!   `Next`, as the server's connections do;
 //! - `schedule`: whom to open and what an idle client sends next, and when
 //!   (ramp, open-loop due times, replacements); decisions only, no sockets;
 //! - `window`: warmup, the measured window, and the CPU time spent in it;
+//! - `results`: what the run has counted, which becomes the [`Report`];
 //! - `connect`: non-blocking connects from the source addresses in turn;
-//! - `timer`: a timerfd, so scheduled sends leave on time (to the microsecond);
 //! - [`faults`]: the misbehaving clients of a fault storm and the answers
 //!   they require;
 //! - [`stats`]: the latency histogram, failure counts, histogram files;
@@ -33,23 +43,28 @@
 //! silently not being sent (coordinated omission).
 
 mod client;
+mod clients;
 mod connect;
 pub mod faults;
+mod link;
+mod poll_timer;
 mod reactor;
 pub mod report;
+mod results;
 mod schedule;
 pub mod server_metrics;
 pub mod server_watch;
+mod simulated;
 pub mod soak;
 pub mod stats;
-mod timer;
+mod timers;
 mod window;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use faults::FaultClients;
+use faults::Storm;
 use reactor::Reactor;
 
 pub use faults::{FaultKind, FaultMix, ServerSettings};
@@ -101,28 +116,42 @@ pub struct LoadConfig {
     pub server: ServerSettings,
 }
 
+impl LoadConfig {
+    /// How long the dialogues may take to end once the measured window has
+    /// closed: a reply's timeout, and with fault clients, the longest wait
+    /// for a timed answer (stall, slowloris) on top.
+    fn time_to_finish(&self) -> Duration {
+        let longest = if self.faults.is_empty() {
+            Duration::ZERO
+        } else {
+            self.server.longest_wait()
+        };
+        self.timeout + longest
+    }
+}
+
 /// Runs one load test to completion and reports what it measured.
 pub fn run(config: &LoadConfig) -> io::Result<Report> {
     let config = within_descriptor_limit(config)?;
     connect::warn_about_port_search(&config);
-    let faults = FaultClients::new(
+    let storm = Storm::new(
         config.faults.clone(),
         config.connections,
         config.server,
         config.timeout,
     );
-    if faults.slots() > config.connections {
+    if storm.slots() > config.connections {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "--faults needs {} connections (each kind given a share gets at least one), \
                  more than the {} the file descriptor limit allows; raise `ulimit -n`",
-                faults.slots(),
+                storm.slots(),
                 config.connections
             ),
         ));
     }
-    Reactor::new(&config, faults)?.run()
+    Reactor::new(&config, storm)?.run()
 }
 
 /// The configuration with `--connections` capped to what the descriptor

@@ -5,6 +5,9 @@
 //! own: per kind, how many were injected, answered as documented, and
 //! answered wrongly. Scripts (benches/compare.py) read the JSON report's
 //! fields, so fields are only ever added to it.
+//!
+//! Where it sits: what `src/metrics/exposition.rs` renders for the server,
+//! this renders for a run, once, at its end (and the live line as it goes).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

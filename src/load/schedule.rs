@@ -2,7 +2,9 @@
 //! idle client sends next and when.
 //!
 //! It returns decisions ([`Opening`], [`Message`]) and never touches a
-//! socket; the loop carries them out. Its rules:
+//! socket; the loop carries them out. Where it sits: nearest to the
+//! server's `src/server/admission.rs` (which connections to take), plus
+//! what the server never decides: what to send, and when. Its rules:
 //!
 //! - **Opening.** Keep the target number of well-behaved clients open
 //!   (hold mode: one probe plus the held ones); while building up, at most
@@ -13,8 +15,9 @@
 //! - **Open loop** (`pingpong --rate`, the hold probe): each client sends on
 //!   its own fixed grid of due times, spread evenly over one interval across
 //!   the clients, whether or not the server kept up. A name due in the
-//!   future is queued until then; one already overdue leaves at once and is
-//!   measured from when it was due. A client that fails hands its grid to
+//!   future is held by its client until then (its deadline); one already
+//!   overdue leaves at once and is measured from when it was due. A client
+//!   that fails hands its grid to
 //!   its replacement, so the exchanges that fell due while it was stalled
 //!   are still sent, late, and charged from when they were due: not sending
 //!   them would hide the stall (coordinated omission).
@@ -22,8 +25,6 @@
 //!   due inside it still go out, every held client answers a final check,
 //!   and everyone else says exit.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use super::client::Phase;
@@ -57,14 +58,6 @@ pub struct Plan {
     pub checked: bool,
 }
 
-/// Names one client for longer than a turn: its slab key plus its id, which
-/// is never reused (keys are).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ClientRef {
-    pub key: usize,
-    pub id: u64,
-}
-
 /// What to open next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opening {
@@ -83,7 +76,7 @@ pub enum Message {
     Name { intended: Instant },
     /// Exit: the dialogue ends.
     Exit,
-    /// A name when it falls due: queue it with [`Schedule::queue`].
+    /// A name when it falls due: the client holds it until then.
     NameAt(Instant),
     /// Nothing (a held connection stays idle).
     Nothing,
@@ -112,8 +105,6 @@ pub struct Schedule {
     /// Open loop: the due times of clients that failed, for their
     /// replacements to take over.
     orphaned: Vec<Instant>,
-    /// Open-loop names waiting for their time.
-    queued: BinaryHeap<Reverse<(Instant, ClientRef)>>,
 }
 
 impl Schedule {
@@ -135,7 +126,6 @@ impl Schedule {
             reopen_after: None,
             finishing: false,
             orphaned: Vec::new(),
-            queued: BinaryHeap::new(),
         }
     }
 
@@ -300,39 +290,34 @@ impl Schedule {
         Some(Duration::from_secs_f64(1.0 / per_second))
     }
 
-    /// Queues a name due at `due`.
-    pub fn queue(&mut self, due: Instant, client: ClientRef) {
-        self.queued.push(Reverse((due, client)));
-    }
-
-    /// The next queued name due at or before `until`, with its due time.
-    /// The client may have gone since (the loop checks its id).
-    pub fn pop_due(&mut self, until: Instant) -> Option<(Instant, ClientRef)> {
-        let &Reverse((due, client)) = self.queued.peek()?;
-        if due > until {
-            return None;
-        }
-        self.queued.pop();
-        Some((due, client))
-    }
-
-    /// The run is finishing: nothing more is opened. Returns the queued
-    /// names due by `window_end`, in order, to be sent now (late, and
-    /// measured from when they were due); those due after it are dropped.
-    pub fn finish(&mut self, window_end: Instant) -> Vec<(Instant, ClientRef)> {
+    /// The run is finishing: nothing more is opened.
+    pub fn finish(&mut self) {
         self.finishing = true;
-        let mut due = Vec::new();
-        while let Some(next) = self.pop_due(window_end) {
-            due.push(next);
+    }
+
+    /// What an idle client sends once the window has closed, `queued` the
+    /// name it held for later, if any: that name if it fell due inside the
+    /// window (sent now, late, and measured from when it was due), otherwise
+    /// what comes last (a held client's check, or exit).
+    pub fn after_close(
+        &self,
+        plan: &mut Plan,
+        queued: Option<Instant>,
+        window: &Window,
+        completed: u64,
+        now: Instant,
+    ) -> Message {
+        match queued {
+            Some(due) if window.end().is_some_and(|end| due <= end) => {
+                Message::Name { intended: due }
+            }
+            _ => self.last_message(plan, window, completed, now),
         }
-        self.queued.clear();
-        due
     }
 
     /// The earliest moment the schedule needs the loop awake for.
     pub fn next_wake(&self) -> Option<Instant> {
         [
-            self.queued.peek().map(|Reverse((due, _))| *due),
             self.next_ramp_time()
                 .filter(|_| self.connecting < MAX_CONNECTING),
             self.reopen_after.filter(|_| !self.finishing),
@@ -439,17 +424,27 @@ mod tests {
         let start = Instant::now();
         let rate = Workload::PingPong { rate: Some(10.0) };
         let mut schedule = Schedule::new(&config(rate, 3, None), 3, start);
+        let mut window = Window::new(start, Duration::ZERO, SECOND, None);
         let end = start + SECOND;
-        let (early, at_end, after) = (
-            ClientRef { key: 0, id: 0 },
-            ClientRef { key: 1, id: 1 },
-            ClientRef { key: 2, id: 2 },
-        );
-        schedule.queue(end + Duration::from_millis(1), after);
-        schedule.queue(end, at_end);
-        schedule.queue(start, early);
-        assert_eq!(schedule.finish(end), vec![(start, early), (end, at_end)]);
-        assert_eq!(schedule.pop_due(end + SECOND), None, "the rest is dropped");
+        window.close(end);
+        schedule.finish();
+        let interval = Duration::from_millis(300);
+        let plan = |queued: Instant| Plan {
+            role: Role::Worker,
+            next_due: queued + interval,
+            checked: false,
+        };
+        // Names held for later go out if they fell due inside the window,
+        // measured from when they were due, however late the finish is.
+        let late = end + SECOND;
+        for due in [start, end] {
+            let message = schedule.after_close(&mut plan(due), Some(due), &window, 0, late);
+            assert_eq!(message, Message::Name { intended: due });
+        }
+        // One due after it is dropped: the client says exit.
+        let after = end + Duration::from_millis(1);
+        let message = schedule.after_close(&mut plan(after), Some(after), &window, 0, late);
+        assert_eq!(message, Message::Exit, "the rest is dropped");
         assert!(!schedule.may_open(end), "nothing opens while finishing");
     }
 

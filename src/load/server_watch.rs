@@ -12,6 +12,9 @@
 //!   connection plus [`RSS_SLACK_KIB`] more than it started with. A leak
 //!   grows with connections served (millions in a soak) and shows far above
 //!   that.
+//!
+//! Where it sits: outside the loop, before and after it runs; the server
+//! has no counterpart (it does not watch its clients' processes).
 
 use std::io;
 use std::time::{Duration, Instant};

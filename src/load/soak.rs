@@ -8,6 +8,9 @@
 //! shows here. Each workload runs on its own thread with its own event loop
 //! (the same [`run`] as a single workload), so this module only
 //! starts them, waits, and adds the server check around both.
+//!
+//! Where it sits: above the loops, as `src/server/mod.rs` is above the
+//! server's reactors when it runs several.
 
 use std::fmt::Write as _;
 use std::io;

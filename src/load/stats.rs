@@ -4,6 +4,9 @@
 //! Latencies are recorded in microseconds. Failures are never dropped: every
 //! one is counted under its kind, and the first of each kind is kept verbatim
 //! so a report can say what actually went wrong.
+//!
+//! Where it sits: the load generator's side of `src/metrics`, kept by
+//! `results` as the server's reactor keeps its `Counters`.
 
 use std::fmt::{self, Write as _};
 use std::io::{self, Read, Write};

@@ -11,6 +11,8 @@
 //! The CPU time is sampled at the window's two edges, so dividing it by the
 //! window's results gives the load generator's cost per exchange, free of
 //! the connects and good byes around the window.
+//!
+//! Where it sits: the load generator's own; the server measures no window.
 
 use std::time::{Duration, Instant};
 

@@ -1,14 +1,16 @@
-//! One fault client: its socket and its script, step by step. Each step
-//! sends its bytes (or nothing, or a slowloris trickle), then requires the
-//! server's answer byte for byte, not before the server's timeout where the
-//! answer is a timed one, and the script ends with the server's clean close.
+//! One fault client: a client that follows a script instead of the
+//! schedule. Each step sends its bytes (or nothing, or a slowloris
+//! trickle), then requires the server's answer byte for byte, not before
+//! the server's timeout where the answer is a timed one, and the script
+//! ends with the server's clean close.
 //!
-//! Like the well-behaved [`Client`](crate::load::client), it moves bytes
-//! and reports what came of it as a value ([`Going`]); the set of fault
-//! clients ([`FaultClients`](super::FaultClients)) keeps the slab, the
-//! slowloris queue and the tally. What the socket may do is kept in the
-//! same [`Readiness`] as everywhere else; while the connect is in progress
-//! (`connecting`) nothing is written, so the script's first bytes wait for it.
+//! Where it sits: beside the
+//! [`ScheduledClient`](crate::load::client::ScheduledClient), the other kind
+//! of client the loop keeps in its one slab; both are the
+//! load generator's `src/server/connection.rs`. It talks through the same
+//! [`Link`], answers the loop with the same [`Next`], and has at most one
+//! deadline at a time ([`FaultClient::deadline`]): its answer's, or while
+//! it trickles, its next byte's, whichever comes first.
 
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -16,47 +18,38 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::TcpStream;
 
 use super::{FaultKind, Send, Step};
+use crate::load::client::{Ending, Failed, Next};
+use crate::load::link::Link;
+use crate::load::stats::Failure;
 use crate::protocol::Escaped;
-use crate::readiness::{Readiness, Received};
+use crate::readiness::Received;
 
-/// How a fault client's script ended.
-pub(super) enum Outcome {
-    Answered,
-    Wrong(String),
-}
-
-/// What a call into a fault client came to: `Ok(Some(at))` if a trickle
-/// step began, whose next byte is due at `at`; `Err` if the script is over
-/// (answered as documented, or wrongly).
-pub(super) type Going = Result<Option<Instant>, Outcome>;
-
-pub(super) struct FaultClient {
-    /// Unique in the run (slab keys are reused), to tell stale trickle
-    /// entries apart.
-    pub(super) id: u64,
-    pub(super) kind: FaultKind,
-    pub(super) stream: TcpStream,
-    readiness: Readiness,
-    pub(super) connecting: bool,
+pub struct FaultClient {
+    /// Unique in the run (slab keys are reused).
+    id: u64,
+    kind: FaultKind,
+    link: Link,
+    connecting: bool,
     steps: Vec<Step>,
     /// The step whose answer is awaited; `steps.len()` once all arrived and
     /// the server's EOF is awaited.
     step: usize,
     /// Bytes of the current step's answer received so far.
     matched: usize,
-    outgoing: Vec<u8>,
-    /// What to do once `outgoing` is written (the step's half close or reset).
+    /// What to do once the step's bytes are written (its half close or reset).
     after_send: Option<AfterSend>,
     /// When the current step began (its first byte sent, or the connect).
     step_start: Instant,
-    pub(super) deadline: Instant,
+    /// No answer (or connect) by then is a wrong answer.
+    answer_by: Instant,
     /// How long past its expected answer time the client waits (`--timeout`).
     timeout: Duration,
     /// Slowloris: the time between two bytes.
     trickle_interval: Duration,
+    /// Slowloris: when the next byte is due, while the client trickles.
+    next_byte_at: Option<Instant>,
     /// Slowloris: bytes trickled so far, for error messages.
     trickled: usize,
 }
@@ -68,64 +61,108 @@ enum AfterSend {
 }
 
 impl FaultClient {
-    /// A client of `kind` with `steps` to follow, on a socket whose connect
+    /// A client of `kind` with `steps` to follow, on a link whose connect
     /// has just started.
     pub(super) fn new(
         id: u64,
         kind: FaultKind,
-        stream: TcpStream,
+        link: Link,
         steps: Vec<Step>,
         (timeout, trickle_interval): (Duration, Duration),
         now: Instant,
     ) -> FaultClient {
-        let deadline = now + steps[0].not_before.unwrap_or_default() + timeout;
+        let answer_by = now + steps[0].not_before.unwrap_or_default() + timeout;
         FaultClient {
             id,
             kind,
-            stream,
-            readiness: Readiness::new(),
+            link,
             connecting: true,
             steps,
             step: 0,
             matched: 0,
-            outgoing: Vec::new(),
             after_send: None,
             step_start: now,
-            deadline,
+            answer_by,
             timeout,
             trickle_interval,
+            next_byte_at: None,
             trickled: 0,
         }
     }
 
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn kind(&self) -> FaultKind {
+        self.kind
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        self.connecting
+    }
+
     /// Records what an event says the socket may do.
-    pub(super) fn on_event(&mut self, event: &Event) {
-        self.readiness.on_event(event);
+    pub fn on_event(&mut self, event: &Event) {
+        self.link.on_event(event);
     }
 
-    /// The connect is still in progress: what the event said is moot, and
-    /// the connect's completion raises an edge of its own.
-    pub(super) fn still_connecting(&mut self) {
-        self.readiness = Readiness::new();
-    }
-
-    /// After an event, once the connect has finished: starts the script if
-    /// it has only just connected, writes what is pending and reads what
-    /// came.
-    pub(super) fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Going {
-        let mut trickle = None;
+    /// After an event: finishes the connect and starts the script, or
+    /// writes what is pending and checks what came.
+    pub fn service(&mut self, read_buf: &mut [u8], now: Instant) -> Next {
         if self.connecting {
+            match self.link.connect_finished() {
+                Ok(true) => {}
+                Ok(false) => return Next::Wait,
+                Err(err) => return Failed::io("connect", &err).into(),
+            }
             self.connecting = false;
             // The first step's send, if any (none of the scripts has one).
-            trickle = self.start_step(now)?;
+            return match self.start_step(now) {
+                Ok(()) => Next::Connected,
+                Err(ending) => Next::Close(ending),
+            };
         }
-        self.flush()?;
-        Ok(trickle.or(self.read(read_buf, now)?))
+        match self.flush().and_then(|()| self.read(read_buf, now)) {
+            Ok(()) => Next::Wait,
+            Err(ending) => Next::Close(ending),
+        }
+    }
+
+    /// The client's one deadline: its next slowloris byte's, or its
+    /// answer's, whichever comes first.
+    pub fn deadline(&self) -> Option<Instant> {
+        let byte = self.next_byte_at.filter(|_| self.is_trickling());
+        Some(byte.map_or(self.answer_by, |at| at.min(self.answer_by)))
+    }
+
+    /// Its deadline has come (or an earlier one it no longer has): trickles
+    /// the next byte, or fails for want of an answer.
+    pub fn on_deadline(&mut self, now: Instant) -> Next {
+        let byte_due = self.next_byte_at.is_some_and(|at| at <= now);
+        if byte_due && self.is_trickling() {
+            // From now, not from when it was due: after a stall the bytes
+            // keep their pace instead of catching up in a burst.
+            self.next_byte_at = Some(now + self.trickle_interval);
+            if let Err(ending) = self.trickle_byte() {
+                return Next::Close(ending);
+            }
+        }
+        if self.answer_by > now {
+            return Next::Wait;
+        }
+        let detail = if self.connecting {
+            "connect timed out".to_string()
+        } else {
+            let waited = now.saturating_duration_since(self.step_start);
+            format!("nothing more within {waited:?}, {}", self.awaiting())
+        };
+        Failed::new(Failure::Timeout, detail).into()
     }
 
     /// Whether the client is still trickling: it is in a trickle step and
     /// the server has not begun its answer.
-    pub(super) fn is_trickling(&self) -> bool {
+    fn is_trickling(&self) -> bool {
         matches!(
             self.steps.get(self.step).map(|step| &step.send),
             Some(Send::Trickle)
@@ -133,15 +170,15 @@ impl FaultClient {
     }
 
     /// Sends the current step's bytes and starts its clock.
-    fn start_step(&mut self, now: Instant) -> Going {
+    fn start_step(&mut self, now: Instant) -> Result<(), Ending> {
         let Some(step) = self.steps.get(self.step) else {
-            return Ok(None);
+            return Ok(());
         };
         let (bytes, after_send) = match &step.send {
             // The clock runs on from the previous step, or from the start of
             // the connect: a lower bound on when the server could start its
             // timer, however late this loop notices the connect.
-            Send::Nothing => return Ok(None),
+            Send::Nothing => return Ok(()),
             Send::Bytes(bytes) => (&bytes[..], None),
             Send::ThenHalfClose(bytes) => (&bytes[..], Some(AfterSend::HalfClose)),
             Send::ThenReset(bytes) => (&bytes[..], Some(AfterSend::Reset)),
@@ -149,54 +186,55 @@ impl FaultClient {
         };
         let trickle = matches!(step.send, Send::Trickle);
         self.step_start = now;
-        self.deadline = now + step.not_before.unwrap_or_default() + self.timeout;
-        self.outgoing.extend_from_slice(bytes);
+        self.answer_by = now + step.not_before.unwrap_or_default() + self.timeout;
+        self.link.queue(bytes);
         self.after_send = after_send;
         if trickle {
-            self.trickle_byte()?;
-            return Ok(Some(now + self.trickle_interval));
+            self.next_byte_at = Some(now + self.trickle_interval);
+            return self.trickle_byte();
         }
-        self.flush().map(|()| None)
+        self.flush()
     }
 
     /// Sends one more byte of the unfinished slowloris line.
-    pub(super) fn trickle_byte(&mut self) -> Result<(), Outcome> {
+    fn trickle_byte(&mut self) -> Result<(), Ending> {
         self.trickled += 1;
-        self.outgoing.push(b'z');
+        self.link.queue(b"z");
         self.flush()
     }
 
     /// Writes what is pending; after the last byte, does the step's close
     /// (half or reset). A failed write is a wrong answer: the server must
     /// not refuse a client's bytes before it has answered.
-    fn flush(&mut self) -> Result<(), Outcome> {
+    fn flush(&mut self) -> Result<(), Ending> {
         if self.connecting {
             return Ok(());
         }
-        let sent = self
-            .readiness
-            .write(&mut self.stream, &self.outgoing)
-            .map_err(|err| Outcome::Wrong(format!("write: {err}")))?;
-        self.outgoing.drain(..sent);
-        if !self.outgoing.is_empty() {
-            return Ok(());
+        match self.link.flush() {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(err) => return Err(Ending::Failed(Failed::io("write", &err))),
         }
         match self.after_send.take() {
-            Some(AfterSend::HalfClose) => self.stream.shutdown(Shutdown::Write).map_err(|err| {
-                // A reset that arrived since the write leaves the socket unconnected.
-                let hint = if err.kind() == ErrorKind::NotConnected {
-                    " (the server had already reset the connection)"
-                } else {
-                    ""
-                };
-                Outcome::Wrong(format!("shutdown: {err}{hint}"))
-            }),
+            Some(AfterSend::HalfClose) => {
+                self.link.stream.shutdown(Shutdown::Write).map_err(|err| {
+                    // A reset that arrived since the write leaves the socket unconnected.
+                    let hint = if err.kind() == ErrorKind::NotConnected {
+                        " (the server had already reset the connection)"
+                    } else {
+                        ""
+                    };
+                    let detail = format!("shutdown: {err}{hint}");
+                    Ending::Failed(Failed::new(Failure::of(&err), detail))
+                })
+            }
             Some(AfterSend::Reset) => {
-                let linger = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+                let stream = &self.link.stream;
+                let linger = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
                 Err(match linger {
                     // Dropping the socket now sends the reset.
-                    Ok(()) => Outcome::Answered,
-                    Err(err) => Outcome::Wrong(format!("SO_LINGER: {err}")),
+                    Ok(()) => Ending::Complete,
+                    Err(err) => Ending::Failed(Failed::io("SO_LINGER", &err)),
                 })
             }
             None => Ok(()),
@@ -205,23 +243,21 @@ impl FaultClient {
 
     /// Reads until the socket is drained, checking each byte against the
     /// answer due; the server's EOF ends the script.
-    fn read(&mut self, read_buf: &mut [u8], now: Instant) -> Going {
-        let mut trickle = None;
-        while self.readiness.may_read() {
-            let n = match self.readiness.read(&mut self.stream, read_buf) {
+    fn read(&mut self, read_buf: &mut [u8], now: Instant) -> Result<(), Ending> {
+        while self.link.may_read() {
+            let n = match self.link.read(read_buf) {
                 Ok(Received::Bytes(n)) => n,
                 Ok(Received::Nothing) => break,
                 Ok(Received::Eof) if self.step == self.steps.len() => {
-                    return Err(Outcome::Answered);
+                    return Err(Ending::Complete);
                 }
                 Ok(Received::Eof) => {
-                    return Err(Outcome::Wrong(format!(
-                        "the server closed, {}",
-                        self.awaiting()
-                    )));
+                    let detail = format!("the server closed, {}", self.awaiting());
+                    return Err(Ending::Failed(Failed::new(Failure::ClosedEarly, detail)));
                 }
                 Err(err) => {
-                    return Err(Outcome::Wrong(format!("read: {err}, {}", self.awaiting())));
+                    let detail = format!("read: {err}, {}", self.awaiting());
+                    return Err(Ending::Failed(Failed::new(Failure::of(&err), detail)));
                 }
             };
             let mut input = &read_buf[..n];
@@ -230,20 +266,21 @@ impl FaultClient {
                 input = &input[taken..];
                 if self.matched == 0 {
                     // The step's whole answer is in: on to the next.
-                    trickle = trickle.or(self.start_step(now)?);
+                    self.start_step(now)?;
                 }
             }
         }
-        Ok(trickle)
+        Ok(())
     }
 
     /// Checks the front of `input` against the current step's answer;
     /// returns how many bytes it took (all it could: the rest belongs to the
     /// next step). Completing the answer moves to the next step, with
     /// `matched` back at 0.
-    fn check(&mut self, input: &[u8], now: Instant) -> Result<usize, Outcome> {
+    fn check(&mut self, input: &[u8], now: Instant) -> Result<usize, Ending> {
+        let wrong = |detail| Ending::Failed(Failed::new(Failure::Mismatch, detail));
         let Some(step) = self.steps.get(self.step) else {
-            return Err(Outcome::Wrong(format!(
+            return Err(wrong(format!(
                 "got \"{}\" after the whole answer, where only the close was expected",
                 Escaped(input)
             )));
@@ -251,11 +288,8 @@ impl FaultClient {
         let wanted = &step.expect[self.matched..];
         let take = wanted.len().min(input.len());
         if input[..take] != wanted[..take] {
-            return Err(Outcome::Wrong(format!(
-                "got \"{}\", {}",
-                Escaped(&input[..take]),
-                self.awaiting()
-            )));
+            let got = Escaped(&input[..take]);
+            return Err(wrong(format!("got \"{got}\", {}", self.awaiting())));
         }
         self.matched += take;
         if self.matched < step.expect.len() {
@@ -264,7 +298,7 @@ impl FaultClient {
         if let Some(not_before) = step.not_before {
             let took = now.saturating_duration_since(self.step_start);
             if took < not_before {
-                return Err(Outcome::Wrong(format!(
+                return Err(wrong(format!(
                     "the answer came after {took:?}, before the server's timeout of {not_before:?}"
                 )));
             }
@@ -274,42 +308,27 @@ impl FaultClient {
         Ok(take)
     }
 
-    /// The failure to report if the client's answer (or connect) is overdue.
-    pub(super) fn overdue(&self, now: Instant) -> Option<String> {
-        if self.deadline > now {
-            return None;
-        }
-        Some(if self.connecting {
-            "connect timed out".into()
-        } else {
-            let waited = now.saturating_duration_since(self.step_start);
-            format!("nothing more within {waited:?}, {}", self.awaiting())
-        })
-    }
-
     /// What the client was waiting for, for error messages.
-    pub(super) fn awaiting(&self) -> String {
-        match self.steps.get(self.step) {
-            Some(step) => {
-                let mut text = String::new();
-                let _ = write!(
-                    text,
-                    "while \"{}\" was expected",
-                    Escaped(&step.expect[self.matched..])
-                );
-                if self.matched > 0 {
-                    let _ = write!(
-                        text,
-                        " (after \"{}\")",
-                        Escaped(&step.expect[..self.matched])
-                    );
-                }
-                if self.trickled > 0 {
-                    let _ = write!(text, ", {} bytes trickled", self.trickled);
-                }
-                text
-            }
-            None => "while the server's close was expected".to_string(),
+    pub fn awaiting(&self) -> String {
+        let Some(step) = self.steps.get(self.step) else {
+            return "while the server's close was expected".to_string();
+        };
+        let mut text = String::new();
+        let _ = write!(
+            text,
+            "while \"{}\" was expected",
+            Escaped(&step.expect[self.matched..])
+        );
+        if self.matched > 0 {
+            let _ = write!(
+                text,
+                " (after \"{}\")",
+                Escaped(&step.expect[..self.matched])
+            );
         }
+        if self.trickled > 0 {
+            let _ = write!(text, ", {} bytes trickled", self.trickled);
+        }
+        text
     }
 }

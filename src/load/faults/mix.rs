@@ -1,6 +1,9 @@
 //! A storm's mix (`--faults reset=5%,stall=1%`): each kind's share of the
 //! connections and the slots it gets, and the tally of what each kind's
 //! clients met.
+//!
+//! Where it sits: the storm's configuration and results; the server has no
+//! counterpart (it answers faults, it does not inject them).
 
 use super::FaultKind;
 

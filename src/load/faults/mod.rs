@@ -15,28 +15,31 @@
 //! slots ([`FaultMix::slots`]): when a fault client finishes, a new one of the
 //! same kind takes its place, so a storm's mix holds for as long as it runs.
 //!
-//! The clients live in their own slab ([`FaultClients`]) with tokens above
-//! [`TOKEN_BASE`], so the loop's well-behaved clients are untouched by them.
+//! Where it sits: a fault client is one more kind of client in the loop's
+//! one slab, opened by the same connect path, serviced by the same
+//! dispatch, and timed by the same deadline heap as the scheduled ones; it
+//! follows its script where they follow the schedule.
 //!
 //! - this file: the kinds, and each kind's script of sends and answers;
 //! - `settings`: the server's settings that its answers depend on;
 //! - `mix`: how many of each kind (`--faults`), and the tally per kind;
-//! - `client`: one fault client following its script on its socket;
-//! - `clients`: all of a run's fault clients, keeping the tally.
+//! - `client`: one fault client following its script on its link;
+//! - `storm`: which kind to open next, and the tally as clients end.
 
 mod client;
-mod clients;
 mod mix;
 mod settings;
+mod storm;
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::protocol::{EXIT, GOODBYE, PROMPT, WELCOME, write_hello};
 
-pub use clients::{FaultClients, TOKEN_BASE};
+pub use client::FaultClient;
 pub use mix::{FaultMix, FaultTally};
 pub use settings::ServerSettings;
+pub use storm::Storm;
 
 /// The ways a fault client misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

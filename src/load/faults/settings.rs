@@ -1,5 +1,9 @@
 //! The server's settings that decide its answers to faults, and the
 //! answers they imply, byte for byte as the server words them.
+//!
+//! Where it sits: a copy, on the client side, of what the server keeps in
+//! `Timeouts` (`src/server/connection/deadlines.rs`) and `SessionLimits`
+//! (`src/protocol/server.rs`).
 
 use std::time::Duration;
 

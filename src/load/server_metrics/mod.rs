@@ -12,6 +12,9 @@
 //! connections (its open-connections gauge back where it was, or `settle`
 //! over): a close counts when the server has read the client's, a moment
 //! after the load generator is done with it.
+//!
+//! Where it sits: outside the loop, before and after it runs; the reading
+//! side of the server's metrics endpoint (`src/server/scrape.rs`).
 
 mod scrape;
 

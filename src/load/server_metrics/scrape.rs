@@ -7,6 +7,8 @@
 //! sends (`Content-Length`, `Connection: close`; see `src/metrics/http.rs`):
 //! a page is a few kilobytes, so it is read whole, up to a bound, and the
 //! response head is parsed by httparse, as the server parses requests.
+//!
+//! Where it sits: the client of the server's `src/metrics/http.rs`.
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};

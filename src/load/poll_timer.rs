@@ -1,10 +1,17 @@
-//! A wake-up timer with microsecond precision for the load generator.
+//! The poll's timeout, to the microsecond: a timerfd in the poll set.
 //!
-//! epoll_wait takes its timeout in whole milliseconds (mio rounds up), so an
-//! open-loop exchange due 0.2 ms from now would be sent up to 1 ms late. Since
-//! latency is measured from the intended send time, that lateness would be
-//! charged to the server under test. A timerfd in the same poll set wakes the
-//! loop on time instead; the poll itself then waits without a timeout.
+//! Where it sits: the server passes its poll a timeout (`poll_timeout` in
+//! `src/server/reactor.rs`); the load generator sets this timer for the
+//! same instant instead, and polls without a timeout. It is not a second
+//! deadline mechanism: it holds one instant, the loop's next wake-up, which
+//! the loop computes as the server does ([`super::timers`]).
+//!
+//! Why not the poll's own timeout: epoll_wait takes it in whole
+//! milliseconds (mio rounds up), so an open-loop exchange due 0.2 ms from
+//! now would be sent up to 1 ms late. Since latency is measured from the
+//! intended send time, that lateness would be charged to the server under
+//! test. The server's deadlines are timeouts of seconds, where a
+//! millisecond does not matter.
 //!
 //! Wake-ups are rounded up to a grid of [`GRAIN`]: at 20,000 scheduled sends
 //! a second, one wake-up per send would cost the load generator more CPU than
@@ -21,7 +28,7 @@ use mio::{Interest, Registry, Token};
 /// The timer's resolution: wake-ups happen on multiples of it.
 pub const GRAIN: Duration = Duration::from_micros(100);
 
-pub struct PreciseTimer {
+pub struct PollTimer {
     fd: OwnedFd,
     /// The origin of the wake-up grid.
     epoch: Instant,
@@ -29,8 +36,8 @@ pub struct PreciseTimer {
     armed_for: Option<Instant>,
 }
 
-impl PreciseTimer {
-    pub fn new(registry: &Registry, token: Token) -> io::Result<PreciseTimer> {
+impl PollTimer {
+    pub fn new(registry: &Registry, token: Token) -> io::Result<PollTimer> {
         // SAFETY: timerfd_create has no pointer arguments; we own the result.
         let raw = unsafe {
             libc::timerfd_create(
@@ -44,7 +51,7 @@ impl PreciseTimer {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         registry.register(&mut SourceFd(&fd.as_raw_fd()), token, Interest::READABLE)?;
-        Ok(PreciseTimer {
+        Ok(PollTimer {
             fd,
             epoch: Instant::now(),
             armed_for: None,
