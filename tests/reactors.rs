@@ -217,6 +217,25 @@ fn answer_within(client: &mut TcpStream, limit: std::time::Duration) -> Vec<u8> 
     }
 }
 
+/// Greeted clients, connected one at a time until one is turned away for
+/// want of descriptors (at most `limit`).
+fn fill_descriptors(server: &TestServer, limit: usize) -> Vec<TcpStream> {
+    let mut served = Vec::new();
+    loop {
+        assert!(served.len() < limit, "never ran out of descriptors");
+        let mut client = server.connect();
+        let mut start = [0; 15];
+        client.read_exact(&mut start).expect("the server answers");
+        if start != GREETING[..15] {
+            let rest = answer_within(&mut client, common::DEADLINE);
+            assert_eq!([&start[..], &rest].concat(), OUT_OF_DESCRIPTORS);
+            return served;
+        }
+        expect_bytes(&mut client, &GREETING[15..]);
+        served.push(client);
+    }
+}
+
 /// Out of descriptors with 8 reactors (--max-connections far above what
 /// the descriptor limit carries): every client beyond the limit, connecting
 /// in waves of 8 at once, is answered at once, and afterwards the server
@@ -241,21 +260,7 @@ fn out_of_descriptors_with_8_reactors_every_client_is_told_and_no_spare_is_lost(
     let spares_at_start = descriptors_on_dev_null(&server);
     assert!(spares_at_start >= REACTORS, "a spare for each reactor");
 
-    // Fill the descriptors with greeted clients, until one is turned away.
-    let mut served = Vec::new();
-    loop {
-        assert!(served.len() < 160, "never ran out of descriptors");
-        let mut client = server.connect();
-        let mut start = [0; 15];
-        client.read_exact(&mut start).expect("the server answers");
-        if start != GREETING[..15] {
-            let rest = answer_within(&mut client, common::DEADLINE);
-            assert_eq!([&start[..], &rest].concat(), OUT_OF_DESCRIPTORS);
-            break;
-        }
-        expect_bytes(&mut client, &GREETING[15..]);
-        served.push(client);
-    }
+    let mut served = fill_descriptors(&server, 160);
 
     let mut turned_away = 0;
     for wave in 0..WAVES {

@@ -21,6 +21,7 @@
 mod client;
 mod escape;
 mod framing;
+mod held_back;
 #[cfg(test)]
 mod proptests;
 pub mod proxy;
@@ -29,7 +30,31 @@ mod server;
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
 pub use escape::Escaped;
 pub use framing::Framing;
-pub use server::{CloseReason, Input, ServerSession, SessionLimits, SessionState, Unfinished};
+pub use server::{CloseReason, Input, ServerSession, SessionState, Unfinished};
+
+/// The limits and framing every session of a server shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Longest message in bytes, not counting `\r\n`. Longer input is answered
+    /// with an error line and the connection closes.
+    pub max_line: usize,
+    /// Unsent output, in bytes, at which the session stops answering (and the
+    /// shell stops reading) until the peer has taken some of it.
+    pub max_output: usize,
+    /// How messages are delimited.
+    pub framing: Framing,
+}
+
+impl Default for SessionLimits {
+    /// The tutorial's numbers: its server read names with `recv(1024)`.
+    fn default() -> Self {
+        SessionLimits {
+            max_line: 1024,
+            max_output: 64 * 1024,
+            framing: Framing::Auto,
+        }
+    }
+}
 
 /// Sent once, on accept, in the same write as the first [`PROMPT`].
 pub const WELCOME: &[u8] = b"Server: Welcome!\n";

@@ -346,6 +346,65 @@ fn apply(session: &mut ServerSession, unsent: &mut Vec<u8>, call: &Call, discipl
 /// Checks the properties every call must keep, for `calls` applied to a new
 /// session; with `disciplined`, also the memory and output bounds that hold
 /// when the shell reads only while the session wants input.
+/// What holds of a session after any call: a closing session holds and
+/// wants nothing; the held-back flag is accurate; its memory follows what
+/// it holds.
+fn check_session_after(session: &ServerSession, call: &Call) -> Result<(), TestCaseError> {
+    if session.state() == SessionState::Closing {
+        prop_assert_eq!(
+            session.buffered_bytes(),
+            0,
+            "a closing session holds no input"
+        );
+        prop_assert!(!session.wants_input(0));
+        prop_assert!(!session.holds_back_input());
+        prop_assert!(session.unfinished_message().is_none());
+    } else {
+        prop_assert_eq!(session.state(), SessionState::AwaitingName);
+    }
+    prop_assert!(
+        session.lines_held_back_is_accurate(),
+        "the held-back flag disagrees with the input after {:?}",
+        call
+    );
+    // The memory follows what is held: a first copy allocates what it
+    // needs, and a held-back buffer is shrunk once it is more than twice
+    // its contents plus KEEP_INPUT_CAPACITY (256).
+    let held = session.input_len();
+    prop_assert!(
+        session.buffered_bytes() <= 2 * held + 256,
+        "{} bytes of memory for {} bytes held, after {:?}",
+        session.buffered_bytes(),
+        held,
+        call
+    );
+    Ok(())
+}
+
+/// What a disciplined shell's session may hold between calls: input bytes,
+/// and unsent output.
+fn memory_bounds(limits: SessionLimits, calls: &[Call]) -> (usize, usize) {
+    let largest_read = calls
+        .iter()
+        .map(|call| match call {
+            Call::Receive(chunk) => chunk.len(),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    // The code keeps at most an unterminated remainder that can still fit
+    // (max_line + 1 with a pending `\r`), or the unanswered tail of one read
+    // (lines held back by backpressure); the latter is a suffix of that
+    // read, or of a fitting remainder and that read, whose first line is
+    // answered at once because a read comes only while output room is left.
+    let held = (limits.max_line + 1).max(largest_read);
+    // Answering stops once max_output bytes are unsent; the last reply may
+    // go past it, and good bye or a close reply may follow.
+    let reply = longest_reply(limits.max_line);
+    let unsent = (limits.max_output - 1).max(greeting().len()) + 2 * reply;
+    (held, unsent)
+}
+
 fn check_calls(
     limits: SessionLimits,
     calls: &[Call],
@@ -356,24 +415,7 @@ fn check_calls(
     let mut unsent = Vec::new();
     session.greet(&mut unsent);
     let reply = longest_reply(limits.max_line);
-    let largest_read = calls
-        .iter()
-        .map(|call| match call {
-            Call::Receive(chunk) => chunk.len(),
-            _ => 0,
-        })
-        .max()
-        .unwrap_or(0);
-    // What the session may hold between calls: the code keeps at most an
-    // unterminated remainder that can still fit (max_line + 1 with a pending
-    // `\r`), or the unanswered tail of one read (lines held back by
-    // backpressure); the latter is a suffix of that read, or of a fitting
-    // remainder and that read, whose first line is answered at once because
-    // a read comes only while output room is left.
-    let held_bound = (limits.max_line + 1).max(largest_read);
-    // Answering stops once max_output bytes are unsent; the last reply may
-    // go past it, and good bye or a close reply may follow.
-    let unsent_bound = (limits.max_output - 1).max(greeting().len()) + 2 * reply;
+    let (held_bound, unsent_bound) = memory_bounds(limits, calls);
 
     for call in calls {
         let before = unsent.len();
@@ -405,34 +447,8 @@ fn check_calls(
             added_bound
         );
 
-        if session.state() == SessionState::Closing {
-            prop_assert_eq!(
-                session.buffered_bytes(),
-                0,
-                "a closing session holds no input"
-            );
-            prop_assert!(!session.wants_input(0));
-            prop_assert!(!session.holds_back_input());
-            prop_assert!(session.unfinished_message().is_none());
-        } else {
-            prop_assert_eq!(session.state(), SessionState::AwaitingName);
-        }
-        prop_assert!(
-            session.lines_held_back_is_accurate(),
-            "the held-back flag disagrees with the input after {:?}",
-            call
-        );
-        // The memory follows what is held: a first copy allocates what it
-        // needs, and a held-back buffer is shrunk once it is more than twice
-        // its contents plus KEEP_INPUT_CAPACITY (256).
+        check_session_after(&session, call)?;
         let held = session.input_len();
-        prop_assert!(
-            session.buffered_bytes() <= 2 * held + 256,
-            "{} bytes of memory for {} bytes held, after {:?}",
-            session.buffered_bytes(),
-            held,
-            call
-        );
         if disciplined {
             prop_assert!(
                 held <= held_bound,

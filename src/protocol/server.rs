@@ -63,35 +63,12 @@
 use std::time::Duration;
 
 use super::framing::{Framing, remainder_fits, split_line};
-use super::{ERROR_PREFIX, EXIT, Escaped, GOODBYE, PROMPT, WELCOME, write_hello};
+use super::held_back::HeldBack;
+use super::{ERROR_PREFIX, EXIT, Escaped, GOODBYE, PROMPT, SessionLimits, WELCOME, write_hello};
 
 /// Spare capacity a held remainder may keep: a buffer larger than twice its
 /// contents plus this is shrunk, so memory follows what is held.
 const KEEP_INPUT_CAPACITY: usize = 256;
-
-/// The limits and framing every session of a server shares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionLimits {
-    /// Longest message in bytes, not counting `\r\n`. Longer input is answered
-    /// with an error line and the connection closes.
-    pub max_line: usize,
-    /// Unsent output, in bytes, at which the session stops answering (and the
-    /// shell stops reading) until the peer has taken some of it.
-    pub max_output: usize,
-    /// How messages are delimited.
-    pub framing: Framing,
-}
-
-impl Default for SessionLimits {
-    /// The tutorial's numbers: its server read names with `recv(1024)`.
-    fn default() -> Self {
-        SessionLimits {
-            max_line: 1024,
-            max_output: 64 * 1024,
-            framing: Framing::Auto,
-        }
-    }
-}
 
 /// Where a dialogue stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,20 +191,6 @@ impl ServerSession {
     /// or input held back): what a server-wide memory budget must count.
     pub fn buffered_bytes(&self) -> usize {
         self.input.capacity()
-    }
-
-    /// Bytes received and not yet answered, for the memory properties in
-    /// proptests.rs (buffered_bytes is their capacity).
-    #[cfg(test)]
-    pub(super) fn input_len(&self) -> usize {
-        self.input.len()
-    }
-
-    /// Whether the held-back lines flag says what a scan of the input
-    /// would: the flag stands in for that scan on every call.
-    #[cfg(test)]
-    pub(super) fn lines_held_back_is_accurate(&self) -> bool {
-        self.held_back.contains(HeldBack::LINES) == self.input.contains(&b'\n')
     }
 
     /// How many names were answered with a greeting since the last call: the
@@ -430,37 +393,6 @@ impl ServerSession {
     }
 }
 
-/// Input received whole that waits for output room, as one set of flags: the
-/// session asks "does anything wait?" on every call, and that is then one
-/// comparison instead of three.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct HeldBack(u8);
-
-impl HeldBack {
-    const NOTHING: HeldBack = HeldBack(0);
-    /// `input` holds complete lines, held back because the output is full.
-    /// Kept up to date by `answer_lines`, so that nobody scans for them.
-    const LINES: HeldBack = HeldBack(1);
-    /// The peer paused after an unterminated remainder (auto framing) while
-    /// the output was full: the remainder is a message, held back.
-    const PAUSED_REMAINDER: HeldBack = HeldBack(2);
-    /// The peer closed its side: the good bye waits until all it sent
-    /// before is answered.
-    const EOF: HeldBack = HeldBack(4);
-
-    fn contains(self, what: HeldBack) -> bool {
-        self.0 & what.0 != 0
-    }
-
-    fn insert(&mut self, what: HeldBack) {
-        self.0 |= what.0;
-    }
-
-    fn remove(&mut self, what: HeldBack) {
-        self.0 &= !what.0;
-    }
-}
-
 /// The message in `bytes` if they hold exactly one line: their only `\n`
 /// is the last byte.
 #[inline]
@@ -473,6 +405,24 @@ fn write_error(out: &mut Vec<u8>, what: std::fmt::Arguments<'_>) {
     out.extend_from_slice(ERROR_PREFIX);
     out.extend_from_slice(what.to_string().as_bytes());
     out.push(b'\n');
+}
+
+/// What the property tests (proptests.rs) look at inside a session.
+#[cfg(test)]
+impl ServerSession {
+    /// Bytes received and not yet answered, for the memory properties in
+    /// proptests.rs (buffered_bytes is their capacity).
+    #[cfg(test)]
+    pub(super) fn input_len(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Whether the held-back lines flag says what a scan of the input
+    /// would: the flag stands in for that scan on every call.
+    #[cfg(test)]
+    pub(super) fn lines_held_back_is_accurate(&self) -> bool {
+        self.held_back.contains(HeldBack::LINES) == self.input.contains(&b'\n')
+    }
 }
 
 #[cfg(test)]

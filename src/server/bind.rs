@@ -29,6 +29,21 @@ pub fn kernel_max_backlog() -> Option<u32> {
         .ok()
 }
 
+/// The backlog the listeners really get: the kernel silently cuts a larger
+/// one down to `net.core.somaxconn`, so say so.
+pub fn resolve_backlog(requested: u32) -> u32 {
+    match kernel_max_backlog() {
+        Some(max) if requested > max => {
+            log::warn!(
+                "--backlog {requested} is more than the kernel allows (net.core.somaxconn = {max}); \
+                 the accept queue holds {max} (raise it with sysctl)"
+            );
+            max
+        }
+        _ => requested,
+    }
+}
+
 /// Whether the kernel hands the connections waiting in a closing listener's
 /// accept queue to another listener of its SO_REUSEPORT group (Linux 5.14+).
 const MIGRATE_REQUESTS_PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";

@@ -56,6 +56,21 @@ impl BufferBudget {
     }
 }
 
+/// Which of `holders` (key, bytes held) to close while the server is over
+/// its budget: the one holding the most, as Redis' `maxmemory-clients`
+/// does. Those are the clients that send but do not read (unsent replies)
+/// or hold back a burst of input; closing them frees the most memory for
+/// the fewest clients. `None` when none holds anything. The scan is
+/// linear, but it runs only when over budget, which a well-sized budget
+/// makes rare. With several reactors, each that finds the server over
+/// budget closes the largest of its own holders: the largest in that
+/// reactor, not always the largest in the server.
+pub fn largest_holder(holders: impl Iterator<Item = (usize, usize)>) -> Option<usize> {
+    let held = holders.filter(|&(_, bytes)| bytes > 0);
+    let (key, _) = held.max_by_key(|&(_, bytes)| bytes)?;
+    Some(key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +89,16 @@ mod tests {
         assert!(!budget.is_over());
         budget.change(60, 101);
         assert!(budget.is_over(), "101 held");
+    }
+
+    #[test]
+    fn the_largest_holder_is_chosen_and_nobody_when_none_holds_anything() {
+        assert_eq!(
+            largest_holder([(1, 30), (2, 70), (3, 0)].into_iter()),
+            Some(2)
+        );
+        assert_eq!(largest_holder([(1, 0), (2, 0)].into_iter()), None);
+        assert_eq!(largest_holder(std::iter::empty()), None);
     }
 
     #[test]

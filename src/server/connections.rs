@@ -15,13 +15,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::event::Event;
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry, Token, event::Event, net::TcpStream};
 use slab::Slab;
 
 use super::admission::Admission;
-use super::budget::BufferBudget;
+use super::budget::{BufferBudget, largest_holder};
 use super::clocks::Timeouts;
 use super::connection::{Connection, Next};
 use super::proxy_header::{HeaderRead, PendingHeader};
@@ -35,7 +33,6 @@ const READ_BUFFER_SIZE: usize = 64 * 1024;
 
 /// Timer entries of closed connections tolerated before the heap is rebuilt.
 const STALE_TIMERS_ALLOWED: usize = 1024;
-
 /// A slot's occupant: a greeter connection or, with `--proxy-protocol`, a
 /// socket still waiting for its PROXY header (proxy_header.rs), which
 /// becomes a connection once the header is read.
@@ -354,23 +351,12 @@ impl Connections {
         self.to_free.push(key);
     }
 
-    /// Keeps the bytes held in connection buffers within the server-wide
-    /// budget, as Redis' `maxmemory-clients` does: while over it, the
-    /// connection holding the most is closed. Those are the clients that
-    /// send but do not read (unsent replies) or hold back a burst of input;
-    /// closing them frees the most memory for the fewest clients. The scan
-    /// is linear, but it runs only when over budget, which a well-sized
-    /// budget makes rare. With several reactors, each that finds the server
-    /// over budget closes the largest of its own holders: the largest in
-    /// that reactor, not always the largest in the server.
+    /// Keeps the server within its buffer budget: while over it, closes
+    /// the open connection holding the most ([`largest_holder`]).
     pub fn enforce_buffer_budget(&mut self, counters: &mut Counters) {
         while self.budget.is_over() {
-            let largest = self
-                .slots
-                .iter()
-                .filter(|(_, slot)| !slot.closed && slot.buffered > 0)
-                .max_by_key(|(_, slot)| slot.buffered);
-            let Some((key, _)) = largest else {
+            let open = self.slots.iter().filter(|(_, slot)| !slot.closed);
+            let Some(key) = largest_holder(open.map(|(key, slot)| (key, slot.buffered))) else {
                 return;
             };
             self.mark_closed(key, CloseCause::OverBudget, counters);

@@ -184,7 +184,7 @@ impl Server {
     /// and prepares the loops.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let max_connections = resolve_capacity(config, config.listen.len())?;
-        let backlog = resolve_backlog(config.backlog);
+        let backlog = bind::resolve_backlog(config.backlog);
         if config.reuse_port {
             bind::warn_unless_requests_migrate();
         }
@@ -370,21 +370,6 @@ fn duplicate(socket: &TcpListener) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(std::net::TcpListener::from(
         descriptor,
     )))
-}
-
-/// The backlog the listeners really get: the kernel silently cuts a larger
-/// one down to `net.core.somaxconn`, so say so.
-fn resolve_backlog(requested: u32) -> u32 {
-    match bind::kernel_max_backlog() {
-        Some(max) if requested > max => {
-            log::warn!(
-                "--backlog {requested} is more than the kernel allows (net.core.somaxconn = {max}); \
-                 the accept queue holds {max} (raise it with sysctl)"
-            );
-            max
-        }
-        _ => requested,
-    }
 }
 
 /// Raises RLIMIT_NOFILE and decides how many clients to serve at once, after
