@@ -323,6 +323,65 @@ fn a_second_sigint_during_shutdown_exits_at_once_with_130() {
     drop(client);
 }
 
+/// The grace running out: SIGTERM with a client that stays connected, and
+/// neither reads (its good bye waits unread) nor closes, under a grace of
+/// 0.5 s and a linger time far beyond it. The server logs that 1
+/// connection was still open at the end of the grace, and exits 0 not
+/// before the grace is over and not much after it (timed beside a
+/// `Lateness`); with `reactors` reactors, of which only one holds the
+/// client.
+fn the_grace_runs_out_with_a_client_left(reactors: &str) {
+    let grace = Duration::from_millis(500);
+    let mut server = TestServer::start(&[
+        "--reactors",
+        reactors,
+        "--shutdown-grace",
+        "0.5",
+        "--linger",
+        "60",
+    ]);
+    let staying = server.connect_greeted();
+    let lateness = Lateness::watch();
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert!(
+        wait_until_exited(server.pid()),
+        "the server did not exit within {DEADLINE:?} of SIGTERM with a {grace:?} grace; log:\n{}",
+        server.log()
+    );
+    let exited = signalled.elapsed();
+    let status = server.wait_exit();
+    let log = server.log();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    assert!(
+        exited >= grace,
+        "exited {exited:?} after SIGTERM, inside the {grace:?} grace; log:\n{log}"
+    );
+    assert_not_much_after(
+        grace,
+        exited,
+        "exited after SIGTERM, a client left",
+        lateness,
+    );
+    assert_eq!(
+        log.matches("1 connections still open at the end of the shutdown grace period")
+            .count(),
+        1,
+        "log:\n{log}"
+    );
+    drop(staying);
+}
+
+#[test]
+fn the_grace_runs_out_with_a_client_left_and_the_server_exits_0() {
+    the_grace_runs_out_with_a_client_left("1");
+}
+
+#[test]
+fn the_grace_runs_out_with_a_client_left_with_two_reactors_too() {
+    the_grace_runs_out_with_a_client_left("2");
+}
+
 /// Two shutdown signals that arrive together (SIGTERM and SIGINT while the
 /// server is stopped, both pending when it goes on) are a second signal
 /// too: the server exits at once with 130 instead of starting a graceful

@@ -364,15 +364,20 @@ fn two_scrapes_at_once_are_both_answered() {
 
 /// An accept error on the metrics listener other than "nobody waiting" or
 /// one about the scraper (here ENOBUFS, injected by a preload library into
-/// the first accept that finds a client waiting) pauses its accepting for
-/// 100 ms; the scraper left waiting is then served on the server's timer,
-/// and not much after the pause ends (a pause twice as long fails).
+/// the first three accepts that find a client waiting) pauses its accepting
+/// for 100 ms each time; the scraper left waiting is then served on the
+/// server's timer, and not much after the three pauses end (a wait twice as
+/// long fails). The log warns once for the spell, not at every retry, and
+/// says when accepting works again.
 #[test]
 fn a_metrics_accept_error_pauses_and_the_timer_resumes_it() {
-    let pause = Duration::from_millis(100);
+    const FAILURES: u32 = 3;
+    let pause = Duration::from_millis(100) * FAILURES;
     let library = preload_library("failing_accept");
     let mut command = server_command(&["--metrics-listen", "127.0.0.1:0"]);
-    command.env("LD_PRELOAD", &library);
+    command
+        .env("LD_PRELOAD", &library)
+        .env("FAILING_ACCEPTS", FAILURES.to_string());
     let server = TestServer::start_command(command);
     let addr: SocketAddr = server
         .wait_for_log_value("metrics on ")
@@ -392,9 +397,24 @@ fn a_metrics_accept_error_pauses_and_the_timer_resumes_it() {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(
         waited >= pause,
-        "scraped {waited:?} after connecting, inside the {pause:?} pause"
+        "scraped {waited:?} after connecting, inside the {pause:?} of pauses"
     );
     assert_not_much_after(pause, waited, "scraped after connecting", lateness);
+    assert!(
+        server.wait_for_log("metrics listener: accepting again after"),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert_eq!(
+        log.matches("metrics listener: accept failed").count(),
+        1,
+        "one warning for {FAILURES} failed accepts in a row; log:\n{log}"
+    );
+    assert!(
+        log.contains("WARN") && log.contains("No buffer space available"),
+        "the warning names the error; log:\n{log}"
+    );
 }
 
 /// A graceful shutdown closes the metrics listener with the greeter one:
@@ -434,6 +454,70 @@ fn a_full_house_of_scrapes_is_all_answered() {
             "scraper {index}: {response:?}"
         );
     }
+}
+
+/// Whether the server holds socket `inode` among its descriptors.
+fn holds_socket(server: &TestServer, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .expect("the server's descriptors are readable")
+        .filter_map(Result::ok)
+        .any(|entry| {
+            std::fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == wanted.as_str())
+        })
+}
+
+/// Scrapers beyond the 16 served at once are turned away (closed at once)
+/// and logged as a burst, as refused greeter clients are: one warning when
+/// it starts, however many it turns away, and their count once a scrape is
+/// admitted again.
+#[test]
+fn a_burst_of_refused_scrapes_is_logged_once_with_its_count() {
+    const EXTRA: usize = 20;
+    let (server, addr) = server_with_metrics(&[]);
+    // Connected in this order, they are accepted in this order: the first
+    // 16 take every slot and hold it in silence.
+    let mut held: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+    for index in 0..EXTRA {
+        let mut turned_away = connect(addr);
+        let mut rest = Vec::new();
+        let ended = turned_away.read_to_end(&mut rest);
+        assert!(
+            matches!(ended, Ok(0)),
+            "extra scraper {index}: {ended:?} {rest:?}; log:\n{}",
+            server.log()
+        );
+    }
+    assert!(
+        server.wait_for_log("turned away: 16 are in progress"),
+        "{}",
+        server.log()
+    );
+    // One scrape ends; the next is admitted, and the burst's count logged.
+    // It ends when the scraper closes too: its slot is free once the
+    // server holds its socket no more.
+    let mut first = held.remove(0);
+    let inode = common::server_end(&first).expect("the server's end").inode;
+    assert!(scrape_over(&mut first).starts_with("HTTP/1.1 200 OK"));
+    drop(first);
+    assert!(
+        wait_until(|| !holds_socket(&server, inode)),
+        "the finished scrape was never closed; log:\n{}",
+        server.log()
+    );
+    let mut next = connect(addr);
+    assert!(scrape_over(&mut next).starts_with("HTTP/1.1 200 OK"));
+    assert!(
+        server.wait_for_log(&format!("admitted; {EXTRA} scrapes were turned away")),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert_eq!(
+        log.matches("turned away: 16 are in progress").count(),
+        1,
+        "one warning for a burst of {EXTRA}; log:\n{log}"
+    );
 }
 
 /// After its answer the scrape waits (up to `--linger`) for the scraper's

@@ -81,10 +81,12 @@ struct AddressShare {
     turned_away: u64,
 }
 
-/// Refusals of one kind since a client was last admitted.
+/// Refusals of one kind since a client was last admitted: what the log
+/// says once when a burst starts and once, with the count, when it ends.
+/// The metrics endpoint logs its refused scrapes with one too.
 #[derive(Debug, Default)]
-struct Burst {
-    turned_away: u64,
+pub(super) struct Burst {
+    pub(super) turned_away: u64,
     /// The burst's warning is logged (it may come before the first refusal:
     /// running out of descriptors is worth a warning even when no client
     /// could be told).
@@ -93,12 +95,12 @@ struct Burst {
 
 impl Burst {
     /// Returns whether this is the burst's first event, to be warned about.
-    fn start(&mut self) -> bool {
+    pub(super) fn start(&mut self) -> bool {
         !std::mem::replace(&mut self.warned, true)
     }
 
     /// Ends the burst; returns how many it turned away, if any.
-    fn end(&mut self) -> Option<u64> {
+    pub(super) fn end(&mut self) -> Option<u64> {
         self.warned = false;
         Some(std::mem::take(&mut self.turned_away)).filter(|&count| count > 0)
     }

@@ -9,6 +9,11 @@
 //! that sends nothing, sends forever or never reads costs one bounded slot
 //! until its deadline, and never makes the loop wait. What to answer is
 //! decided by the pure code in [`crate::metrics`].
+//!
+//! Its trouble is logged as the greeter clients' is, once per burst: a
+//! warning when accepting starts to fail, or when scrapes start to be turned
+//! away, and one line when that ends, so that a scraper retrying in a loop
+//! cannot flood the log.
 
 use std::io::{self, ErrorKind};
 use std::net::Shutdown;
@@ -21,6 +26,7 @@ use slab::Slab;
 
 use crate::metrics::http::{self, Answer, MAX_REQUEST_HEAD};
 use crate::readiness::{Readiness, Received};
+use crate::server::admission::Burst;
 use crate::server::listener::is_per_client;
 
 /// The metrics listener and the scrapes it accepted: what a reactor adds to
@@ -31,6 +37,11 @@ pub struct MetricsEndpoint {
     /// Set when accepting failed for want of descriptors: scrapers still
     /// queued raise no new edge, so accepting is retried at this time.
     retry_accept_at: Option<Instant>,
+    /// When accepting began to fail, while it fails: the warning is logged
+    /// once, when it begins, not at every retry.
+    failing_since: Option<Instant>,
+    /// Scrapers turned away since one was last admitted.
+    turned_away: Burst,
     scrapes: Slab<Scrape>,
     first_token: usize,
     timeout: Duration,
@@ -53,6 +64,8 @@ impl MetricsEndpoint {
         Ok(MetricsEndpoint {
             listener: Some(listener),
             retry_accept_at: None,
+            failing_since: None,
+            turned_away: Burst::default(),
             scrapes: Slab::with_capacity(MAX_SCRAPES),
             first_token,
             timeout,
@@ -67,25 +80,37 @@ impl MetricsEndpoint {
     /// Accepts waiting scrapers; past [`MAX_SCRAPES`] they are closed at once.
     pub fn accept(&mut self, registry: &Registry, now: Instant) {
         self.retry_accept_at = None;
-        let Some(listener) = &self.listener else {
-            return;
-        };
         loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
             let (mut stream, peer) = match listener.accept() {
-                Ok(accepted) => accepted,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Ok(accepted) => {
+                    self.accepting_again(now);
+                    accepted
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                    self.accepting_again(now);
+                    return;
+                }
                 // A scraper that gave up while queued: take the next.
                 Err(err) if is_per_client(&err) => continue,
                 Err(err) => {
                     // Out of descriptors, most likely: the greeter clients
                     // come first, and the scrapers wait in the backlog.
-                    log::debug!("metrics listener: accept failed: {err}; retrying shortly");
-                    self.retry_accept_at = Some(now + ACCEPT_RETRY_DELAY);
+                    self.accept_failed(&err, now);
                     return;
                 }
             };
             if self.scrapes.len() >= MAX_SCRAPES {
-                log::warn!("metrics scrape from {peer} turned away: {MAX_SCRAPES} are in progress");
+                if self.turned_away.start() {
+                    log::warn!(
+                        "metrics scrape from {peer} turned away: {MAX_SCRAPES} are in progress, \
+                         the most served at once; more are turned away until one ends, and \
+                         counted then (scrape with fewer scrapers at once)"
+                    );
+                }
+                self.turned_away.turned_away += 1;
                 continue;
             }
             let entry = self.scrapes.vacant_entry();
@@ -97,6 +122,37 @@ impl MetricsEndpoint {
                 continue;
             }
             entry.insert(Scrape::new(stream, now, self.timeout, self.linger));
+            if let Some(count) = self.turned_away.end() {
+                log::info!(
+                    "metrics scrape from {peer} admitted; {count} scrapes were turned away \
+                     while {MAX_SCRAPES} were in progress"
+                );
+            }
+        }
+    }
+
+    /// Accepting failed with `err`: retried after [`ACCEPT_RETRY_DELAY`],
+    /// and warned about if it had been working.
+    fn accept_failed(&mut self, err: &io::Error, now: Instant) {
+        if self.failing_since.is_none() {
+            log::warn!(
+                "metrics listener: accept failed: {err}; scrapers wait in its queue, and \
+                 accepting is retried every {ACCEPT_RETRY_DELAY:?} until it works (if the \
+                 process is out of file descriptors, raise `ulimit -n` or lower \
+                 --max-connections)"
+            );
+            self.failing_since = Some(now);
+        }
+        self.retry_accept_at = Some(now + ACCEPT_RETRY_DELAY);
+    }
+
+    /// An accept worked (or found nobody waiting): a failing spell is over.
+    fn accepting_again(&mut self, now: Instant) {
+        if let Some(since) = self.failing_since.take() {
+            log::info!(
+                "metrics listener: accepting again after {:?} of failed accepts",
+                now.saturating_duration_since(since)
+            );
         }
     }
 

@@ -1,22 +1,30 @@
-/* A preload library for tests/faults.rs: the first accept4() that finds a
- * client waiting fails with ENOBUFS instead, leaving the client queued. The
- * error is neither "nobody waiting" nor "out of descriptors" nor about one
- * client, so the server must pause accepting and come back on its own timer.
- * Every other call is the real one. */
+/* A preload library for tests/faults.rs and tests/metrics.rs: the first
+ * accept4() calls that find a client waiting fail with ENOBUFS instead,
+ * leaving the client queued: one call, or as many as FAILING_ACCEPTS says.
+ * The error is neither "nobody waiting" nor "out of descriptors" nor about
+ * one client, so the server must pause accepting and come back on its own
+ * timer. Every other call is the real one. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 static atomic_int failed;
 
+static int failures_wanted(void) {
+    const char *text = getenv("FAILING_ACCEPTS");
+    int wanted = text ? atoi(text) : 1;
+    return wanted > 0 ? wanted : 1;
+}
+
 int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
     static int (*real)(int, struct sockaddr *, socklen_t *, int);
     struct pollfd waiting = {.fd = fd, .events = POLLIN};
-    if (!atomic_load(&failed) && poll(&waiting, 1, 0) == 1 && (waiting.revents & POLLIN) &&
-        !atomic_exchange(&failed, 1)) {
+    if (atomic_load(&failed) < failures_wanted() && poll(&waiting, 1, 0) == 1 &&
+        (waiting.revents & POLLIN) && atomic_fetch_add(&failed, 1) < failures_wanted()) {
         errno = ENOBUFS;
         return -1;
     }
