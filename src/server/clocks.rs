@@ -77,19 +77,29 @@ impl Standing {
     }
 }
 
-/// The times a connection records, and what they make due.
+/// The message the session waits for the end of, as far as its clock goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Message {
+    /// None is unfinished.
+    None,
+    /// One is unfinished, and the server is not reading its rest (its own
+    /// output is full): the message clock does not run.
+    NotRead,
+    /// One is unfinished and being read, since then.
+    Since(Instant),
+}
+
+/// The times a connection records, and what they make due. (No flag of its
+/// own: a `bool` here would pad every connection by 8 bytes.)
 #[derive(Debug)]
 pub struct Clocks {
     /// The last byte read or written: what the idle timeout and the quiet
     /// time measure from.
     last_progress: Instant,
-    /// When the message the session is waiting for began.
-    message_started: Option<Instant>,
+    /// The message the session is waiting for.
+    message: Message,
     /// When the session's last reply was queued.
     closing_since: Option<Instant>,
-    /// Recorded by [`Clocks::follow`] after every service: no clock but the
-    /// idle one runs. `false` until the first service, and whenever unsure.
-    only_idle: bool,
     /// Every byte handed to the kernel, and how many of them the peer had
     /// acknowledged at the last look: to see a slow reader read (see
     /// [`Clocks::took_output_since`]).
@@ -101,9 +111,8 @@ impl Clocks {
     pub fn new(now: Instant) -> Self {
         Clocks {
             last_progress: now,
-            message_started: None,
+            message: Message::None,
             closing_since: None,
-            only_idle: false,
             bytes_written: 0,
             acked_seen: 0,
         }
@@ -131,19 +140,27 @@ impl Clocks {
     /// session is `closing`. The message clock runs only while the server is
     /// `reading` the unfinished message: not while its own output is full
     /// and the rest of the message may be waiting unread in the socket.
+    #[inline]
     pub fn follow(&mut self, unfinished: bool, closing: bool, reading: bool, now: Instant) {
-        if reading {
-            self.message_started.get_or_insert(now);
-        } else {
-            self.message_started = None;
+        if !unfinished {
+            self.message = Message::None;
+        } else if !reading {
+            self.message = Message::NotRead;
+        } else if !matches!(self.message, Message::Since(_)) {
+            self.message = Message::Since(now);
         }
         if closing {
             self.closing_since.get_or_insert(now);
         }
-        // From what is at hand, erring towards "no": with no message
-        // unfinished, neither its clock nor the quiet time runs, and a
-        // connection drains (linger) only once its session is closing.
-        self.only_idle = !closing && !unfinished;
+    }
+
+    /// Whether no clock but the idle one runs, as the last service left
+    /// it: with no message unfinished, neither its clock nor the quiet time
+    /// runs, and a connection drains (linger) only once its session is
+    /// closing.
+    #[inline]
+    fn only_idle(&self) -> bool {
+        self.message == Message::None && self.closing_since.is_none()
     }
 
     /// The connection's deadline if it is earlier than `queued`, the earliest
@@ -159,7 +176,7 @@ impl Clocks {
         standing: impl FnOnce() -> Standing,
         timeouts: &Timeouts,
     ) -> Option<Instant> {
-        if queued.is_some() && self.only_idle {
+        if queued.is_some() && self.only_idle() {
             debug_assert_eq!(self.next_deadline(&standing(), timeouts, false), None);
             return None;
         }
@@ -176,11 +193,8 @@ impl Clocks {
         with_idle: bool,
     ) -> Option<(Instant, Due)> {
         debug_assert!(
-            !self.only_idle
-                || !(standing.draining
-                    || standing.closing
-                    || self.message_started.is_some()
-                    || standing.quiet_clock_runs()),
+            !self.only_idle()
+                || !(standing.draining || standing.closing || standing.quiet_clock_runs()),
             "only_idle is stale: every change to the clocks' states ends in a service call"
         );
         if standing.draining {
@@ -202,7 +216,7 @@ impl Clocks {
             .idle
             .filter(|_| with_idle)
             .map(|idle| (self.last_progress + idle, Due::Idle));
-        if let (Some(limit), Some(started)) = (timeouts.message, self.message_started) {
+        if let (Some(limit), Message::Since(started)) = (timeouts.message, self.message) {
             next = earliest(next, (started + limit, Due::Message));
         }
         if standing.quiet_clock_runs() {
