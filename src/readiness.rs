@@ -105,6 +105,12 @@ impl Readiness {
         self.eof_pending
     }
 
+    /// Whether an event has reported TCP urgent data: a read (or peek) stops
+    /// short at its mark.
+    pub fn urgent_reported(&self) -> bool {
+        self.urgent_pending
+    }
+
     /// Whether writes wait for a writable event.
     pub fn write_blocked(&self) -> bool {
         self.write_blocked

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{
-    GOODBYE, GREETING, Lateness, TestServer, assert_not_much_after, connect, exchange,
+    Ending, GOODBYE, GREETING, Lateness, TestServer, assert_not_much_after, connect, exchange,
     expect_bytes, hello, read_to_close, read_until_ended, wait_until_exited,
 };
 
@@ -24,16 +24,16 @@ fn half_header() -> &'static [u8] {
 }
 
 /// Reads until the server ends `balancer`'s connection and asserts that it
-/// said nothing. The end is a reset today, not a FIN: the server closes the
-/// socket with the half header unread in it, and the kernel resets such a
-/// socket. Either end is taken here.
+/// said nothing, and closed with a FIN: the half header it had not read is
+/// read and dropped first, or the kernel would reset the connection.
 fn told_nothing(balancer: &mut TcpStream, when: &str) {
-    let (received, _) = read_until_ended(balancer);
+    let (received, ending) = read_until_ended(balancer);
     assert_eq!(
         String::from_utf8_lossy(&received),
         "",
         "a socket waiting for its header is told nothing {when}"
     );
+    assert_eq!(ending, Ending::Clean, "closed with a FIN {when}");
 }
 
 /// The log line of the accept of `balancer`'s connection.

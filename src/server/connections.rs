@@ -407,7 +407,10 @@ fn service_pending(
         Work::Again => {}
         Work::Deadline(_) => return Err(pending.on_deadline(now, &rules.timeouts, counters)),
         // Nothing was said yet, and nothing will be.
-        Work::Shutdown => return Err(Next::Close(CloseCause::Done)),
+        Work::Shutdown => {
+            pending.discard_unread();
+            return Err(Next::Close(CloseCause::Done));
+        }
     }
     match pending.read(read_buf, counters) {
         HeaderRead::Done => pending

@@ -92,6 +92,7 @@ impl PendingHeader {
             _ => return Next::Wait,
         }
         counters.timed_out(TimedOut::ProxyHeader);
+        self.discard_unread();
         log::info!(
             "Connection from {} sent no whole PROXY protocol header within {:?}; closing it",
             self.balancer,
@@ -120,6 +121,13 @@ impl PendingHeader {
             // close nothing will.
             Ok(Decoded::Incomplete) if self.readiness.eof_reported() => {
                 return HeaderRead::Not(self.refuse(ProxyError::Truncated));
+            }
+            // A peek stops short at the urgent mark, and no edge comes for
+            // what follows it: the header would never be seen whole. No
+            // balancer sends urgent data in one.
+            Ok(Decoded::Incomplete) if self.readiness.urgent_reported() => {
+                let urgent = ProxyError::Malformed("TCP urgent data inside it");
+                return HeaderRead::Not(self.refuse(urgent));
             }
             Ok(Decoded::Incomplete) => return HeaderRead::Not(Next::Wait),
             Ok(Decoded::Header { len, addresses }) => (len, addresses),
@@ -168,8 +176,26 @@ impl PendingHeader {
         ))
     }
 
+    /// Reads and drops what the peer sent (a bounded amount), so that the
+    /// close sends a FIN, not the reset a close with unread bytes would.
+    /// Closing before the header is read says nothing, but it must not look
+    /// like a failure either.
+    pub fn discard_unread(&self) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let mut sink = [0; 1024];
+        for _ in 0..4 {
+            match Socket(stream).read(&mut sink) {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Logs why the header is refused; the reactor closes the connection.
     fn refuse(&self, err: ProxyError) -> Next {
+        self.discard_unread();
         log::info!(
             "Connection from {}: {err} (with --proxy-protocol every connection must start with \
              one, as HAProxy's send-proxy-v2 sends)",
@@ -313,6 +339,26 @@ mod tests {
         balancer.shutdown(Shutdown::Write).unwrap();
         assert_eq!(
             readable(&mut pending, true, &mut Counters::default()),
+            HeaderRead::Not(Next::Close(CloseCause::BadProxyHeader))
+        );
+    }
+
+    /// TCP urgent data inside a header is refused at once: a peek stops at
+    /// its mark, and the header would wait for the message timeout.
+    #[test]
+    fn urgent_data_inside_a_header_is_refused_at_once() {
+        use std::os::fd::AsRawFd;
+        let (mut pending, mut balancer) = relayed(Instant::now());
+        balancer.write_all(&HEADER[..20]).unwrap();
+        // SAFETY: send reads one byte from a live buffer; the descriptor is
+        // the open socket `balancer`.
+        let sent =
+            unsafe { libc::send(balancer.as_raw_fd(), b"!".as_ptr().cast(), 1, libc::MSG_OOB) };
+        assert_eq!(sent, 1);
+        balancer.write_all(&HEADER[20..]).unwrap();
+        pending.readiness.on_readable(false, true);
+        assert_eq!(
+            pending.read(&mut vec![0; 64 * 1024], &mut Counters::default()),
             HeaderRead::Not(Next::Close(CloseCause::BadProxyHeader))
         );
     }
