@@ -745,3 +745,37 @@ fn an_accept_error_pauses_accepting_and_the_timer_resumes_it() {
     assert_not_much_after(pause, waited, "greeted after connecting", lateness);
     exchange(&mut client, b"exit\n", GOODBYE);
 }
+
+/// Out of descriptors, with the spare spent and the accept that follows
+/// failing all the same (ENOBUFS here): nobody could be told, so accepting
+/// pauses for 100 ms and the server's timer resumes it, as after any other
+/// accept error. (An accept that took the spare's descriptor elsewhere
+/// would end the same way.)
+#[test]
+fn an_accept_failing_with_the_spare_spent_pauses_accepting() {
+    let pause = Duration::from_millis(100);
+    let library = preload_library("failing_accept");
+    let mut command = server_command(&[]);
+    command
+        .env("LD_PRELOAD", &library)
+        .env("FAILING_ACCEPTS", "2")
+        .env("FAILING_ACCEPT_EMFILE", "1");
+    let server = TestServer::start_command(command);
+    let lateness = Lateness::watch();
+    let connecting = Instant::now();
+    let mut client = server.connect();
+    expect_bytes(&mut client, GREETING);
+    let waited = connecting.elapsed();
+    let _ = std::fs::remove_file(&library);
+    assert!(
+        server.wait_for_log("out of file descriptors"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        waited >= pause,
+        "greeted {waited:?} after connecting, inside the {pause:?} pause"
+    );
+    assert_not_much_after(pause, waited, "greeted after connecting", lateness);
+    exchange(&mut client, b"exit\n", GOODBYE);
+}
