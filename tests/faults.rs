@@ -734,7 +734,10 @@ fn an_accept_error_pauses_accepting_and_the_timer_resumes_it() {
     let waited = connecting.elapsed();
     let _ = std::fs::remove_file(&library);
     assert!(
-        server.wait_for_log("failed: No buffer space available (os error 105); retrying in 100ms"),
+        server.wait_for_log(
+            "failed: No buffer space available (os error 105); retrying every 100ms \
+             (logged once until it works again)"
+        ),
         "{}",
         server.log()
     );
@@ -743,6 +746,29 @@ fn an_accept_error_pauses_accepting_and_the_timer_resumes_it() {
         "greeted {waited:?} after connecting, inside the {pause:?} pause"
     );
     assert_not_much_after(pause, waited, "greeted after connecting", lateness);
+    exchange(&mut client, b"exit\n", GOODBYE);
+}
+
+/// An accept error that persists is warned about once, not at every
+/// retry, and the log says when accepting works again.
+#[test]
+fn a_persisting_accept_error_is_warned_about_once() {
+    let library = preload_library("failing_accept");
+    let mut command = server_command(&[]);
+    command
+        .env("LD_PRELOAD", &library)
+        .env("FAILING_ACCEPTS", "3");
+    let server = TestServer::start_command(command);
+    let mut client = server.connect();
+    expect_bytes(&mut client, GREETING);
+    let _ = std::fs::remove_file(&library);
+    assert!(server.wait_for_log("works again"), "{}", server.log());
+    let log = server.log();
+    assert_eq!(
+        log.matches("No buffer space available").count(),
+        1,
+        "three failures in a row, one warning; log:\n{log}"
+    );
     exchange(&mut client, b"exit\n", GOODBYE);
 }
 

@@ -130,6 +130,9 @@ struct Listener {
     addr: SocketAddr,
     /// The backlog may hold clients: set by an event, cleared by WouldBlock.
     may_accept: bool,
+    /// Its accepts fail (an error that is no client's and not for want of
+    /// descriptors): warned about once, until an accept works again.
+    failing: bool,
 }
 
 /// What spending the spare descriptor achieved.
@@ -168,6 +171,7 @@ impl Acceptor {
                 socket,
                 addr,
                 may_accept: true,
+                failing: false,
             });
         }
         spares.add_one()?;
@@ -244,14 +248,14 @@ impl Acceptor {
         accepted: &mut Vec<(TcpStream, SocketAddr)>,
     ) {
         for _ in 0..ACCEPTS_PER_TURN {
-            match self.spares.accept(&self.listeners[index].socket) {
-                Ok((stream, peer)) => match admission.admit(peer) {
-                    Ok(()) => {
-                        configure(&stream, peer);
-                        accepted.push((stream, peer));
-                    }
-                    Err(why) => refuse(stream, why),
-                },
+            let listener = &mut self.listeners[index];
+            match self.spares.accept(&listener.socket) {
+                Ok((stream, peer)) if listener.failing => {
+                    log::info!("accept on {} works again", listener.addr);
+                    listener.failing = false;
+                    admit_or_refuse(stream, peer, admission, accepted);
+                }
+                Ok((stream, peer)) => admit_or_refuse(stream, peer, admission, accepted),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {
                     self.listeners[index].may_accept = false;
                     return;
@@ -271,10 +275,16 @@ impl Acceptor {
                 }
                 Err(err) if is_per_client(&err) => {}
                 Err(err) => {
-                    log::warn!(
-                        "accept on {} failed: {err}; retrying in {ACCEPT_RETRY_DELAY:?}",
-                        self.listeners[index].addr
-                    );
+                    let addr = listener.addr;
+                    let again = std::mem::replace(&mut listener.failing, true);
+                    if again {
+                        log::debug!("accept on {addr} failed again: {err}");
+                    } else {
+                        log::warn!(
+                            "accept on {addr} failed: {err}; retrying every \
+                             {ACCEPT_RETRY_DELAY:?} (logged once until it works again)"
+                        );
+                    }
                     self.paused_until = Some(now + ACCEPT_RETRY_DELAY);
                     return;
                 }
@@ -312,6 +322,22 @@ impl Acceptor {
             admission.out_of_descriptors(err, outcome == TurnAway::Refused);
         }
         outcome
+    }
+}
+
+/// Serves an accepted client, configured, or tells it why not and closes it.
+fn admit_or_refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    admission: &mut Admission,
+    accepted: &mut Vec<(TcpStream, SocketAddr)>,
+) {
+    match admission.admit(peer) {
+        Ok(()) => {
+            configure(&stream, peer);
+            accepted.push((stream, peer));
+        }
+        Err(why) => refuse(stream, why),
     }
 }
 
