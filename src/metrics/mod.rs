@@ -15,29 +15,31 @@ use std::time::Duration;
 
 use exposition::{Exposition, Kind};
 
-/// Why a just-accepted connection was turned away.
+/// Why a just-accepted client is turned away at the door: what it is told,
+/// and what the metrics count it under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusedBecause {
-    /// `--max-connections` were open.
-    Full,
-    /// The address held `--max-per-ip` connections.
-    TooManyFromAddress,
-    /// No file descriptor was left.
+pub enum Refusal {
+    /// `--max-connections` clients are connected already.
+    Full { limit: usize },
+    /// The client's address holds `--max-per-ip` connections already.
+    TooManyFromAddress { limit: usize },
+    /// The process has no file descriptor to spare.
     OutOfDescriptors,
 }
 
-impl RefusedBecause {
-    pub const ALL: [RefusedBecause; 3] = [
-        RefusedBecause::Full,
-        RefusedBecause::TooManyFromAddress,
-        RefusedBecause::OutOfDescriptors,
-    ];
+impl Refusal {
+    /// How many kinds the metrics count apart.
+    pub const KINDS: usize = 3;
+    /// The metrics' label of each kind, in the order of [`Refusal::kind`].
+    const LABELS: [&'static str; Refusal::KINDS] =
+        ["full", "too_many_from_address", "out_of_descriptors"];
 
-    fn label(self) -> &'static str {
+    /// Which of the kinds it is, whatever its limit.
+    pub fn kind(self) -> usize {
         match self {
-            RefusedBecause::Full => "full",
-            RefusedBecause::TooManyFromAddress => "too_many_from_address",
-            RefusedBecause::OutOfDescriptors => "out_of_descriptors",
+            Refusal::Full { .. } => 0,
+            Refusal::TooManyFromAddress { .. } => 1,
+            Refusal::OutOfDescriptors => 2,
         }
     }
 }
@@ -117,7 +119,7 @@ pub struct Counters {
     /// Connections open now (a level, not a counter).
     pub open: u64,
     pub accepted: u64,
-    refused: [u64; RefusedBecause::ALL.len()],
+    refused: [u64; Refusal::KINDS],
     closed: [u64; CloseCause::LABELS.len()],
     timed_out: [u64; TimedOut::ALL.len()],
     /// Names answered with a greeting.
@@ -134,8 +136,11 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn add_refused(&mut self, why: RefusedBecause, count: u64) {
-        self.refused[why as usize] += count;
+    /// Adds clients turned away, counted by kind ([`Refusal::kind`]).
+    pub fn add_refused(&mut self, by_kind: &[u64; Refusal::KINDS]) {
+        for (mine, theirs) in self.refused.iter_mut().zip(by_kind) {
+            *mine += theirs;
+        }
     }
 
     pub fn closed(&mut self, why: CloseCause) {
@@ -169,7 +174,7 @@ impl Counters {
             "Seconds the event loop spent waiting for events.",
         );
         page.sample(poll, &[], self.poll_time.as_secs_f64());
-        let refused = RefusedBecause::ALL.map(|why| (why.label(), self.refused[why as usize]));
+        let refused: Vec<(&str, u64)> = Refusal::LABELS.into_iter().zip(self.refused).collect();
         let closed: Vec<(&str, u64)> = CloseCause::LABELS.into_iter().zip(self.closed).collect();
         let timed_out = TimedOut::ALL.map(|which| (which.label(), self.timed_out[which as usize]));
         labelled(
@@ -287,7 +292,7 @@ mod tests {
             poll_time: Duration::from_millis(1500),
             ..Counters::default()
         };
-        counters.add_refused(RefusedBecause::TooManyFromAddress, 1);
+        counters.add_refused(&[0, 1, 0]);
         counters.closed(CloseCause::LingerExpired);
         counters.closed(CloseCause::LingerExpired);
         counters.timed_out(TimedOut::Message);
@@ -352,7 +357,7 @@ mod tests {
             poll_time: Duration::from_secs(1),
             ..Counters::default()
         };
-        one.add_refused(RefusedBecause::Full, 1);
+        one.add_refused(&[1, 0, 0]);
         one.closed(CloseCause::Done);
         one.timed_out(TimedOut::Idle);
         let mut sum = one;
@@ -369,7 +374,7 @@ mod tests {
             ..Counters::default()
         };
         for _ in 0..2 {
-            twice.add_refused(RefusedBecause::Full, 1);
+            twice.add_refused(&[1, 0, 0]);
             twice.closed(CloseCause::Done);
             twice.timed_out(TimedOut::Idle);
         }

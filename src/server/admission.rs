@@ -39,19 +39,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use mio::net::TcpStream;
 
-use crate::metrics::{Counters, RefusedBecause};
+use crate::metrics::Counters;
+pub use crate::metrics::Refusal;
 use crate::protocol::{OUT_OF_DESCRIPTORS_REPLY, busy_reply, too_many_from_address_reply};
-
-/// Why a client is turned away at the door.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// `--max-connections` clients are connected already.
-    Full { limit: usize },
-    /// The client's address holds `--max-per-ip` connections already.
-    TooManyFromAddress { limit: usize },
-    /// The process has no file descriptor to spare.
-    OutOfDescriptors,
-}
 
 /// Tells a just-accepted client why it cannot be served, and closes it. The
 /// line is a few dozen bytes into an empty socket buffer, so one non-blocking
@@ -125,7 +115,7 @@ pub struct Admission {
     full: Burst,
     out_of_descriptors: Burst,
     /// Clients this reactor turned away, by reason, for the metrics.
-    refused: [u64; RefusedBecause::ALL.len()],
+    refused: [u64; Refusal::KINDS],
 }
 
 impl Admission {
@@ -141,7 +131,7 @@ impl Admission {
             occupancy: Arc::new(occupancy),
             full: Burst::default(),
             out_of_descriptors: Burst::default(),
-            refused: [0; RefusedBecause::ALL.len()],
+            refused: [0; Refusal::KINDS],
         }
     }
 
@@ -152,7 +142,7 @@ impl Admission {
             occupancy: Arc::clone(&self.occupancy),
             full: Burst::default(),
             out_of_descriptors: Burst::default(),
-            refused: [0; RefusedBecause::ALL.len()],
+            refused: [0; Refusal::KINDS],
         }
     }
 
@@ -173,13 +163,14 @@ impl Admission {
                 );
             }
             self.full.turned_away += 1;
-            self.refused[RefusedBecause::Full as usize] += 1;
-            return Err(Refusal::Full { limit });
+            let refusal = Refusal::Full { limit };
+            self.refused[refusal.kind()] += 1;
+            return Err(refusal);
         }
         if let Some(per_address) = occupancy.max_per_address {
             if let Err(refusal) = occupancy.admit_from(peer, per_address) {
                 occupancy.open.fetch_sub(1, Ordering::Relaxed);
-                self.refused[RefusedBecause::TooManyFromAddress as usize] += 1;
+                self.refused[refusal.kind()] += 1;
                 return Err(refusal);
             }
         }
@@ -207,14 +198,12 @@ impl Admission {
             );
         }
         self.out_of_descriptors.turned_away += u64::from(told);
-        self.refused[RefusedBecause::OutOfDescriptors as usize] += u64::from(told);
+        self.refused[Refusal::OutOfDescriptors.kind()] += u64::from(told);
     }
 
     /// Adds the clients this reactor turned away to `counters`.
     pub fn add_refusals_to(&self, counters: &mut Counters) {
-        for why in RefusedBecause::ALL {
-            counters.add_refused(why, self.refused[why as usize]);
-        }
+        counters.add_refused(&self.refused);
     }
 
     /// A connection admitted from `peer` is closed (its descriptor freed).
@@ -382,9 +371,7 @@ mod tests {
         let mut counted = Counters::default();
         admission.add_refusals_to(&mut counted);
         let mut expected = Counters::default();
-        expected.add_refused(RefusedBecause::TooManyFromAddress, 2);
-        expected.add_refused(RefusedBecause::Full, 1);
-        expected.add_refused(RefusedBecause::OutOfDescriptors, 1);
+        expected.add_refused(&[1, 2, 1]);
         assert_eq!(counted, expected);
     }
 
