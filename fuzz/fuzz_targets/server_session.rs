@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use greeter::protocol::{
-    CloseReason, Framing, GOODBYE, HELLO_PREFIX, HELLO_SUFFIX, Input, PROMPT, ServerSession,
+    Farewell, Framing, GOODBYE, HELLO_PREFIX, HELLO_SUFFIX, Input, PROMPT, ServerSession,
     SessionLimits, SessionState, WELCOME,
 };
 use libfuzzer_sys::fuzz_target;
@@ -72,7 +72,7 @@ fn run(mut program: Program) {
             }
             // A message took too long (the shell's --message-timeout).
             2 => session.close(
-                CloseReason::MessageTimeout {
+                Farewell::MessageTimeout {
                     after: Duration::from_secs(30),
                 },
                 &mut out,
@@ -90,10 +90,10 @@ fn run(mut program: Program) {
             6 => session.output_sent(&mut out),
             _ => {
                 let reason = match program.byte() {
-                    Some(millis @ 1..) => CloseReason::IdleTimeout {
+                    Some(millis @ 1..) => Farewell::IdleTimeout {
                         after: Duration::from_millis(u64::from(millis) * 997),
                     },
-                    _ => CloseReason::Shutdown,
+                    _ => Farewell::Shutdown,
                 };
                 session.close(reason, &mut out);
             }

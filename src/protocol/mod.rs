@@ -30,7 +30,7 @@ mod server;
 pub use client::{ClientError, ClientSession, NameTerminator, Turn};
 pub use escape::Escaped;
 pub use framing::Framing;
-pub use server::{CloseReason, Input, ServerSession, SessionState, Unfinished};
+pub use server::{Farewell, Input, ServerSession, SessionState, Unfinished};
 
 /// The limits and framing every session of a server shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::{
-    ClientSession, CloseReason, Framing, GOODBYE, Input, NameTerminator, PROMPT, ServerSession,
+    ClientSession, Farewell, Framing, GOODBYE, Input, NameTerminator, PROMPT, ServerSession,
     SessionLimits, SessionState, Turn, WELCOME, write_hello,
 };
 
@@ -277,7 +277,7 @@ enum Call {
     Write(usize),
     /// The shell wrote all unsent bytes, and said so (`output_sent`).
     SentAll,
-    Close(CloseReason),
+    Close(Farewell),
 }
 
 /// Reads are stream pieces; now and then a long run without a newline,
@@ -291,13 +291,13 @@ fn receive_chunk() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn close_reason() -> impl Strategy<Value = CloseReason> {
+fn close_reason() -> impl Strategy<Value = Farewell> {
     prop_oneof![
-        Just(CloseReason::Shutdown),
-        (0u64..1_000_000).prop_map(|ms| CloseReason::IdleTimeout {
+        Just(Farewell::Shutdown),
+        (0u64..1_000_000).prop_map(|ms| Farewell::IdleTimeout {
             after: Duration::from_millis(ms)
         }),
-        (0u64..1_000_000).prop_map(|ms| CloseReason::MessageTimeout {
+        (0u64..1_000_000).prop_map(|ms| Farewell::MessageTimeout {
             after: Duration::from_millis(ms)
         }),
     ]

@@ -103,9 +103,11 @@ pub struct Unfinished {
     pub pause_ends_it: bool,
 }
 
-/// Why the shell ends a dialogue the client did not end.
+/// Why the shell ends a dialogue the client did not end, which decides the
+/// session's last words. (Why the socket then closed is the shell's own
+/// `CloseCause`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
+pub enum Farewell {
     /// The server is shutting down: the client is told good bye.
     Shutdown,
     /// Nothing arrived for this long (the reply shows it in seconds, with a
@@ -264,17 +266,17 @@ impl ServerSession {
     }
 
     /// Ends the dialogue from the server's side, with the reply that says why.
-    pub fn close(&mut self, reason: CloseReason, out: &mut Vec<u8>) {
+    pub fn close(&mut self, reason: Farewell, out: &mut Vec<u8>) {
         if self.state == SessionState::Closing {
             return;
         }
         match reason {
-            CloseReason::Shutdown => out.extend_from_slice(GOODBYE),
-            CloseReason::IdleTimeout { after } => {
+            Farewell::Shutdown => out.extend_from_slice(GOODBYE),
+            Farewell::IdleTimeout { after } => {
                 let seconds = after.as_secs_f64();
                 write_error(out, format_args!("idle for {seconds} s; closing"));
             }
-            CloseReason::MessageTimeout { after } => {
+            Farewell::MessageTimeout { after } => {
                 let seconds = after.as_secs_f64();
                 write_error(
                     out,
@@ -935,15 +937,15 @@ mod tests {
     fn server_side_closes_say_why() {
         let mut session = greeted(SessionLimits::default());
         let mut out = Vec::new();
-        session.close(CloseReason::Shutdown, &mut out);
+        session.close(Farewell::Shutdown, &mut out);
         assert_eq!(out, GOODBYE);
-        session.close(CloseReason::Shutdown, &mut out);
+        session.close(Farewell::Shutdown, &mut out);
         assert_eq!(out, GOODBYE, "closing twice says good bye once");
 
         let mut session = greeted(SessionLimits::default());
         out.clear();
         session.close(
-            CloseReason::IdleTimeout {
+            Farewell::IdleTimeout {
                 after: Duration::from_secs(60),
             },
             &mut out,
@@ -953,7 +955,7 @@ mod tests {
         let mut session = greeted(SessionLimits::default());
         out.clear();
         session.close(
-            CloseReason::IdleTimeout {
+            Farewell::IdleTimeout {
                 after: Duration::from_millis(300),
             },
             &mut out,

@@ -26,7 +26,7 @@ use super::clocks::{Clocks, Due, Standing, Timeouts};
 use super::socket_io::Socket;
 pub use crate::metrics::CloseCause;
 use crate::metrics::{Counters, TimedOut};
-use crate::protocol::{CloseReason, Input, ServerSession, SessionLimits, SessionState};
+use crate::protocol::{Farewell, Input, ServerSession, SessionLimits, SessionState};
 use crate::readiness::{Readiness, Received};
 
 /// Reads per connection per service call. Bounds the work one busy client
@@ -232,7 +232,7 @@ impl Connection {
                     "Connection from {} idle for {after:?}; closing it",
                     self.peer
                 );
-                CloseReason::IdleTimeout { after }
+                Farewell::IdleTimeout { after }
             }
             Due::Message => {
                 counters.timed_out(TimedOut::Message);
@@ -241,7 +241,7 @@ impl Connection {
                     "Connection from {} did not finish a message within {after:?}; closing it",
                     self.peer
                 );
-                CloseReason::MessageTimeout { after }
+                Farewell::MessageTimeout { after }
             }
         };
         self.session.close(reason, &mut self.unsent);
@@ -307,7 +307,7 @@ impl Connection {
         now: Instant,
         counters: &mut Counters,
     ) -> Next {
-        self.session.close(CloseReason::Shutdown, &mut self.unsent);
+        self.session.close(Farewell::Shutdown, &mut self.unsent);
         self.service(read_buf, now, counters)
     }
 
