@@ -12,6 +12,7 @@
 //! - [`readiness`]: edge-triggered readiness remembered, and the read and
 //!   write loops that keep it true: one rule for every event loop here.
 //! - [`limits`]: the file descriptor limit, which caps connections on both sides.
+//! - `timers`: the lazy deadline heap both event loops sleep by.
 //! - [`metrics`]: what the server exposes for Prometheus, as pure code.
 //! - [`logging`]: the log, written by a thread of its own so it never stalls the loop.
 //!
@@ -31,3 +32,4 @@ pub mod readiness;
 pub mod server;
 #[cfg(test)]
 mod test_support;
+mod timers;

@@ -4,7 +4,7 @@
 //! Where it sits: the server's reactor keeps its slab, its `Slot`s and its
 //! `Timers` side by side in `src/server/reactor.rs`; here they are one type,
 //! so the loop reads as the loop. The heap is checked lazily (see
-//! [`super::timers`]): each slot remembers the earliest deadline it has
+//! [`crate::timers`]): each slot remembers the earliest deadline it has
 //! queued, a client's deadline is queued only when it moves earlier than
 //! that, and an entry that comes due hands the client back to the loop to
 //! be asked what is due now.
@@ -15,7 +15,7 @@ use std::time::Instant;
 use slab::Slab;
 
 use super::simulated::Simulated;
-use super::timers::{ClientRef, Timers};
+use crate::timers::{SlotRef, Timers};
 
 /// A client in its slab slot.
 struct Slot {
@@ -95,7 +95,7 @@ impl Clients {
         }
         slot.queued_deadline = Some(deadline);
         let id = slot.client.id();
-        self.timers.schedule(deadline, ClientRef { key, id });
+        self.timers.schedule(deadline, SlotRef { key, id });
     }
 
     /// The earliest queued deadline, which bounds the next poll's sleep.
@@ -129,7 +129,7 @@ impl Clients {
         }
         let live = self.slots.iter().filter_map(|(key, slot)| {
             let id = slot.client.id();
-            Some((slot.queued_deadline?, ClientRef { key, id }))
+            Some((slot.queued_deadline?, SlotRef { key, id }))
         });
         self.timers.rebuild(live);
     }

@@ -17,7 +17,7 @@
 //! - `reactor`: the event loop, turning in the server's order: poll until
 //!   the nearest deadline, dispatch, due deadlines, open clients, finish;
 //! - `clients`: the one slab of simulated clients and the heap of their
-//!   deadlines (`timers`, as the server's); `poll_timer` keeps the poll's
+//!   deadlines (`crate::timers`, the server's own); `poll_timer` keeps the poll's
 //!   wake-up to the microsecond;
 //! - `simulated`: a slot's client, of either kind: a scheduled `client`
 //!   (the server's `Connection`), or a fault client following its script
@@ -57,7 +57,6 @@ pub mod server_watch;
 mod simulated;
 pub mod soak;
 pub mod stats;
-mod timers;
 mod window;
 
 use std::io;

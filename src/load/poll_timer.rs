@@ -4,7 +4,7 @@
 //! `src/server/reactor.rs`); the load generator sets this timer for the
 //! same instant instead, and polls without a timeout. It is not a second
 //! deadline mechanism: it holds one instant, the loop's next wake-up, which
-//! the loop computes as the server does ([`super::timers`]).
+//! the loop computes as the server does ([`crate::timers`]).
 //!
 //! Why not the poll's own timeout: epoll_wait takes it in whole
 //! milliseconds (mio rounds up), so an open-loop exchange due 0.2 ms from

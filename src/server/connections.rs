@@ -23,9 +23,9 @@ use super::budget::{BufferBudget, largest_holder};
 use super::clocks::Timeouts;
 use super::connection::{Connection, Next};
 use super::proxy_header::{HeaderRead, PendingHeader};
-use super::timers::{ConnectionRef, Timers};
 use crate::metrics::{CloseCause, Counters};
 use crate::protocol::SessionLimits;
+use crate::timers::{SlotRef, Timers};
 
 /// The one read buffer all connections share. Per-connection memory then holds
 /// only an unfinished line and unsent output, so idle clients cost little.
@@ -112,7 +112,7 @@ pub struct Connections {
     timers: Timers,
     read_buf: Box<[u8]>,
     /// Connections that stopped reading only because their budget ran out.
-    budget_spent: Vec<ConnectionRef>,
+    budget_spent: Vec<SlotRef>,
     /// Slab keys to free at the end of this turn.
     to_free: Vec<usize>,
     next_id: u64,
@@ -266,7 +266,7 @@ impl Connections {
         }
         match next {
             Next::Wait => {}
-            Next::ServiceAgain => self.budget_spent.push(ConnectionRef { key, id: slot.id }),
+            Next::ServiceAgain => self.budget_spent.push(SlotRef { key, id: slot.id }),
             Next::Close(why) => return self.mark_closed(key, why, counters),
         }
         // Queue the connection's deadline only if it is earlier than the one
@@ -279,8 +279,7 @@ impl Connections {
         };
         if let Some(deadline) = deadline {
             slot.queued_deadline = Some(deadline);
-            self.timers
-                .schedule(deadline, ConnectionRef { key, id: slot.id });
+            self.timers.schedule(deadline, SlotRef { key, id: slot.id });
         }
     }
 
@@ -385,7 +384,7 @@ impl Connections {
             let live = self.slots.iter_mut().filter_map(|(key, slot)| {
                 slot.queued_deadline = slot.deadline(timeouts);
                 let at = slot.queued_deadline?;
-                Some((at, ConnectionRef { key, id: slot.id }))
+                Some((at, SlotRef { key, id: slot.id }))
             });
             self.timers.rebuild(live);
         }

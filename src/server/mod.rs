@@ -16,7 +16,7 @@
 //!   lingering close; `clocks`: its deadlines;
 //! - then the protocol core, `crate::protocol::server`.
 //!
-//! For later: `timers` (the lazy deadline heap), `budget` (`--max-buffered`),
+//! For later: `crate::timers` (the lazy deadline heap), `budget` (`--max-buffered`),
 //! `bind` (listening sockets), `kernel` and `socket_io` (speed and the slow
 //! reader, docs/performance.md), and the operations features: `proxy_header`
 //! (`--proxy-protocol`), [`activation`] (socket activation), `scrape`,
@@ -37,7 +37,6 @@ mod proxy_header;
 mod reactor;
 mod scrape;
 mod socket_io;
-mod timers;
 
 use std::fmt;
 use std::io;

@@ -1,4 +1,5 @@
-//! Deadlines without threads: a min-heap of (when, which connection).
+//! Deadlines without threads: a min-heap of (when, which connection), for
+//! the server's connections and the load generator's clients alike.
 //!
 //! The poll timeout is the time to the earliest deadline, so the loop sleeps
 //! exactly until something is due. Deadlines move constantly (every message
@@ -18,9 +19,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-/// Names one connection for its whole life: its slab key plus a unique id.
+/// Names one connection (or load client) for its whole life: its slab key
+/// plus a unique id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ConnectionRef {
+pub struct SlotRef {
     pub key: usize,
     pub id: u64,
 }
@@ -28,13 +30,13 @@ pub struct ConnectionRef {
 /// The deadlines of all connections, earliest first.
 #[derive(Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, ConnectionRef)>>,
+    heap: BinaryHeap<Reverse<(Instant, SlotRef)>>,
 }
 
 impl Timers {
     /// Queues a deadline. Duplicates and stale entries are harmless: the
     /// owner re-checks its real deadline when an entry comes due.
-    pub fn schedule(&mut self, at: Instant, conn: ConnectionRef) {
+    pub fn schedule(&mut self, at: Instant, conn: SlotRef) {
         self.heap.push(Reverse((at, conn)));
     }
 
@@ -51,14 +53,14 @@ impl Timers {
     /// Replaces every entry, stale or superseded, with `entries` (one per
     /// live connection, at its current deadline), and gives the memory of
     /// the rest back.
-    pub fn rebuild(&mut self, entries: impl IntoIterator<Item = (Instant, ConnectionRef)>) {
+    pub fn rebuild(&mut self, entries: impl IntoIterator<Item = (Instant, SlotRef)>) {
         self.heap.clear();
         self.heap.extend(entries.into_iter().map(Reverse));
         self.heap.shrink_to_fit();
     }
 
     /// Removes and returns one entry due at or before `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnectionRef)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, SlotRef)> {
         if self.next_deadline()? > now {
             return None;
         }
@@ -74,7 +76,7 @@ mod tests {
     #[test]
     fn entries_come_due_in_deadline_order_and_not_before() {
         let start = Instant::now();
-        let conn = |key| ConnectionRef {
+        let conn = |key| SlotRef {
             key,
             id: key as u64,
         };
@@ -99,14 +101,14 @@ mod tests {
         for key in 0..100 {
             timers.schedule(
                 start + Duration::from_secs(key),
-                ConnectionRef {
+                SlotRef {
                     key: key as usize,
                     id: key,
                 },
             );
         }
         let live = (0..100).step_by(10).map(|key| {
-            let conn = ConnectionRef {
+            let conn = SlotRef {
                 key,
                 id: key as u64,
             };
