@@ -344,6 +344,45 @@ mod tests {
         assert_eq!(samples, expected.len(), "{page}");
     }
 
+    /// Each cause of a close, and each kind of refusal, is counted under its
+    /// own label (a different number of each, so that no two can be
+    /// confused).
+    #[test]
+    fn each_cause_and_kind_is_counted_under_its_own_label() {
+        let mut counters = Counters::default();
+        let causes = [
+            CloseCause::Done,
+            CloseCause::LingerExpired,
+            CloseCause::Failed(ErrorKind::ConnectionReset),
+            CloseCause::OverBudget,
+            CloseCause::BadProxyHeader,
+        ];
+        for (times, cause) in causes.into_iter().enumerate() {
+            for _ in 0..=times {
+                counters.closed(cause);
+            }
+        }
+        let refusals = [
+            Refusal::Full { limit: 1 },
+            Refusal::TooManyFromAddress { limit: 1 },
+            Refusal::OutOfDescriptors,
+        ];
+        let mut by_kind = [0; Refusal::KINDS];
+        for (times, refusal) in refusals.into_iter().enumerate() {
+            by_kind[refusal.kind()] += 10 * (times as u64 + 1);
+        }
+        counters.add_refused(&by_kind);
+        let page = counters.render();
+        for (label, count) in CloseCause::LABELS.into_iter().zip(1..) {
+            let series = format!("greeter_connections_closed_total{{reason=\"{label}\"}}");
+            assert_eq!(sample(&page, &series), Some(count.to_string()), "{page}");
+        }
+        for (label, count) in Refusal::LABELS.into_iter().zip([10, 20, 30]) {
+            let series = format!("greeter_connections_refused_total{{reason=\"{label}\"}}");
+            assert_eq!(sample(&page, &series), Some(count.to_string()), "{page}");
+        }
+    }
+
     #[test]
     fn reactors_counters_add_up() {
         let mut one = Counters {
