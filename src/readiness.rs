@@ -1,6 +1,9 @@
 //! Edge-triggered readiness, remembered: what one non-blocking socket may do
 //! now, and the read and write loops that keep that knowledge true.
 //!
+//! Rungs 2 and 3 of the ladder: examples/reactor.rs and the full server
+//! both keep their sockets' readiness in it (rung 1 blocks instead).
+//!
 //! epoll in edge-triggered mode (mio's only mode) reports a socket once when
 //! it *becomes* readable or writable, and not again until something new
 //! happens. So "this socket may have unread data" and "the kernel's send

@@ -1,6 +1,9 @@
 //! Deadlines without threads: a min-heap of (when, which connection), for
 //! the server's connections and the load generator's clients alike.
 //!
+//! Rung 3, but for later: the deadlines' bookkeeping, read after
+//! connection.rs and clocks.rs.
+//!
 //! The poll timeout is the time to the earliest deadline, so the loop sleeps
 //! exactly until something is due. Deadlines move constantly (every message
 //! pushes a connection's idle deadline back), and re-sorting a heap on every

@@ -1,5 +1,8 @@
 //! greeter-load: many simulated clients on one mio reactor.
 //!
+//! Not a rung of the ladder: read it after the server (rung 3), whose shape
+//! it follows.
+//!
 //! Where it sits: the load generator's `src/server/mod.rs`; [`run`] is its
 //! `Server::run`.
 //!

@@ -1,5 +1,8 @@
 //! The client side of a dialogue: what to send, and exactly what must come back.
 //!
+//! Not a rung of the ladder: the client side, which greeter-client and
+//! greeter-load drive; the rungs drive the server side (server.rs).
+//!
 //! The protocol is lock-step: after each message the client knows the server's
 //! whole reply in advance (`Hello NAME!` and the prompt, or `Good bye!`). So the
 //! client core keeps that expected reply and compares incoming bytes against it

@@ -2,6 +2,9 @@
 //! sender unchanged, but a log line or a terminal must never receive raw control
 //! bytes, invisible or direction-changing characters, or invalid UTF-8 from a
 //! peer: that is how logs get forged and terminals get reprogrammed.
+//!
+//! Beside the ladder (no rung needs it to serve a dialogue): it prints names
+//! in logs and error messages; leave it for later.
 
 use std::fmt;
 

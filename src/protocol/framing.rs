@@ -1,5 +1,7 @@
 //! Where one message ends and the next begins.
 //!
+//! Part of the protocol core all three rungs drive (through server.rs).
+//!
 //! TCP is a byte stream: one `send()` may arrive as several reads and several
 //! sends as one read. Greeter's messages end at `\n` (a `\r` before it is
 //! dropped, so telnet and `nc -C` work). The tutorial's client, however, sends a

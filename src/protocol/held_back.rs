@@ -1,5 +1,7 @@
 //! What of a session's input waits for output room (`ServerSession`'s
 //! held-back input, src/protocol/server.rs).
+//!
+//! Part of the protocol core all three rungs drive; leave it for later.
 
 /// Input received whole that waits for output room, as one set of flags: the
 /// session asks "does anything wait?" on every call, and that is then one

@@ -1,5 +1,8 @@
 //! The greeting protocol as pure code: bytes in, bytes out, no sockets, no clock.
 //!
+//! The core every rung of the ladder drives: examples/threaded.rs (rung 1),
+//! examples/reactor.rs (rung 2) and the full server (rung 3).
+//!
 //! This is the "sans-IO" core in the style of quinn-proto and rustls. The server
 //! reactor ([`crate::server`]), the blocking client ([`crate::client`]) and any
 //! load generator drive the same state machines; they only move bytes between

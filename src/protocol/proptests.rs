@@ -3,6 +3,8 @@
 //! failure to a small one it prints). The unit tests beside each type pin down
 //! single behaviours; these pin down what the shell relies on:
 //!
+//! Tests of the core all three rungs drive; read after server.rs.
+//!
 //! - split invariance: how the stream is cut into reads, and how slowly the
 //!   peer takes the output (backpressure), never changes what is answered;
 //! - limits: any sequence of calls the shell may make leaves the session's

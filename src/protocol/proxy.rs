@@ -1,5 +1,7 @@
 //! The PROXY protocol header, versions 1 and 2, as pure code.
 //!
+//! An operations feature (`--proxy-protocol`): leave it for later.
+//!
 //! A load balancer that relays TCP (HAProxy's `send-proxy`/`send-proxy-v2`,
 //! and most cloud balancers) connects to the server itself, so the server's
 //! socket names the balancer, not the client. The PROXY protocol fixes that:

@@ -1,5 +1,8 @@
 //! The server side of a dialogue: one [`ServerSession`] per connection.
 //!
+//! Every rung of the ladder drives it: examples/threaded.rs (rung 1),
+//! examples/reactor.rs (rung 2) and the full server's `Connection` (rung 3).
+//!
 //! ```text
 //!            greet()               "exit", Input::Eof, error, close()
 //! Greeting ----------> AwaitingName -----------------------------------> Closing

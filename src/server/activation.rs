@@ -2,6 +2,9 @@
 //! supervisor speaking its protocol, such as `systemd-socket-activate`)
 //! opened and passed down, instead of binding our own.
 //!
+//! An operations feature, at the start of a server rather than on the path
+//! of a dialogue: leave it for later.
+//!
 //! Why: the supervisor binds the port before greeter runs and holds it while
 //! greeter restarts. Clients that connect meanwhile wait in the socket's
 //! accept queue instead of being refused; greeter needs no privilege to serve

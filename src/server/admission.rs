@@ -1,6 +1,9 @@
 //! Admission: whether a just-accepted client is served or turned away, and
 //! the log of who was turned away.
 //!
+//! Rung 3 of the ladder, beside listener.rs: examples/reactor.rs serves
+//! whoever connects; the full server decides at each accept.
+//!
 //! The decision is made by the acceptor for each socket the moment it is
 //! accepted, before the next accept. A refused socket is told why and closed
 //! at once, so refusals never hold descriptors: a burst of connects beyond

@@ -2,6 +2,8 @@
 //! the one serving `--metrics-listen` can answer a scrape with the whole
 //! server's counts. Each reactor owns its counters and shares nothing else;
 //! the board is the one place they meet, and only once per loop turn.
+//!
+//! An operations feature (`--metrics-listen`): leave it for later.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;

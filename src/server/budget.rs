@@ -1,7 +1,8 @@
 //! The buffer budget (`--max-buffered`): the bytes all connections of the
 //! server together may hold in their own buffers, unsent replies and input
 //! not yet answered. Over it, the reactor closes the connections holding
-//! the most (`Reactor::enforce_buffer_budget`).
+//! the most (`Connections::enforce_buffer_budget`, connections.rs). For
+//! later: rung 3's dialogue path does not need it (README, Start here).
 //!
 //! The budget is the server's, not each reactor's: with `--reactors N` the
 //! reactors add to one count (an atomic). It is touched only when a

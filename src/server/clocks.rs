@@ -1,6 +1,8 @@
 //! A connection's clocks: the times it records, and every deadline derived
 //! from them in one place.
 //!
+//! Rung 3, but for later: read it after connection.rs.
+//!
 //! The full server's first addition to the smallest reactor
 //! (examples/reactor.rs, which has no clock): a client that stops talking,
 //! trickles a message or never takes its last reply must not hold its slot

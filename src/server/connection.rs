@@ -5,8 +5,9 @@
 //! This is the shell around [`ServerSession`]: it reads from the socket into
 //! the reactor's shared buffer, feeds the session, and writes what the session
 //! produced. It knows the protocol only through the session's small interface
-//! (what state, wants input?), and the reactor knows a connection only through
-//! [`Connection::service`] and what it returns. Its clocks (idle, message,
+//! (what state, wants input?), and the reactor's `Connections` knows a
+//! connection only through [`Connection::service`], `on_deadline`,
+//! `begin_shutdown` and its deadline, and the [`Next`] they return. Its clocks (idle, message,
 //! quiet time, last reply, linger) are a [`Clocks`] of its own (clocks.rs).
 //!
 //! Readiness is edge-triggered; what the socket may do without a new event

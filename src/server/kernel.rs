@@ -1,5 +1,8 @@
 //! What the kernel knows about a connection that reads and writes do not say.
 //!
+//! Rung 3, but for later: the slow reader's case of the idle clock
+//! (clocks.rs).
+//!
 //! A server sees a slow reader only through its own writes: the kernel takes
 //! bytes while it has room and reports "writable" again only when the unsent
 //! part falls below TCP_NOTSENT_LOWAT. When the client reads slowly, its

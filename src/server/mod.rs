@@ -6,19 +6,22 @@
 //! sockets passed by socket activation instead of binding); [`Server::run`]
 //! then loops until a shutdown signal.
 //!
-//! The reading order of one dialogue, the ladder's rung 3:
+//! The reading order of one dialogue, the ladder's rung 3 (as README.md's
+//! "Start here" gives it, after this file):
 //! - `reactor`: the event loop (poll, dispatch by token, the turn's phases);
 //! - `listener`: accepting (also at EMFILE), and the socket options every
 //!   connection gets; `admission`: who is served and who is turned away;
 //! - `connections`: the slab of one reactor's connections, and servicing,
 //!   closing and freeing them;
 //! - `connection`: one client's socket, session and unsent output, and its
-//!   lingering close; `clocks`: its deadlines;
-//! - then the protocol core, `crate::protocol::server`.
+//!   lingering close;
+//! - then the protocol core, `crate::protocol::server`, and
+//!   `crate::readiness`.
 //!
-//! For later: `crate::timers` (the lazy deadline heap), `budget` (`--max-buffered`),
-//! `bind` (listening sockets), `kernel` and `socket_io` (speed and the slow
-//! reader, docs/performance.md), and the operations features: `proxy_header`
+//! For later: `clocks` (a connection's deadlines), `crate::timers` (the
+//! lazy deadline heap), `budget` (`--max-buffered`), `bind` (listening
+//! sockets), `kernel` and `socket_io` (speed and the slow reader,
+//! docs/performance.md), and the operations features: `proxy_header`
 //! (`--proxy-protocol`), [`activation`] (socket activation), `scrape`,
 //! `metrics_duty` and `board` (`--metrics-listen`).
 
@@ -91,8 +94,9 @@ pub struct Config {
     /// Bytes all connections together may hold in their buffers before the
     /// largest holders are closed.
     pub max_buffered: usize,
-    /// Independent event loops, each on a thread of its own with its own
-    /// listening sockets (at least 1). Limits are the server's total.
+    /// Independent event loops, each on a thread of its own (at least 1),
+    /// sharing one listening socket per address, or each with its own with
+    /// `reuse_port`. Limits are the server's total.
     pub reactors: usize,
     /// Listen with `SO_REUSEPORT`, so that another server (the next version,
     /// during a restart) can listen on the same addresses at the same time.
@@ -179,8 +183,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Raises the descriptor limit, binds every address (once per reactor)
-    /// and prepares the loops.
+    /// Raises the descriptor limit, binds every address (with `--reuse-port`
+    /// once per reactor; without it the reactors share one socket per
+    /// address) and prepares the loops.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let max_connections = resolve_capacity(config, config.listen.len())?;
         let backlog = bind::resolve_backlog(config.backlog);

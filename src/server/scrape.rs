@@ -1,6 +1,8 @@
 //! The metrics endpoint's connections (`--metrics-listen`): a scraper sends
 //! one HTTP request, gets one response, and the connection closes.
 //!
+//! An operations feature (`--metrics-listen`): leave it for later.
+//!
 //! A scraper is served by the same loop as every greeter client, so it is
 //! held to the same rules: its socket is non-blocking and edge-triggered
 //! ([`Readiness`]), its request head is bounded

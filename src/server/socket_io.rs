@@ -1,6 +1,9 @@
 //! Reads and writes on a connected socket without glibc's cancellation
 //! bracket: the two system calls of every exchange, made directly.
 //!
+//! Rung 3, but for later: a speed trick (docs/performance.md), not part of
+//! the dialogue's logic.
+//!
 //! std's `TcpStream::read`/`write` call glibc's `recv`/`send`. Those are
 //! POSIX cancellation points, so in a process with more than one thread (the
 //! server has its log writer) glibc brackets every call with

@@ -2,8 +2,8 @@
 //! answers they imply, byte for byte as the server words them.
 //!
 //! Where it sits: a copy, on the client side, of what the server keeps in
-//! `Timeouts` (`src/server/connection/deadlines.rs`) and `SessionLimits`
-//! (`src/protocol/server.rs`).
+//! `Timeouts` (`src/server/clocks.rs`) and `SessionLimits`
+//! (`src/protocol/mod.rs`).
 
 use std::time::Duration;
 
