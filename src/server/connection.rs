@@ -92,7 +92,23 @@ impl Connection {
     /// Wraps an accepted socket and queues the greeting. The caller services
     /// it at once, so the greeting leaves in the first write.
     pub fn new(stream: TcpStream, peer: SocketAddr, limits: SessionLimits, now: Instant) -> Self {
-        Connection::relayed(stream, Readiness::new(), peer, None, limits, now)
+        let mut conn = Connection {
+            stream,
+            peer,
+            relayed_by: None,
+            // A new session, not yet greeted.
+            session: ServerSession::new(limits),
+            unsent: Vec::new(),
+            phase: SocketPhase::Talking,
+            // Free to write at once; nothing to read until an event says so.
+            readiness: Readiness::new(),
+            peer_eof: false,
+            held_off: false,
+            clocks: Clocks::new(now),
+        };
+        // The welcome and the first prompt, in one buffer: one write.
+        conn.session.greet(&mut conn.unsent);
+        conn
     }
 
     /// A connection whose PROXY header has been read (proxy_header.rs): the
@@ -106,19 +122,9 @@ impl Connection {
         limits: SessionLimits,
         now: Instant,
     ) -> Self {
-        let mut conn = Connection {
-            stream,
-            peer,
-            relayed_by: relayed_by.map(Box::new),
-            session: ServerSession::new(limits),
-            unsent: Vec::new(),
-            phase: SocketPhase::Talking,
-            readiness,
-            peer_eof: false,
-            held_off: false,
-            clocks: Clocks::new(now),
-        };
-        conn.session.greet(&mut conn.unsent);
+        let mut conn = Connection::new(stream, peer, limits, now);
+        conn.readiness = readiness;
+        conn.relayed_by = relayed_by.map(Box::new);
         conn
     }
 
