@@ -154,8 +154,8 @@ impl Connection {
         unsent + self.session.buffered_bytes()
     }
 
-    /// Records what an event says the socket may do; [`Connection::service`]
-    /// acts on it.
+    /// Records what an event says the socket may do (readable, writable,
+    /// the peer's EOF; src/readiness.rs); [`Connection::service`] acts on it.
     pub fn on_event(&mut self, event: &Event) {
         self.readiness.on_event(event);
     }
@@ -332,9 +332,10 @@ impl Connection {
     }
 
     /// Writes pending output until it is all sent or the kernel's buffer is
-    /// full. A reply is built whole before this runs, so a reply normally
-    /// leaves in one write (and with TCP_NODELAY, in one segment at once).
-    /// Returns how many bytes were sent.
+    /// full (`Readiness::write` then waits for a writable event before the
+    /// next write). A reply is built whole before this runs, so a reply
+    /// normally leaves in one write (and with TCP_NODELAY, in one segment at
+    /// once). Returns how many bytes were sent.
     fn flush(&mut self, now: Instant, counters: &mut Counters) -> io::Result<usize> {
         let sent = self
             .readiness
@@ -357,7 +358,8 @@ impl Connection {
     }
 
     /// One read into the shared buffer, fed to the session (or discarded
-    /// while draining).
+    /// while draining). `Readiness::read` says what came: bytes, the peer's
+    /// EOF, or nothing, the socket drained until the next readable event.
     fn read_once(
         &mut self,
         read_buf: &mut [u8],
