@@ -170,7 +170,7 @@ fn accept(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Connection>) -> 
             Err(err) => return Err(err),
         };
         let entry = conns.vacant_entry();
-        let interest = Interest::READABLE | Interest::WRITABLE;
+        let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
         poll.registry()
             .register(&mut stream, Token(entry.key()), interest)?;
         // Its first event (a new socket is writable) sends the greeting.

@@ -17,7 +17,7 @@ use greeter::server::activation::{self, ActivationError, Inheritance};
 use greeter::server::{Config, Server, Stopped, Timeouts};
 use log::LevelFilter;
 
-/// A single-threaded event-loop server for the greeting protocol of the
+/// An event-loop server (one thread per reactor) for the greeting protocol of the
 /// classic Python socket tutorial: "Server: Welcome!", then "Hello NAME!" for
 /// each name, until "exit".
 #[derive(Parser, Debug)]

@@ -1,7 +1,7 @@
 //! A connection's clocks: the times it records, and every deadline derived
 //! from them in one place.
 //!
-//! Rung 3, but for later: read it after connection.rs.
+//! Rung 3: the last step of README.md's "Start here", after connection.rs.
 //!
 //! The full server's first addition to the smallest reactor
 //! (examples/reactor.rs, which has no clock): a client that stops talking,

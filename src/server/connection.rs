@@ -6,8 +6,9 @@
 //! the reactor's shared buffer, feeds the session, and writes what the session
 //! produced. It knows the protocol only through the session's small interface
 //! (what state, wants input?), and the reactor's `Connections` knows a
-//! connection only through [`Connection::service`], `on_deadline`,
-//! `begin_shutdown` and its deadline, and the [`Next`] they return. Its clocks (idle, message,
+//! connection only through `on_event`, [`Connection::service`],
+//! `on_deadline`, `begin_shutdown`, its deadline, its peer and the bytes it
+//! holds, and the [`Next`] they return. Its clocks (idle, message,
 //! quiet time, last reply, linger) are a [`Clocks`] of its own (clocks.rs).
 //!
 //! Readiness is edge-triggered; what the socket may do without a new event

@@ -8,9 +8,10 @@
 //! a spent read budget ([`Connections::service`]), queues its deadlines,
 //! keeps the server's buffer budget, and closes and frees slots.
 //!
-//! A slot is freed at the end of the turn it closed in, never at once, so
-//! that a stale event later in the same batch cannot reach a connection
-//! that reused the slot; it stays `closed` until then.
+//! A slot is freed at the end of the turn it closed in, never at once: it
+//! stays `closed` until then, so admission counts the client until its
+//! descriptor is really closed, and no phase of the turn can meet a reused
+//! key, whatever the order of the phases.
 
 use std::net::SocketAddr;
 use std::time::Instant;

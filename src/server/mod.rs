@@ -6,8 +6,9 @@
 //! sockets passed by socket activation instead of binding); [`Server::run`]
 //! then loops until a shutdown signal.
 //!
-//! The reading order of one dialogue, the ladder's rung 3 (as README.md's
-//! "Start here" gives it, after this file):
+//! The reading order of one dialogue, the ladder's rung 3, as README.md's
+//! "Start here" gives it (after `crate::readiness` and the protocol core,
+//! `crate::protocol::server`, and then this file):
 //! - `reactor`: the event loop (poll, dispatch by token, the turn's phases);
 //! - `listener`: accepting (also at EMFILE), and the socket options every
 //!   connection gets; `admission`: who is served and who is turned away;
@@ -15,10 +16,10 @@
 //!   closing and freeing them;
 //! - `connection`: one client's socket, session and unsent output, and its
 //!   lingering close;
-//! - then the protocol core, `crate::protocol::server`, and
-//!   `crate::readiness`.
+//! - `clocks`: a connection's deadlines, the quiet time that ends a bare
+//!   name among them.
 //!
-//! For later: `clocks` (a connection's deadlines), `crate::timers` (the
+//! For later: `crate::timers` (the
 //! lazy deadline heap), `budget` (`--max-buffered`), `bind` (listening
 //! sockets), `kernel` and `socket_io` (speed and the slow reader,
 //! docs/performance.md), and the operations features: `proxy_header`
