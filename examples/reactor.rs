@@ -10,7 +10,8 @@
 //! The protocol is greeter's [`ServerSession`], as in rung 1
 //! (examples/threaded.rs): only how bytes reach it changes. greeter-server
 //! (src/server/) is this loop plus what a server meets in the wild: timeouts,
-//! limits on who is served, metrics, graceful shutdown.
+//! limits on who is served, metrics, graceful shutdown, and TCP urgent data
+//! (which cuts a read short; this loop does not ask for its events).
 
 use std::io::{self, ErrorKind};
 use std::net::Shutdown;
@@ -170,7 +171,7 @@ fn accept(listener: &TcpListener, poll: &Poll, conns: &mut Slab<Connection>) -> 
             Err(err) => return Err(err),
         };
         let entry = conns.vacant_entry();
-        let interest = Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY;
+        let interest = Interest::READABLE | Interest::WRITABLE;
         poll.registry()
             .register(&mut stream, Token(entry.key()), interest)?;
         // Its first event (a new socket is writable) sends the greeting.
